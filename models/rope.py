@@ -49,7 +49,7 @@ def rope_cos_sin(
     asp = spatial_angles(grid_h, grid_w, head_dim, theta)  # [hw, (h+w)/2]
     n_f, n_s = at.shape[0], asp.shape[0]
     angles = torch.cat([at[:, None, :].expand(n_f, n_s, -1), asp[None].expand(n_f, n_s, -1)], dim=-1)
-    angles = angles.reshape(n_f * n_s, -1)
+    angles = angles.reshape(n_f * n_s, angles.shape[-1])
     return angles.cos().float().to(device), angles.sin().float().to(device)
 
 

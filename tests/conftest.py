@@ -1,0 +1,26 @@
+import os
+
+# Triton kernels run under the interpreter on CPU; must be set before any @triton.jit is defined.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def randomize(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Random weights with enough spread that every parameter visibly changes the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            centre = 1.0 if "norm" in name and name.endswith("weight") else 0.0  # norm gains near 1
+            p.copy_(torch.randn(p.shape, generator=g) * std + centre)
+    return module
+
+
+@pytest.fixture
+def tiny_model():
+    from streamer.models.wan import CausalWanModel, get_config
+
+    return randomize(CausalWanModel(get_config("tiny"))).eval()
