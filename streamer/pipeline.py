@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from streamer.models.text import CachedTextEncoder, HashTextEncoder, UMT5TextEncoder
-from streamer.models.vae import StreamingWanDecoder, tiny_vae_config, video_to_uint8
+from streamer.models.vae import StreamingWanDecoder, video_to_uint8
 from streamer.models.wan import CausalWanModel, get_config
 
 
@@ -35,6 +35,7 @@ class Pipeline:
     device: torch.device
     dtype: torch.dtype
     fps: float = 16.0  # Wan's frame rate
+    native_size: tuple[int, int] = (832, 480)  # (width, height) the model was trained at
     description: str = ""
     is_random: bool = False
 
@@ -67,10 +68,7 @@ class Pipeline:
             decoder = StreamingWanDecoder.from_pretrained(vae, device=device, dtype=dtype)
             notes.append(f"VAE {vae}")
         else:
-            from diffusers import AutoencoderKLWan
-
-            torch.manual_seed(seed + 1)
-            decoder = StreamingWanDecoder(AutoencoderKLWan(**tiny_vae_config()).to(device=device, dtype=dtype).eval())
+            decoder = StreamingWanDecoder.random_tiny(seed=seed + 1, device=device, dtype=dtype)
             notes.append("random tiny VAE")
 
         if text_encoder is not None:
@@ -83,4 +81,5 @@ class Pipeline:
             raise ValueError(f"text encoder width {enc.dim} does not match the DiT's text_dim {cfg.text_dim}")
         random = checkpoint is None
         return cls(model=model, decoder=decoder, text_encoder=CachedTextEncoder(enc), device=device, dtype=dtype,
-                   description="; ".join(notes), is_random=random)
+                   description="; ".join(notes), is_random=random,
+                   native_size=(832, 480) if checkpoint is not None else (320, 192))

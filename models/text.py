@@ -1,0 +1,138 @@
+"""Text encoders: prompts -> [B, text_len, dim] embeddings for the DiT's cross-attention.
+
+Wan conditions on umT5-XXL (4096 wide, 512 tokens). Its embeddings are zero past each prompt's
+tokens, and Wan, Self-Forcing and diffusers all attend to those zeros rather than masking them,
+so every encoder here returns zero-padded embeddings and no mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol
+
+import ftfy
+import torch
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's prompt cleaning (its tokenizer's `clean='whitespace'`, diffusers' `prompt_clean`):
+    fix mojibake, unescape HTML twice (for double-escaped `&amp;amp;`), collapse whitespace."""
+    text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class TextEncoder(Protocol):
+    dim: int
+    text_len: int
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """prompts -> [B, text_len, dim], zero past each prompt's tokens."""
+        ...
+
+
+class UMT5TextEncoder:
+    """umT5 encoder (transformers' `UMT5EncoderModel`) with Wan's tokenization and zero padding."""
+
+    def __init__(self, tokenizer, model, text_len: int = 512):
+        self.tokenizer = tokenizer
+        # Wan keeps the first seq_len outputs and pads after them: that needs right padding.
+        self.tokenizer.padding_side = "right"
+        self.model = model.eval().requires_grad_(False)
+        self.text_len = text_len
+        self.dim = model.config.d_model
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+        text_len: int = 512,
+    ) -> UMT5TextEncoder:
+        """A Wan-diffusers pipeline folder (`tokenizer/`, `text_encoder/`) or one folder holding both."""
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        folder = Path(folder)
+        if (folder / "text_encoder").is_dir():
+            tok_dir, enc_dir = folder / "tokenizer", folder / "text_encoder"
+        else:
+            tok_dir = enc_dir = folder
+        if not (enc_dir / "config.json").is_file():
+            raise ValueError(f"no umT5 encoder at {folder}: expected config.json there or in text_encoder/")
+        if not tok_dir.is_dir():
+            raise ValueError(f"no tokenizer at {tok_dir}")
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        model = UMT5EncoderModel.from_pretrained(enc_dir, dtype=dtype, local_files_only=True).to(device)
+        return cls(tokenizer, model, text_len)
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            [clean_prompt(p) for p in prompts], padding="max_length", max_length=self.text_len, truncation=True,
+            add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
+        )
+        device = self.model.device
+        mask = tokens.attention_mask.to(device)
+        out = self.model(input_ids=tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
+        # Same as Wan's `[u[:n] for u, n in zip(out, seq_lens)]` + zero padding, given right padding;
+        # masked_fill writes +0.0 where `* mask` would leave -0.0.
+        return out.masked_fill(mask[..., None] == 0, 0.0)
+
+
+class HashTextEncoder:
+    """A deterministic stand-in for umT5 with no weights, for tests and the random tiny model.
+
+    Each cleaned prompt seeds a generator from a stable hash (sha256, not Python's salted `hash`)
+    and gets fixed Gaussian rows for its words plus one (the end-of-text token a tokenizer adds),
+    zeros after. The embeddings carry no meaning: equal prompts agree, different prompts differ.
+    """
+
+    def __init__(self, dim: int, text_len: int = 512, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.dim, self.text_len = dim, text_len
+        self.device, self.dtype = torch.device(device), dtype
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(prompts), self.text_len, self.dim)
+        for i, prompt in enumerate(prompts):
+            text = clean_prompt(prompt)
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+            n = min(len(text.split()) + 1, self.text_len)
+            # Drawn on the CPU so the values are the same on every device.
+            out[i, :n] = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(seed))
+        return out.to(device=self.device, dtype=self.dtype)
+
+
+class CachedTextEncoder:
+    """LRU cache of per-prompt embeddings in front of any encoder: a repeated prompt costs nothing.
+
+    Keyed by the raw prompt string; `hits` and `misses` count prompts, not calls.
+    """
+
+    def __init__(self, encoder: TextEncoder, max_size: int = 64):
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.encoder, self.max_size = encoder, max_size
+        self.dim, self.text_len = encoder.dim, encoder.text_len
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        found = {}
+        if missing:
+            # One batched call for every new prompt; rows cloned so an entry never pins its whole batch.
+            found = {p: row.clone() for p, row in zip(missing, self.encoder.encode(missing))}
+        for p in prompts:
+            if p in self._cache:
+                self._cache.move_to_end(p)
+                found[p] = self._cache[p]
+                self.hits += 1
+            else:
+                self._cache[p] = found[p]
+                self.misses += 1
+        while len(self._cache) > self.max_size:
+            self._cache.popitem(last=False)
+        return torch.stack([found[p] for p in prompts])
