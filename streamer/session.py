@@ -10,7 +10,7 @@ the self-attention cache no longer carries the old prompt.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +78,9 @@ class Session:
         self._next_frame = 0
         self._chunks = 0
         self._video_frames = 0
+        # Trajectory conditioning: frames -> track channels [1, C_track, n, h, w] at latent size, or None.
+        # Set by whoever owns the trajectories (UI, CLI); read once per chunk, so edits apply at the next chunk.
+        self.track_condition: Callable[[list[int]], torch.Tensor | None] | None = None
         self._set_text(prompt)
         pipe.decoder.reset()
 
@@ -99,10 +102,13 @@ class Session:
     def _timesteps(self, n: int, t: float) -> torch.Tensor:
         return torch.full((1, n), float(t), device=self.pipe.device)
 
+    def _tracks(self, frames: list[int]) -> torch.Tensor | None:
+        return self.track_condition(frames) if self.track_condition is not None else None
+
     def _commit(self, view: CacheView, x0: torch.Tensor) -> None:
         view.commit = True
         self.pipe.model.forward_chunk(x0, self._timesteps(x0.shape[2], self.config.sampler.context_timestep),
-                                      self._text, view)
+                                      self._text, view, self._tracks(view.plan.frames))
         self.policy.after_commit(self.cache, view.plan)
 
     def _view(self, frames: list[int]) -> CacheView:
@@ -137,8 +143,10 @@ class Session:
         shape = (1, self.pipe.model.config.out_channels, n, self.latent_h, self.latent_w)
         noise = randn_like(torch.empty(shape, device=dev), self.generator)
 
+        tracks = self._tracks(frames)
+
         def flow(x: torch.Tensor, t: float) -> torch.Tensor:
-            return self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._text, view).float()
+            return self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._text, view, tracks).float()
 
         x0 = denoise(flow, noise, self.timesteps, self.generator, self.config.sampler.num_train_timesteps)
         self._commit(view, x0)
