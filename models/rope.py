@@ -39,14 +39,19 @@ def spatial_angles(grid_h: int, grid_w: int, head_dim: int, theta: float = 10000
 
 def rope_cos_sin(
     frame_positions: torch.Tensor, grid_h: int, grid_w: int, head_dim: int, theta: float = 10000.0,
-    device: torch.device | None = None,
+    device: torch.device | None = None, temporal: bool = True, spatial: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for tokens laid out (frame, h, w): each [F * h * w, head_dim // 2], float32.
 
     `frame_positions` holds one temporal position per frame; it may be any float.
+    The three bands rotate disjoint channels, so a full rotation is exactly a spatial-only rotation
+    followed by a temporal-only one: `temporal=False` / `spatial=False` give those halves. The KV
+    cache stores keys spatially rotated and applies the temporal part at attention time.
     """
     at = temporal_angles(frame_positions, head_dim, theta)  # [F, t/2]
     asp = spatial_angles(grid_h, grid_w, head_dim, theta)  # [hw, (h+w)/2]
+    at = at if temporal else torch.zeros_like(at)
+    asp = asp if spatial else torch.zeros_like(asp)
     n_f, n_s = at.shape[0], asp.shape[0]
     angles = torch.cat([at[:, None, :].expand(n_f, n_s, -1), asp[None].expand(n_f, n_s, -1)], dim=-1)
     angles = angles.reshape(n_f * n_s, angles.shape[-1])

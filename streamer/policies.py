@@ -1,10 +1,16 @@
 """KV cache policies: which cached frames a chunk attends to, at which temporal positions.
 
-A policy is a small object with three duties, all host-side bookkeeping over `KVCache` slots:
-- `num_slots(chunk)`: how many frame slots the cache must preallocate;
-- `plan(cache, frames)`: at a chunk's first step, evict, choose the visible history and positions,
-  reserve slots for the chunk (a `ChunkPlan`);
-- `after_commit(cache, plan)`: hook run after the chunk's clean K/V were written.
+A policy is a small object doing host-side bookkeeping over `KVCache` slots:
+- `num_slots(chunk)`, `compressed_tokens(tpf)`, `needs_queries`: what the cache must preallocate;
+- `plan(cache, frames)`: at a chunk's first step, evict (or merge), choose the visible history
+  and its temporal positions, reserve slots for the chunk: a `ChunkPlan`;
+- `after_commit(cache, plan)`: run after the chunk's clean K/V were written.
+
+Position modes: "absolute" gives every frame its frame index (what Self-Forcing and LongLive do,
+reproducing their checkpoints; positions grow with the stream, exact anyway since angles are
+computed in float64); "slot" numbers the visible history in temporal order from 0 (StreamingLLM),
+bounded forever. Deep Sink's re-alignment (sinks placed right before the first tail frame) is
+"slot" numbering up to one global shift, which RoPE cannot see.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from streamer.cache import ChunkPlan, KVCache
+from streamer.cache import ChunkPlan, Compression, KVCache
 
 
 class PolicyError(ValueError):
@@ -23,12 +29,20 @@ class PolicyError(ValueError):
 @dataclass
 class CachePolicy:
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
 
     def validate(self, chunk: int) -> None:
         pass
 
     def num_slots(self, chunk: int) -> int:
         raise NotImplementedError
+
+    def compressed_tokens(self, tokens_per_frame: int) -> int:
+        return 0
+
+    @property
+    def needs_queries(self) -> bool:
+        return False
 
     def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
         raise NotImplementedError
@@ -39,72 +53,232 @@ class CachePolicy:
 
 @dataclass
 class SinkWindowPolicy(CachePolicy):
-    """Self-Forcing / LongLive cache: the first `sink` frames forever plus the most recent frames,
-    `window` frames in all counting the chunk itself. Eviction happens at a chunk's first step.
+    """The first `sink` frames forever plus the most recent frames, `window` frames in all counting
+    the chunk itself (Self-Forcing's cache; eviction at a chunk's first step).
 
-    positions="absolute": every frame keeps its frame index (what the released checkpoints saw;
-    the sink drifts ever further from the present). positions="slot": StreamingLLM re-indexing,
-    the visible frames take positions 0..window-1 in temporal order, bounded forever.
+    compress=True replaces the window by Deep Forcing's participative compression: the history is
+    held to `budget` frames' worth: sinks, the `recent` newest frames, and the tokens that recent
+    queries attend to most among the rest (chosen per layer).
     """
 
     name: ClassVar[str] = "window"
+    summary: ClassVar[str] = "last W frames (Self-Forcing)"
     window: int = 21
     sink: int = 0
     positions: str = "absolute"
+    compress: bool = False
+    budget: int = 16
+    recent: int = 4
 
     def validate(self, chunk: int) -> None:
         if self.positions not in ("absolute", "slot"):
             raise PolicyError(f"positions must be 'absolute' or 'slot', not {self.positions!r}")
+        if self.sink < 0:
+            raise PolicyError(f"sink={self.sink} must be >= 0")
+        if self.compress:
+            if self.recent < 0 or self.budget - self.recent - self.sink < 1:
+                raise PolicyError(
+                    f"budget={self.budget} must exceed sink + recent = {self.sink} + {self.recent}: participative "
+                    "compression needs room for at least one frame's worth of compressed tokens")
+            return
         if self.window < chunk:
             raise PolicyError(f"window={self.window} frames cannot hold one chunk of {chunk} frames")
-        if self.sink < 0 or self.sink > self.window - chunk:
+        if self.sink > self.window - chunk:
             raise PolicyError(
-                f"sink={self.sink} must be between 0 and window - chunk = {self.window - chunk}: a larger sink "
-                "would leave no room for the chunk (Self-Forcing's cache silently overwrites its sink there)")
+                f"sink={self.sink} must be at most window - chunk = {self.window - chunk}: a larger sink leaves no "
+                "room for the chunk (Self-Forcing's cache silently overwrites its sink there)")
 
     def num_slots(self, chunk: int) -> int:
-        return self.window
+        # with compression, candidate frames stay in their slots until the chunk is committed
+        return self.budget + 2 * chunk if self.compress else self.window
+
+    @property
+    def compressed_frames(self) -> int:
+        return self.budget - self.recent - self.sink if self.compress else 0
+
+    def compressed_tokens(self, tokens_per_frame: int) -> int:
+        return self.compressed_frames * tokens_per_frame
+
+    @property
+    def needs_queries(self) -> bool:
+        return self.compress
+
+    def _evict(self, cache: KVCache, evicted: list[tuple[int, int]], sinks: list[tuple[int, int]]) -> None:
+        cache.free([s for _, s in evicted])
 
     def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
         held = cache.frames()
         sinks = [(f, s) for f, s in held if f < self.sink]
-        recent = [(f, s) for f, s in held if f >= self.sink]
-        n_recent = self.window - len(frames) - len(sinks)
-        n_evict = max(0, len(recent) - n_recent)
-        cache.free([s for _, s in recent[:n_evict]])
-        visible = sinks + recent[n_evict:]
+        rest = [(f, s) for f, s in held if f >= self.sink]
+        compression = None
+        if not self.compress:
+            n_evict = max(0, len(rest) - (self.window - len(frames) - len(sinks)))
+            self._evict(cache, rest[:n_evict], sinks)
+            rest = rest[n_evict:]
+        elif len(held) + cache.c_count / cache.tokens_per_frame > self.budget:
+            n_recent = min(self.recent, len(rest))
+            candidates, rest = rest[: len(rest) - n_recent], rest[len(rest) - n_recent :]
+            compression = Compression(
+                candidate_slots=[s for _, s in candidates], query_slots=[s for _, s in rest],
+                keep=self.compressed_tokens(cache.tokens_per_frame))
+        compressed = self.compressed_frames if (compression is not None or cache.c_count) else 0
         write_slots = cache.allocate(frames)
+        visible = sinks + rest
         if self.positions == "absolute":
             hist_pos = [float(f) for f, _ in visible]
             chunk_pos = [float(f) for f in frames]
+            compressed_start = float(rest[0][0] if rest else frames[0])
         else:
-            hist_pos = [float(i) for i in range(len(visible))]
-            chunk_pos = [float(len(visible) + j) for j in range(len(frames))]
+            hist_pos = [float(i) for i in range(len(sinks))]
+            hist_pos += [float(len(sinks) + compressed + i) for i in range(len(rest))]
+            first_chunk = len(sinks) + compressed + len(rest)
+            chunk_pos = [float(first_chunk + j) for j in range(len(frames))]
+            compressed_start = float(len(sinks) + compressed)
         return ChunkPlan(
             frames=list(frames), positions=chunk_pos, history_slots=[s for _, s in visible],
             history_positions=hist_pos, write_slots=write_slots,
+            history_kinds=["sink"] * len(sinks) + ["window"] * len(rest),
+            compressed_start=compressed_start, compressed_span=float(compressed), compression=compression,
         )
+
+    def after_commit(self, cache: KVCache, plan: ChunkPlan) -> None:
+        if plan.compression is not None:  # their tokens now live in the compressed buffers
+            cache.free(plan.compression.candidate_slots)
 
 
 @dataclass
 class FrameSinkPolicy(SinkWindowPolicy):
-    """LongLive's frame sink: sink 3 + 9 recent, 12 frames in all."""
-
     name: ClassVar[str] = "frame-sink"
+    summary: ClassVar[str] = "first chunk kept forever + recent frames (LongLive, StreamingLLM)"
     window: int = 12
     sink: int = 3
 
 
-POLICIES: dict[str, type[CachePolicy]] = {p.name: p for p in (SinkWindowPolicy, FrameSinkPolicy)}
+@dataclass
+class DeepSinkPolicy(SinkWindowPolicy):
+    name: ClassVar[str] = "deep-sink"
+    summary: ClassVar[str] = "about half the window as sinks, re-aligned right before the tail (Deep Forcing)"
+    window: int = 21
+    sink: int = 10
+    positions: str = "slot"
 
 
-def _coerce(value: str, like: object) -> object:
-    if isinstance(like, bool):
-        return value.lower() in ("1", "true", "yes", "on")
-    if isinstance(like, int):
-        return int(value)
-    if isinstance(like, float):
-        return float(value)
+@dataclass
+class DeepForcingPolicy(DeepSinkPolicy):
+    name: ClassVar[str] = "deep-forcing"
+    summary: ClassVar[str] = "Deep Sink + participative compression to a 16-frame budget (Deep Forcing)"
+    compress: bool = True
+
+
+@dataclass
+class EmaSinkPolicy(SinkWindowPolicy):
+    """Reward Forcing's EMA-Sink: evicted frames are folded into the sink, token by token at the
+    same spatial slot (keys are stored before temporal RoPE, so no phases mix), every layer."""
+
+    name: ClassVar[str] = "ema-sink"
+    summary: ClassVar[str] = "sink = running EMA of evicted frames (Reward Forcing)"
+    window: int = 9
+    sink: int = 3
+    positions: str = "slot"
+    alpha: float = 0.999
+
+    def validate(self, chunk: int) -> None:
+        super().validate(chunk)
+        if self.compress:
+            raise PolicyError("ema-sink does not combine with participative compression")
+        if self.sink < 1:
+            raise PolicyError("ema-sink needs sink >= 1")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise PolicyError(f"alpha={self.alpha} must be in [0, 1]")
+
+    def _evict(self, cache: KVCache, evicted: list[tuple[int, int]], sinks: list[tuple[int, int]]) -> None:
+        for f, slot in evicted:
+            if len(sinks) < self.sink:
+                break  # the sink is still filling (cannot happen with sink <= window - chunk)
+            target = sinks[(f - self.sink) % self.sink][1]
+            for store in (cache.k, cache.v):
+                store[:, :, target].mul_(self.alpha).add_(store[:, :, slot], alpha=1.0 - self.alpha)
+        cache.free([s for _, s in evicted])
+
+
+def ping_pong(n: int, period_blocks: int) -> int:
+    """n-th element of 0, 1, ..., K-1, K-2, ..., 1, 0, 1, ... (K = period_blocks)."""
+    if period_blocks == 1:
+        return 0
+    m = n % (2 * period_blocks - 2)
+    return m if m < period_blocks else 2 * period_blocks - 2 - m
+
+
+@dataclass
+class RollingSinkPolicy(CachePolicy):
+    """Rolling Sink: the first `keep_blocks` blocks are kept forever; once the stream is past them,
+    the chunk sees `sink_blocks` of them, chosen by a window sliding one block per chunk along the
+    ping-pong replay 0..K-1, K-2..0, 1.., placed right before the `recent_blocks` newest blocks.
+    Blocks are chunks; positions are slot positions, bounded."""
+
+    name: ClassVar[str] = "rolling-sink"
+    summary: ClassVar[str] = "5 sink blocks replaying the first 6 in ping-pong order + 1 recent block (Rolling Sink)"
+    sink_blocks: int = 5
+    keep_blocks: int = 6
+    recent_blocks: int = 1
+
+    def validate(self, chunk: int) -> None:
+        if self.keep_blocks < 1 or not 1 <= self.sink_blocks <= self.keep_blocks:
+            raise PolicyError(f"need 1 <= sink_blocks ({self.sink_blocks}) <= keep_blocks ({self.keep_blocks})")
+        if self.recent_blocks < 0:
+            raise PolicyError("recent_blocks must be >= 0")
+
+    def num_slots(self, chunk: int) -> int:
+        return (self.keep_blocks + self.recent_blocks + 1) * chunk
+
+    def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
+        c = len(frames)
+        block = frames[0] // c
+        kept_frames = self.keep_blocks * c
+        held = cache.frames()
+        if block <= self.keep_blocks:  # still inside the kept prefix: plain causal attention
+            visible, kinds = held, ["window"] * len(held)
+        else:
+            recent = [(f, s) for f, s in held if f >= kept_frames]
+            n_evict = max(0, len(recent) - self.recent_blocks * c)
+            cache.free([s for _, s in recent[:n_evict]])
+            recent = recent[n_evict:]
+            start = block - self.keep_blocks  # the window over the replay advances a block per chunk
+            by_frame = dict(held)
+            sinks = [(f, by_frame[f]) for i in range(self.sink_blocks)
+                     for b in [ping_pong(start + i, self.keep_blocks)] for f in range(b * c, (b + 1) * c)]
+            visible, kinds = sinks + recent, ["sink"] * len(sinks) + ["window"] * len(recent)
+        write_slots = cache.allocate(frames)
+        positions = [float(i) for i in range(len(visible) + c)]
+        return ChunkPlan(
+            frames=list(frames), positions=positions[len(visible):], history_slots=[s for _, s in visible],
+            history_positions=positions[: len(visible)], write_slots=write_slots, history_kinds=kinds,
+        )
+
+
+POLICIES: dict[str, type[CachePolicy]] = {
+    p.name: p for p in (SinkWindowPolicy, FrameSinkPolicy, DeepSinkPolicy, DeepForcingPolicy, EmaSinkPolicy,
+                        RollingSinkPolicy)
+}
+
+
+def policy_knobs(name: str) -> dict[str, object]:
+    """Knob name -> default value of a policy."""
+    return {f.name: f.default for f in dataclasses.fields(POLICIES[name])}
+
+
+def _coerce(key: str, value: str, like: object) -> object:
+    try:
+        if isinstance(like, bool):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError
+            return value.lower() in ("1", "true", "yes", "on")
+        if isinstance(like, int):
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+    except ValueError:
+        raise PolicyError(f"knob {key}={value!r} must be a {type(like).__name__}") from None
     return value
 
 
@@ -112,16 +286,15 @@ def make_policy(name: str, args: dict[str, object] | None = None, chunk: int = 3
     """Build and validate a policy by name; knob values may be strings (from the command line)."""
     if name not in POLICIES:
         raise PolicyError(f"unknown cache policy {name!r}; choose one of: {', '.join(POLICIES)}")
-    cls = POLICIES[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    knobs = policy_knobs(name)
     kwargs = {}
     for key, value in (args or {}).items():
         key = key.replace("-", "_")
-        if key not in fields:
-            raise PolicyError(f"policy {name!r} has no knob {key!r}; its knobs: {', '.join(fields) or 'none'}")
-        default = fields[key].default
-        kwargs[key] = _coerce(value, default) if isinstance(value, str) else value
-    policy = cls(**kwargs)
+        if key not in knobs:
+            raise PolicyError(f"policy {name!r} has no knob {key!r}; its knobs: "
+                              + ", ".join(f"{k}={v}" for k, v in knobs.items()))
+        kwargs[key] = _coerce(key, value, knobs[key]) if isinstance(value, str) else value
+    policy = POLICIES[name](**kwargs)
     policy.validate(chunk)
     return policy
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamer.cache import CacheView, KVCache
+from streamer.cache import CacheView, ChunkPlan, KVCache
 from streamer.pipeline import Pipeline
 from streamer.policies import CachePolicy, make_policy
 from streamer.sampler import SamplerConfig, denoise, randn_like
@@ -42,6 +42,8 @@ class StreamChunk:
     dit_seconds: float         # sampler + clean pass
     decode_seconds: float
     prompt: str
+    plan: ChunkPlan | None = None                 # what the chunk attended to, and at which positions
+    attention_mass: torch.Tensor | None = None    # [layers, len(plan.labels)] when record_attention
 
 
 def latent_size(pipe: Pipeline, width: int, height: int) -> tuple[int, int]:
@@ -65,10 +67,14 @@ class Session:
         self.policy = policy or make_policy(cfg.policy, cfg.policy_args, chunk=cfg.chunk_frames)
         self.policy.validate(cfg.chunk_frames)
         mcfg = pipe.model.config
+        tokens_per_frame = self.grid[0] * self.grid[1]
         self.cache = KVCache(
-            mcfg.num_layers, self.policy.num_slots(cfg.chunk_frames), self.grid[0] * self.grid[1],
+            mcfg.num_layers, self.policy.num_slots(cfg.chunk_frames), tokens_per_frame,
             mcfg.num_heads, mcfg.head_dim, dtype=pipe.dtype, device=pipe.device,
+            store_queries=self.policy.needs_queries, compressed_tokens=self.policy.compressed_tokens(tokens_per_frame),
         )
+        # Per-layer attention mass per cached frame (for plots and the UI); costs nothing when off.
+        self.record_attention = False
         self.generator = torch.Generator("cpu").manual_seed(cfg.seed)
         self.timesteps = cfg.sampler.timesteps()
         self.prompt = ""
@@ -140,6 +146,7 @@ class Session:
         n = self.config.chunk_frames
         frames = list(range(self._next_frame, self._next_frame + n))
         view = self._view(frames)
+        view.record_mass = self.record_attention
         shape = (1, self.pipe.model.config.out_channels, n, self.latent_h, self.latent_w)
         noise = randn_like(torch.empty(shape, device=dev), self.generator)
 
@@ -161,7 +168,8 @@ class Session:
         t2 = time.perf_counter()
         out = StreamChunk(
             index=self._chunks, latent_frames=frames, frames=video, first_video_frame=self._video_frames,
-            dit_seconds=t1 - t0, decode_seconds=t2 - t1, prompt=self.prompt,
+            dit_seconds=t1 - t0, decode_seconds=t2 - t1, prompt=self.prompt, plan=view.plan,
+            attention_mass=torch.stack([view.mass[i] for i in sorted(view.mass)]) if view.mass else None,
         )
         self._next_frame += n
         self._chunks += 1
