@@ -1,0 +1,169 @@
+"""The `streamer` command."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+from pathlib import Path
+
+from streamer.policies import POLICIES, PolicyError, parse_policy_args
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 832x480, not {text!r}") from None
+    return w, h
+
+
+def latent_frames_for(video_frames: int, chunk: int) -> int:
+    """Latent frames (a whole number of chunks) whose decode covers `video_frames` frames:
+    the first latent frame decodes to 1 video frame, each later one to 4."""
+    latents = 1 + math.ceil(max(video_frames - 1, 0) / 4)
+    return chunk * math.ceil(latents / chunk)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--checkpoint", help="DiT weights: diffusers folder, .safetensors, or Self-Forcing/CausVid/LongLive .pt")
+    g.add_argument("--vae", help="Wan VAE: diffusers folder (or pipeline folder with vae/), or Wan2.1_VAE.pth")
+    g.add_argument("--text-encoder", help="umT5 folder (tokenizer + encoder, or a Wan pipeline folder)")
+    g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--attention", default="torch", help="attention backend (torch; triton on CUDA when installed)")
+
+
+def _add_stream_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("stream")
+    g.add_argument("--size", type=_size, help="WxH video size (default: the model's native size)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, help="denoising steps (default: Self-Forcing's 4)")
+    g.add_argument("--chunk", type=int, default=3, help="latent frames per chunk (3 = 12 video frames)")
+    g.add_argument("--policy", default="window", help=f"KV cache policy: {', '.join(POLICIES)}")
+    g.add_argument("--policy-arg", action="append", default=[], metavar="K=V", help="policy knob, repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamer", description="Real-time autoregressive video diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate videos headless to mp4",
+                         description="Generate a video (or one per line of a prompt file) to H.264 mp4, "
+                                     "writing frames as they are made.")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the text prompt")
+    src.add_argument("--prompt-file", help="one prompt per line; --out is then a folder (works under accelerate launch)")
+    length = gen.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
+    length.add_argument("--frames", type=int, help="video length in frames")
+    gen.add_argument("--out", required=True, help="output .mp4 (a folder with --prompt-file)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_stream_args(gen)
+    _add_model_args(gen)
+    return parser
+
+
+def _load_pipeline(args):
+    import torch
+
+    from streamer import attention
+    from streamer.pipeline import Pipeline
+
+    attention.set_backend(args.attention)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
+    return Pipeline.load(checkpoint=args.checkpoint, vae=args.vae, text_encoder=args.text_encoder,
+                         device=args.device, dtype=dtype)
+
+
+def _stream_config(args, pipe):
+    from streamer.sampler import SamplerConfig, sampler_for_steps
+    from streamer.session import StreamConfig
+
+    width, height = args.size or pipe.native_size
+    sampler = sampler_for_steps(args.steps) if args.steps else SamplerConfig()
+    return StreamConfig(width=width, height=height, chunk_frames=args.chunk, sampler=sampler, policy=args.policy,
+                        policy_args=parse_policy_args(args.policy_arg), seed=args.seed)
+
+
+def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, progress: bool = True) -> int:
+    """Stream one video into `out`; returns the number of frames written. Frames are written as
+    they are decoded, so an interrupted run leaves a playable file with what was made."""
+    from tqdm import tqdm
+
+    from streamer.session import Session
+    from streamer.video import Mp4Writer
+
+    session = Session(pipe, prompt, config)
+    bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True)
+    written = 0
+    try:
+        with Mp4Writer(out, fps=pipe.fps, width=config.width, height=config.height) as writer:
+            for chunk in session.stream(latent_frames_for(video_frames, config.chunk_frames)):
+                frames = chunk.frames[: video_frames - written]
+                writer.write(frames)
+                written += len(frames)
+                seconds = chunk.dit_seconds + chunk.decode_seconds
+                bar.set_postfix(fps=f"{len(chunk.frames) / seconds:.1f}", chunk_ms=f"{seconds * 1e3:.0f}")
+                bar.update(len(frames))
+    finally:
+        bar.close()
+    return written
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cmd_generate(args) -> int:
+    pipe = _load_pipeline(args)
+    config = _stream_config(args, pipe)
+    if args.frames is not None and args.frames < 1:
+        raise ValueError("--frames must be at least 1")
+    if args.seconds is not None and args.seconds <= 0:
+        raise ValueError("--seconds must be positive")
+    video_frames = args.frames or max(1, round((args.seconds or 5.0) * pipe.fps))
+    if pipe.is_random:
+        print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
+              file=sys.stderr)
+    # SIGTERM (kill, job schedulers) stops like Ctrl-C: the file is closed with every frame made so far.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+    if args.prompt_file:
+        from streamer.batch import run_prompt_file
+
+        def one(prompt: str, path: Path) -> None:
+            generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet)
+
+        results = run_prompt_file(args.prompt_file, args.out, one)
+        done = sum(1 for r in results if r[2] == "done")
+        print(f"{done} videos made, {len(results) - done} already there, in {args.out}")
+        return 0
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        n = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {out} keeps every frame made so far", file=sys.stderr)
+        return 130
+    print(f"wrote {n} frames ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from streamer.models.loader import CheckpointError
+
+    try:
+        if args.command == "generate":
+            return cmd_generate(args)
+    except (CheckpointError, PolicyError, ValueError, FileNotFoundError) as e:
+        print(f"streamer: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

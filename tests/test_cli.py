@@ -1,0 +1,98 @@
+"""`streamer generate` end to end, as a user runs it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from streamer.cli import latent_frames_for, main
+from streamer.video import probe_mp4
+
+SMALL = ["--size", "64x64", "--quiet"]
+
+
+def test_latent_frames_cover_the_request():
+    assert latent_frames_for(1, 3) == 3
+    assert latent_frames_for(9, 3) == 3  # 1 + 4 + 4
+    assert latent_frames_for(10, 3) == 6
+    assert latent_frames_for(81, 3) == 21  # Wan's 81 frames = 21 latents
+
+
+def test_generate_writes_a_playable_mp4(tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "--prompt", "a red fox", "--frames", "30", "--out", str(out), *SMALL]) == 0
+    info = probe_mp4(out)
+    assert (info["frames"], info["width"], info["height"], info["codec"]) == (30, 64, 64, "h264")
+    assert "random" in capsys.readouterr().err  # says it is not a trained model
+
+
+def test_prompt_file_makes_one_video_per_line_and_resumes(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\n# a comment\n\na blue car\n")
+    args = ["generate", "--prompt-file", str(prompts), "--frames", "9", "--out", str(tmp_path / "out"), *SMALL]
+    assert main(args) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["0001-a-red-fox.mp4", "0004-a-blue-car.mp4"]
+    assert main(args) == 0
+    assert "0 videos made, 2 already there" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--size", "30x30"], "not possible"),
+    (["--size", "big"], "must look like 832x480"),
+    (["--policy", "lru"], "choose one of: window, frame-sink"),
+    (["--policy", "frame-sink", "--policy-arg", "sink=99"], "window - chunk"),
+    (["--frames", "0"], "at least 1"),
+])
+def test_bad_input_gives_a_clear_error(tmp_path, capsys, args, message):
+    try:
+        code = main(["generate", "--prompt", "p", "--out", str(tmp_path / "x.mp4"), "--quiet", *args])
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_checkpoint_gives_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "weights.safetensors"
+    bad.write_text("not weights")
+    assert main(["generate", "--prompt", "p", "--out", str(tmp_path / "x.mp4"), "--checkpoint", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "weights.safetensors" in err and "Traceback" not in err
+
+
+def _start(out, frames=100_000):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "streamer", "generate", "--prompt", "a long walk", "--frames",
+                             str(frames), "--out", str(out), *SMALL], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_frames(out, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        if out.exists() and out.stat().st_size > 0:
+            try:
+                if probe_mp4(out)["frames"] >= n:
+                    return
+            except Exception:  # noqa: BLE001  a fragment may be half-written while we read
+                pass
+        time.sleep(0.5)
+    raise TimeoutError
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_interrupted_run_keeps_a_playable_file(tmp_path, sig):
+    out = tmp_path / "long.mp4"
+    proc = _start(out)
+    _wait_for_frames(out, 20, proc)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    info = probe_mp4(out)
+    assert info["frames"] >= 20 and (info["width"], info["height"]) == (64, 64)
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 130 and "keeps every frame" in proc.stderr.read()
