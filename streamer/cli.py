@@ -131,8 +131,11 @@ def cmd_generate(args) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     if args.prompt_file:
+        import logging
+
         from streamer.batch import run_prompt_file
 
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # per-process progress lines
         def one(prompt: str, path: Path) -> None:
             generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet)
 

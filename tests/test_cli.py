@@ -96,3 +96,18 @@ def test_interrupted_run_keeps_a_playable_file(tmp_path, sig):
     assert info["frames"] >= 20 and (info["width"], info["height"]) == (64, 64)
     if sig != signal.SIGKILL:
         assert proc.returncode == 130 and "keeps every frame" in proc.stderr.read()
+
+
+def test_prompt_file_under_accelerate_launch_shards_across_processes(tmp_path):
+    from tests.test_batch import accelerate_launch
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\nthree\nfour\n")
+    script = tmp_path / "cli.py"
+    script.write_text("import sys\nfrom streamer.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "out"
+    proc = accelerate_launch(script, "generate", "--prompt-file", prompts, "--frames", "5", "--out", out, *SMALL)
+    done = [line for line in proc.stderr.splitlines() if line.startswith("[process") and " done: " in line]
+    assert len(done) == 4 and sum("[process 0/2]" in d for d in done) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["0001-one.mp4", "0002-two.mp4", "0003-three.mp4", "0004-four.mp4"]
+    assert all(probe_mp4(p)["frames"] == 5 for p in out.iterdir())
