@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -46,6 +48,10 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy-arg", action="append", default=[], metavar="K=V", help="policy knob, repeatable")
 
 
+# Modules that add a subcommand with `register(subparsers)` (each sets `func`).
+_COMMAND_MODULES = ["streamer.bench"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamer", description="Real-time autoregressive video diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_stream_args(gen)
     _add_model_args(gen)
+    gen.set_defaults(func=cmd_generate)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -160,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     from streamer.models.loader import CheckpointError
 
     try:
-        if args.command == "generate":
-            return cmd_generate(args)
+        return args.func(args)
     except (CheckpointError, PolicyError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("STREAMER_DEBUG"):
+            raise
         print(f"streamer: error: {e}", file=sys.stderr)
         return 2
-    return 1
 
 
 if __name__ == "__main__":

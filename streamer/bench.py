@@ -1,0 +1,535 @@
+"""`streamer bench`: end-to-end frame rate, latency and memory over a grid, with baselines.
+
+Every number is measured on a stream, after warm-up, over several repeats (medians):
+- end-to-end FPS: video frames / (DiT + decode) time: the headline, decode always included;
+- DiT-only FPS, first-frame latency (session start -> first frames decoded, prompt encoding included),
+  per-chunk latency p50 / p95 / max, peak memory (RSS on CPU; allocated and reserved on GPU).
+Baselines run the same chunk loop in the same process, so every claim is a ratio:
+- recompute: no KV cache, the whole window is re-run at every step (StreamingLLM's
+  sliding-window recompute baseline), with our model;
+- diffusers: the same loop through diffusers' `WanTransformer3DModel` (bidirectional over the
+  window), what a user without this project would write.
+Random weights time the same as trained ones, so `wan2.1-1.3b` needs no checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamer.pipeline import Pipeline, default_device
+from streamer.policies import POLICIES, make_policy
+from streamer.sampler import SamplerConfig, denoise, randn_like, sampler_for_steps
+from streamer.session import Session, StreamConfig
+
+# Published end-to-end FPS on one H100 at 832x480, 4 steps, chunk 3 (DESIGN.md section 4).
+PUBLISHED_H100 = {
+    "Self-Forcing": 17.0, "LongLive": 20.7, "Reward Forcing": 23.1,
+    "MotionStream (full VAE)": 16.7, "MotionStream (tiny VAE, FA3)": 29.5,
+}
+TARGETS = {  # (fps_e2e, first_frame_s) the project must reach
+    "cpu": (24.0, 1.0),
+    "cuda:full": (30.0, 0.4),
+    "cuda:tiny": (50.0, 0.4),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    preset: str = "default"        # default (shipped model) | tiny | wan2.1-1.3b (random weights)
+    size: tuple[int, int] | None = None  # (w, h); None = the model's native size
+    steps: int = 4
+    chunk: int = 3
+    policy: str = "window"
+    decoder: str = "model"         # model (what the preset ships) | full (Wan VAE) | tiny (TAEHV-style)
+    dtype: str = "auto"            # auto | bf16 | fp16 | fp32
+    attention: str = "torch"       # torch | triton
+    compile: bool = False
+
+    def label(self) -> str:
+        size = f"{self.size[0]}x{self.size[1]}" if self.size else "native"
+        return (f"{self.preset} {size} steps={self.steps} chunk={self.chunk} {self.policy} dec={self.decoder} "
+                f"{self.dtype} attn={self.attention}{' compiled' if self.compile else ''}")
+
+
+@dataclass
+class StreamStats:
+    fps_e2e: float
+    fps_dit: float
+    first_frame_s: float
+    chunk_ms_p50: float
+    chunk_ms_p95: float
+    chunk_ms_max: float
+    peak_mem_mb: float
+    peak_reserved_mb: float | None = None
+    chunk_ms: list[float] = field(default_factory=list)
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def build_pipeline(cell: Cell, device: torch.device) -> Pipeline:
+    """The pipeline a cell times: the shipped model, or a random model of a preset's size."""
+    dtype = _dtype(cell.dtype, device)
+    if cell.preset == "default":
+        pipe = Pipeline.load(device=device, dtype=dtype)
+    else:
+        pipe = Pipeline.load(preset=cell.preset, device=device, dtype=dtype)
+        if cell.preset != "tiny":
+            pipe.native_size = (832, 480)
+    if cell.decoder == "full":
+        from diffusers import AutoencoderKLWan
+
+        from streamer.models.vae import StreamingWanDecoder
+
+        pipe.decoder = StreamingWanDecoder(AutoencoderKLWan().to(device=device, dtype=dtype).eval())
+    elif cell.decoder == "tiny":
+        from streamer.models.tiny_vae import TinyStreamingDecoder, TinyVAE
+
+        pipe.decoder = TinyStreamingDecoder(TinyVAE().to(device=device, dtype=dtype).eval())
+    if cell.compile:
+        for blk in pipe.model.blocks:
+            blk.forward = torch.compile(blk.forward, dynamic=True)
+    return pipe
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _summarise(first_frame: float, chunk_s: list[float], dit_s: list[float], frames: list[int], mem: float,
+               reserved: float | None) -> StreamStats:
+    ms = [1e3 * s for s in chunk_s]
+    return StreamStats(
+        fps_e2e=sum(frames) / sum(chunk_s), fps_dit=sum(frames) / sum(dit_s), first_frame_s=first_frame,
+        chunk_ms_p50=float(np.percentile(ms, 50)), chunk_ms_p95=float(np.percentile(ms, 95)),
+        chunk_ms_max=max(ms), peak_mem_mb=mem, peak_reserved_mb=reserved, chunk_ms=ms,
+    )
+
+
+def _peak_mem(device: torch.device, rss: list[float]) -> tuple[float, float | None]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20, torch.cuda.max_memory_reserved() / 2**20
+    return max(rss), None
+
+
+def _fresh_prompt() -> str:
+    return f"bench prompt {time.time_ns()}"  # never cached, so first-frame latency includes encoding
+
+
+def time_session(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int,
+                 prompt: str | None = None) -> StreamStats:
+    """Stream `warmup + chunks` chunks through our engine; statistics over the last `chunks`."""
+    dev = pipe.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(dev)
+    t0 = time.perf_counter()
+    session = Session(pipe, prompt or _fresh_prompt(), config)
+    first_frame = None
+    chunk_s, dit_s, frames, rss = [], [], [], []
+    for i, chunk in enumerate(session.stream(config.chunk_frames * (warmup + chunks))):
+        if first_frame is None:
+            first_frame = time.perf_counter() - t0
+        if i >= warmup:
+            chunk_s.append(chunk.dit_seconds + chunk.decode_seconds)
+            dit_s.append(chunk.dit_seconds)
+            frames.append(len(chunk.frames))
+            rss.append(_rss_mb())
+    return _summarise(first_frame, chunk_s, dit_s, frames, *_peak_mem(dev, rss))
+
+
+def _window_frames(config: StreamConfig) -> int:
+    policy = make_policy(config.policy, config.policy_args, config.chunk_frames)
+    return getattr(policy, "window", 21)
+
+
+def time_recompute(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int,
+                   flow_model: Callable | None = None, prompt: str | None = None) -> StreamStats:
+    """The chunk loop without a KV cache: at every denoising step the visible window (clean
+    history + the noisy chunk) is re-run from scratch. `flow_model(x, t_per_frame, text)` defaults
+    to our model, block-causal; the diffusers baseline passes its own."""
+    dev, model = pipe.device, pipe.model
+    c = config.chunk_frames
+    window = _window_frames(config)
+    lh, lw = config.height // model.config.vae_stride[1], config.width // model.config.vae_stride[2]
+    gen = torch.Generator("cpu").manual_seed(config.seed)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(dev)
+    t0 = time.perf_counter()
+    emb = pipe.text_encoder.encode([prompt or _fresh_prompt()])
+    text = model.encode_text(emb) if flow_model is None else emb.to(dev, pipe.dtype)
+    if flow_model is None:
+        def flow_model(x, t, text_):
+            return model(x, t, text_, chunk_frames=c)
+    pipe.decoder.reset()
+    history = torch.zeros(1, model.config.out_channels, 0, lh, lw, device=dev)
+    timesteps = config.sampler.timesteps()
+    first_frame = None
+    chunk_s, dit_s, frames, rss = [], [], [], []
+    with torch.inference_mode():
+        for i in range(warmup + chunks):
+            t_start = time.perf_counter()
+            hist = history[:, :, max(0, history.shape[2] - (window - c)):]
+            n_hist = hist.shape[2]
+
+            def flow(x, t):
+                ts = torch.cat([torch.zeros(1, n_hist), torch.full((1, c), float(t))], dim=1).to(dev)
+                return flow_model(torch.cat([hist, x], dim=2), ts, text)[:, :, n_hist:].float()
+
+            noise = randn_like(torch.empty(1, model.config.out_channels, c, lh, lw, device=dev), gen)
+            x0 = denoise(flow, noise, timesteps, gen)
+            history = torch.cat([hist, x0], dim=2)
+            _sync(dev)
+            t_dit = time.perf_counter()
+            video = pipe.decode(x0)
+            _sync(dev)
+            t_end = time.perf_counter()
+            if first_frame is None:
+                first_frame = t_end - t0
+            if i >= warmup:
+                chunk_s.append(t_end - t_start)
+                dit_s.append(t_dit - t_start)
+                frames.append(len(video))
+                rss.append(_rss_mb())
+    return _summarise(first_frame, chunk_s, dit_s, frames, *_peak_mem(dev, rss))
+
+
+def time_diffusers(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int) -> StreamStats:
+    """The same window loop through diffusers' WanTransformer3DModel carrying our weights."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # its fp32-modules warning on .to(dtype) is about training
+    cfg = pipe.model.config
+    if cfg.track_channels:
+        raise ValueError("diffusers' Wan has no trajectory channels")
+    ref = WanTransformer3DModel(**cfg.to_diffusers()).to(device=pipe.device, dtype=pipe.dtype).eval()
+    ref.load_state_dict(pipe.model.state_dict())
+    _, ph, pw = cfg.patch_size
+
+    def flow_model(x, t_frames, text_emb):
+        tokens = (x.shape[3] // ph) * (x.shape[4] // pw)
+        t_tokens = t_frames.repeat_interleave(tokens, dim=1)  # diffusers' per-token timesteps
+        return ref(x.to(pipe.dtype), t_tokens, text_emb, return_dict=False)[0]
+
+    try:
+        return time_recompute(pipe, config, chunks, warmup, flow_model=flow_model)
+    finally:
+        del ref
+
+
+def stream_config(cell: Cell, pipe: Pipeline) -> StreamConfig:
+    w, h = cell.size or pipe.native_size
+    sampler = SamplerConfig() if cell.steps == 4 else sampler_for_steps(cell.steps)
+    defaults = dict(getattr(pipe, "stream_defaults", None) or {})
+    policy_args = defaults.get("policy_args", {}) if cell.policy == defaults.get("policy") else {}
+    return StreamConfig(width=w, height=h, chunk_frames=cell.chunk, sampler=sampler, policy=cell.policy,
+                        policy_args=policy_args)
+
+
+def _median_stats(runs: list[StreamStats]) -> StreamStats:
+    fields = ["fps_e2e", "fps_dit", "first_frame_s", "chunk_ms_p50", "chunk_ms_p95", "chunk_ms_max", "peak_mem_mb"]
+    out = {f: statistics.median(getattr(r, f) for r in runs) for f in fields}
+    reserved = [r.peak_reserved_mb for r in runs if r.peak_reserved_mb is not None]
+    return StreamStats(**out, peak_reserved_mb=max(reserved) if reserved else None,
+                       chunk_ms=[m for r in runs for m in r.chunk_ms])
+
+
+def run_cell(cell: Cell, device: torch.device, chunks: int, warmup: int, repeats: int,
+             baselines: tuple[str, ...] = ()) -> dict:
+    from streamer import attention
+
+    attention.set_backend(cell.attention)
+    pipe = build_pipeline(cell, device)
+    config = stream_config(cell, pipe)
+    ours = _median_stats([time_session(pipe, config, chunks, warmup) for _ in range(repeats)])
+    result = {"cell": asdict(cell), "label": cell.label(), "size": [config.width, config.height],
+              "ours": _public(ours)}
+    for name in baselines:
+        fn = {"recompute": time_recompute, "diffusers": time_diffusers}[name]
+        try:
+            base = _median_stats([fn(pipe, config, chunks, warmup) for _ in range(repeats)])
+            result[name] = _public(base)
+            result[f"speedup_vs_{name}"] = ours.fps_e2e / base.fps_e2e
+        except (ValueError, RuntimeError) as e:  # e.g. diffusers cannot take trajectory channels
+            result[name] = {"error": str(e)}
+    result["targets"] = _target_check(cell, device, ours)
+    if _matches_published(cell, device, config):
+        result["published_h100_fps"] = PUBLISHED_H100
+    return result
+
+
+def _public(stats: StreamStats) -> dict:
+    d = asdict(stats)
+    d.pop("chunk_ms")
+    return d
+
+
+def _target_check(cell: Cell, device: torch.device, s: StreamStats) -> dict | None:
+    key = "cpu" if device.type == "cpu" and cell.preset == "default" else (
+        f"cuda:{cell.decoder}" if device.type == "cuda" and cell.preset == "wan2.1-1.3b" else None)
+    if key not in TARGETS:
+        return None
+    fps, first = TARGETS[key]
+    return {"target_fps": fps, "target_first_frame_s": first, "fps_met": s.fps_e2e >= fps,
+            "fps_short_by": max(0.0, fps - s.fps_e2e), "first_frame_met": s.first_frame_s <= first}
+
+
+def _matches_published(cell: Cell, device: torch.device, config: StreamConfig) -> bool:
+    return (device.type == "cuda" and cell.preset == "wan2.1-1.3b" and (config.width, config.height) == (832, 480)
+            and cell.steps == 4 and cell.chunk == 3)
+
+
+# ---- length scaling ---------------------------------------------------------------------------
+def length_scaling(cell: Cell, device: torch.device, policies: list[str], minutes: float,
+                   progress: bool = True) -> dict:
+    """Per-chunk time and RSS over a stream of `minutes` of video, per policy."""
+    from tqdm import tqdm
+
+    out = {}
+    for policy in policies:
+        c = Cell(**{**asdict(cell), "policy": policy})
+        pipe = build_pipeline(c, device)
+        config = stream_config(c, pipe)
+        n_latent = int(minutes * 60 * pipe.fps / 4) + 1
+        n_chunks = -(-n_latent // config.chunk_frames)
+        session = Session(pipe, "length scaling", config)
+        times, mems, frames = [], [], 0
+        bar = tqdm(total=n_chunks, desc=f"length {policy}", disable=not progress, leave=False)
+        for chunk in session.stream(n_chunks * config.chunk_frames):
+            times.append(1e3 * (chunk.dit_seconds + chunk.decode_seconds))
+            mems.append(torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb())
+            frames += len(chunk.frames)
+            bar.update()
+        bar.close()
+        fill = -(-session.cache.num_slots // config.chunk_frames) + 1  # chunks until the window is full
+        if len(times) <= fill:
+            raise ValueError(f"--length-minutes {minutes} ends before the {policy} window fills ({fill} chunks)")
+        first, last = times[fill : fill + 100], times[-100:]
+        out[policy] = {"chunk_ms": times, "mem_mb": mems, "video_seconds": frames / pipe.fps,
+                       "fill_chunk": fill, "last_vs_fill_time": statistics.median(last) / statistics.median(first),
+                       "mem_growth_mb": max(mems[fill:]) - mems[fill]}
+    return out
+
+
+# ---- output -------------------------------------------------------------------------------------
+COLUMNS = [("e2e FPS", "fps_e2e", "{:.1f}"), ("DiT FPS", "fps_dit", "{:.1f}"), ("first frame s", "first_frame_s", "{:.2f}"),
+           ("chunk p50 ms", "chunk_ms_p50", "{:.0f}"), ("p95 ms", "chunk_ms_p95", "{:.0f}"),
+           ("max ms", "chunk_ms_max", "{:.0f}"), ("peak MB", "peak_mem_mb", "{:.0f}")]
+
+
+def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["cell"] + [c[0] for c in COLUMNS] + ["vs recompute", "vs diffusers", "target"]
+    rows = []
+    for r in results:
+        row = [r["label"]] + [fmt.format(r["ours"][key]) for _, key, fmt in COLUMNS]
+        for name in ("recompute", "diffusers"):
+            ratio = r.get(f"speedup_vs_{name}")
+            row.append(f"{ratio:.2f}x" if ratio else ("n/a" if name in r else "-"))
+        t = r.get("targets")
+        row.append("-" if not t else ("met" if t["fps_met"] and t["first_frame_met"] else
+                                      f"missed: {t['fps_short_by']:.1f} FPS short" if not t["fps_met"]
+                                      else "missed: first frame"))
+        rows.append(row)
+    return header, rows
+
+
+def format_table(results: list[dict]) -> str:
+    header, rows = table_rows(results)
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def format_markdown(results: list[dict], machine: dict, command: str) -> str:
+    header, rows = table_rows(results)
+    md = [f"Command: `{command}`", "",
+          f"Machine: {machine.get('gpu') or machine['cpu']} ({machine['cpu_threads']} threads), "
+          f"torch {machine['torch']}, triton {machine.get('triton')}", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    pub = next((r["published_h100_fps"] for r in results if "published_h100_fps" in r), None)
+    if pub:
+        md += ["", "Published end-to-end FPS on one H100 at 832x480, 4 steps, chunk 3: "
+               + ", ".join(f"{k} {v}" for k, v in pub.items())]
+    return "\n".join(md) + "\n"
+
+
+def plot_results(results: list[dict], scaling: dict | None, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(results)))
+    labels = [r["label"] for r in results]
+    ax.barh(labels, [r["ours"]["fps_e2e"] for r in results], color="#3b7dd8", label="streamer")
+    for name, colour in (("recompute", "#d8893b"), ("diffusers", "#999999")):
+        vals = [r[name]["fps_e2e"] if isinstance(r.get(name), dict) and "fps_e2e" in r[name] else 0 for r in results]
+        if any(vals):
+            ax.barh(labels, vals, color=colour, label=name, height=0.4)
+    ax.set_xlabel("end-to-end FPS (decode included)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    paths.append(out_dir / "fps.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    if scaling:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        for policy, s in scaling.items():
+            n = len(s["chunk_ms"])
+            minutes = np.linspace(0, s["video_seconds"] / 60, n)
+            k = max(1, n // 50)
+            smooth = np.convolve(s["chunk_ms"], np.ones(k) / k, mode="same")
+            a1.plot(minutes, smooth, label=policy)
+            a2.plot(minutes, s["mem_mb"], label=policy)
+        a1.set_xlabel("stream position (minutes of video)")
+        a1.set_ylabel("chunk time, ms (moving average)")
+        a2.set_xlabel("stream position (minutes of video)")
+        a2.set_ylabel("memory, MB")
+        a1.legend()
+        fig.tight_layout()
+        paths.append(out_dir / "length_scaling.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+# ---- command --------------------------------------------------------------------------------------
+def _sizes(text: str) -> tuple[int, int] | None:
+    if text == "native":
+        return None
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark frame rate, latency and memory over a grid",
+                       description="Each grid flag takes several values; every combination is one cell.")
+    p.add_argument("--preset", nargs="+", default=["default"], help="default | tiny | wan2.1-1.3b")
+    p.add_argument("--size", nargs="+", default=["native"], help="WxH or native")
+    p.add_argument("--steps", nargs="+", type=int, default=[4])
+    p.add_argument("--chunk", nargs="+", type=int, default=[3])
+    p.add_argument("--policy", nargs="+", default=["window"], help=", ".join(POLICIES))
+    p.add_argument("--decoder", nargs="+", default=["model"], help="model | full (Wan VAE) | tiny")
+    p.add_argument("--dtype", nargs="+", default=["auto"], help="auto | bf16 | fp16 | fp32")
+    p.add_argument("--attention", nargs="+", default=["torch"], help="torch | triton")
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    p.add_argument("--chunks", type=int, default=20, help="chunks measured per stream, after warm-up")
+    p.add_argument("--warmup", type=int, default=3, help="chunks streamed before measuring")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--baselines", nargs="*", default=["recompute", "diffusers"], help="recompute, diffusers")
+    p.add_argument("--length-minutes", type=float, default=0.0,
+                   help="also stream this many minutes of video per --policy and plot chunk time and memory")
+    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--out", default="bench_results", help="folder for results.json, results.md and plots")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from tqdm import tqdm
+
+    device = torch.device(args.device) if args.device else default_device()
+    grid = [Cell(preset=p, size=_sizes(s), steps=st, chunk=c, policy=pol, decoder=d, dtype=dt, attention=a,
+                 compile=cp == "on")
+            for p, s, st, c, pol, d, dt, a, cp in itertools.product(
+                args.preset, args.size, args.steps, args.chunk, args.policy, args.decoder, args.dtype,
+                args.attention, args.compile)]
+    for policy in args.policy:
+        make_policy(policy, {}, args.chunk[0])  # a bad name fails here, before any work
+    machine = machine_info()
+    results = []
+    for cell in tqdm(grid, desc="bench", disable=args.quiet):
+        results.append(run_cell(cell, device, args.chunks, args.warmup, args.repeats, tuple(args.baselines)))
+    scaling = None
+    if args.length_minutes > 0:
+        scaling = length_scaling(grid[0], device, args.policy, args.length_minutes, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "streamer bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "streamer bench"
+    doc = {"machine": machine, "command": command, "results": results}
+    if scaling:
+        doc["length_scaling"] = scaling
+    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    md = format_markdown(results, machine, command)
+    if scaling:
+        md += "\nLength scaling (chunk time at the end vs at window fill; memory growth after fill):\n\n"
+        md += "| policy | video minutes | last-100 / first-100 chunk time | memory growth MB |\n|---|---|---|---|\n"
+        md += "".join(f"| {p} | {s['video_seconds'] / 60:.1f} | {s['last_vs_fill_time']:.3f} | {s['mem_growth_mb']:.1f} |\n"
+                      for p, s in scaling.items())
+    (out / "results.md").write_text(md)
+    plots = []
+    try:
+        plots = plot_results(results, scaling, out)
+    except ImportError:
+        print("matplotlib is not installed: no plots")
+    print(format_table(results))
+    for r in results:
+        t = r.get("targets")
+        if t and not (t["fps_met"] and t["first_frame_met"]):
+            print(f"target missed for {r['label']}: {r['ours']['fps_e2e']:.1f} FPS vs {t['target_fps']} "
+                  f"({t['fps_short_by']:.1f} short), first frame {r['ours']['first_frame_s']:.2f} s vs "
+                  f"{t['target_first_frame_s']} s")
+    if scaling:
+        for p, s in scaling.items():
+            print(f"length scaling {p}: last-100/first-100 chunk time {s['last_vs_fill_time']:.3f}, "
+                  f"memory growth {s['mem_growth_mb']:.1f} MB over {s['video_seconds'] / 60:.1f} min")
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in plots))
+    return 0
