@@ -1,0 +1,118 @@
+"""Triton kernels for the streaming hot path, each beside its plain-torch reference.
+
+Dispatch: the `run_*` functions below run the Triton kernel on CUDA tensors when Triton is installed and
+the torch reference everywhere else. `set_mode("torch")` forces the references (benchmarking,
+debugging); `set_mode("triton")` forces the kernels, also on CPU tensors when TRITON_INTERPRET=1
+(the tests). Importing this package never imports Triton: kernel modules load on first use, so
+a CPU-only install without Triton works unchanged. (The dispatchers carry a `run_` prefix because
+a submodule, once imported, becomes an attribute of this package under its own name.)
+
+When Triton is installed, importing this package registers the "triton" attention backend
+(`streamer.attention.set_backend("triton")`): plain attention runs through the cache-attention
+kernel, and `CacheView` switches to its in-place fast path (kernels/cache_attention.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from streamer import attention as _attention
+
+Mode = Literal["auto", "torch", "triton"]
+_mode: Mode = "auto"
+
+
+def triton_available() -> bool:
+    """Triton importable, and either a CUDA device or the interpreter (TRITON_INTERPRET=1)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def set_mode(mode: Mode) -> None:
+    global _mode
+    if mode not in ("auto", "torch", "triton"):
+        raise ValueError(f"kernel mode must be auto, torch or triton; got {mode!r}")
+    if mode == "triton" and not triton_available():
+        raise RuntimeError("Triton kernels need Triton and a CUDA device (or TRITON_INTERPRET=1)")
+    _mode = mode
+
+
+def get_mode() -> Mode:
+    return _mode
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Whether the kernels run for tensors like x under the current mode."""
+    if _mode == "auto":
+        return x.is_cuda and triton_available()
+    return _mode == "triton"
+
+
+def run_cache_attention(q: torch.Tensor, history=None, segments: Sequence = (), scale: float | None = None):
+    """(out, lse) of q over [history slots | segments]; see kernels/cache_attention.py."""
+    from streamer.kernels import cache_attention as m
+
+    fn = m.cache_attention if use_triton(q) else m.cache_attention_reference
+    return fn(q, history, segments, scale)
+
+
+def run_attention_mass(q: torch.Tensor, lse: torch.Tensor, history=None, segments: Sequence = (),
+                   scale: float | None = None) -> torch.Tensor:
+    """Mean attention probability per key [B, n_keys]; see kernels/attention_mass.py."""
+    from streamer.kernels import attention_mass as m
+
+    if use_triton(q):
+        return m.attention_mass(q, lse, history, segments, scale)
+    return m.attention_mass_reference(q, history, segments, scale)
+
+
+def run_participation_scores(queries: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | None = None,
+                         theta: float = 10000.0) -> torch.Tensor:
+    """Deep Forcing's sum over queries and heads of q . k per key [n_keys]."""
+    from streamer.kernels import attention_mass as m
+
+    fn = m.participation_scores if use_triton(keys) else m.participation_scores_reference
+    return fn(queries, keys, positions, theta)
+
+
+def run_qk_norm_rope(q, k, weight_q, weight_k, cos, sin, heads: int, eps: float = 1e-6):
+    """RMSNorm across heads + RoPE of q and k [B, S, H * D] -> two [B, S, H, D]."""
+    from streamer.kernels import qk_norm_rope as m
+
+    fn = m.qk_norm_rope if use_triton(q) else m.qk_norm_rope_reference
+    return fn(q, k, weight_q, weight_k, cos, sin, heads, eps)
+
+
+def run_layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """LayerNorm(x) * (1 + scale) + shift with per-frame shift/scale [B, F, D]."""
+    from streamer.kernels import adaln as m
+
+    fn = m.layernorm_modulate if use_triton(x) else m.layernorm_modulate_reference
+    return fn(x, shift, scale, eps)
+
+
+def run_gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate with a per-frame gate [B, F, D], fp32 math, x's dtype."""
+    from streamer.kernels import gated_residual as m
+
+    fn = m.gated_residual if use_triton(x) else m.gated_residual_reference
+    return fn(x, y, gate)
+
+
+def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The "triton" attention backend: the kernel with one plain segment; SDPA where it does not apply
+    (masks are only used by full-clip training forwards, and CPU tensors outside the tests)."""
+    if mask is not None or not use_triton(q):
+        return _attention._torch_sdpa(q, k, v, mask)
+    return run_cache_attention(q, None, [(k, v)])[0]
+
+
+if importlib.util.find_spec("triton") is not None:
+    _attention.register_backend("triton", _triton_attention)

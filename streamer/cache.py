@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from streamer.attention import attention
+from streamer import kernels  # registers the "triton" attention backend when Triton is installed
+from streamer.attention import attention, get_backend
 from streamer.models.rope import apply_rope, rope_cos_sin, temporal_angles
 
 
@@ -219,6 +220,12 @@ class CacheView:
         if self.commit:
             q_sp = apply_rope(q, self.spatial_cos, self.spatial_sin) if self.cache.q is not None else None
             self.cache.write(layer, self.plan.write_slots, k_sp, v, q_sp)
+        # ---- Triton fast path: history slots read in place, rotated in-kernel, no workspace ----
+        if get_backend() == "triton" and kernels.use_triton(q):
+            from streamer.kernels.cache_attention import view_attention
+
+            return view_attention(self, layer, q, k, v)
+        # ---- end of the fast path ----
         need_q_sp = self.plan.compression is not None and layer not in self._workspace
         q_sp = apply_rope(q, self.spatial_cos, self.spatial_sin) if need_q_sp else None
         k_ws, v_ws, n_hist = self._history(layer, k, q_sp)

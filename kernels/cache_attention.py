@@ -1,0 +1,311 @@
+"""A chunk's attention over [cached history slots | plain segments], without concatenating them.
+
+The history is read in place from one layer's cache tensors through a slot table; its keys are
+stored spatially rotated but not temporally, and each slot's temporal position comes with it.
+Rotating a key by R(p) and dotting with q equals dotting the unrotated key with R(-p) q, so the
+kernel rotates the *query tile* once per slot instead of every key: the inner loop stays a plain
+FlashAttention-2 loop (online softmax, fp32 accumulation) whatever positions a policy assigns.
+Plain segments (the chunk's own K/V, compressed tokens) arrive already rotated. The log-sum-exp is
+written out so that the attention mass per key can be computed exactly in a second pass.
+
+`cache_attention_reference` is the torch definition: gather, rotate, concatenate, softmax.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from streamer.kernels._triton import INTERPRET, configs, require_triton, tl, triton
+from streamer.models.rope import apply_rope, rope_band_dims, temporal_angles
+
+Segment = tuple[torch.Tensor, torch.Tensor]  # pre-rotated keys and values, each [B, S, H, D]
+MAX_PLAIN_SEGMENTS = 2  # the chunk itself and the compressed tokens: all a CacheView needs
+LOG2E = 1.4426950408889634
+
+
+@dataclass
+class CacheSegment:
+    """History frames read in place from one layer's cache (keys spatially rotated, not temporally)."""
+
+    k: torch.Tensor      # [B, num_slots, tokens_per_frame, H, D]
+    v: torch.Tensor      # [B, num_slots, tokens_per_frame, H, D]
+    slots: torch.Tensor  # [n] int64 on k's device: the slots attended, in order
+    cos: torch.Tensor    # [n, t_dim // 2] float32: each slot's temporal rotation
+    sin: torch.Tensor
+
+    @classmethod
+    def at(cls, k: torch.Tensor, v: torch.Tensor, slots: Sequence[int], positions: Sequence[float],
+           theta: float = 10000.0) -> CacheSegment:
+        """Angles in float64 from the positions (as models/rope.py does), so any position is exact."""
+        angles = temporal_angles(torch.tensor(list(positions), dtype=torch.float64), k.shape[-1], theta)
+        dev = k.device
+        return cls(k, v, torch.tensor(list(slots), dtype=torch.long, device=dev),
+                   angles.cos().float().to(dev), angles.sin().float().to(dev))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.slots.numel() * self.k.shape[2]
+
+
+# ---- torch reference ---------------------------------------------------------------------------
+
+def gather_history(history: CacheSegment) -> Segment:
+    """The history's temporally rotated keys and its values, concatenated: [B, n * T, H, D]."""
+    n, tokens, d = history.slots.numel(), history.k.shape[2], history.k.shape[-1]
+    pad = d // 2 - history.cos.shape[1]  # spatial pairs: no rotation here (already in the cache)
+    cos = torch.cat([history.cos, history.cos.new_ones(n, pad)], 1).repeat_interleave(tokens, 0)
+    sin = torch.cat([history.sin, history.sin.new_zeros(n, pad)], 1).repeat_interleave(tokens, 0)
+    k = history.k.index_select(1, history.slots).flatten(1, 2)
+    return apply_rope(k, cos, sin), history.v.index_select(1, history.slots).flatten(1, 2)
+
+
+def concat_keys(q: torch.Tensor, history: CacheSegment | None, segments: Sequence[Segment]) -> Segment:
+    """All keys and values in attention order, in fp32: [history | segments...]."""
+    parts = ([gather_history(history)] if history is not None else []) + list(segments)
+    b, _, h, d = q.shape
+    k = torch.cat([q.new_zeros(b, 0, h, d, dtype=torch.float32)] + [x.float() for x, _ in parts], 1)
+    v = torch.cat([q.new_zeros(b, 0, h, d, dtype=torch.float32)] + [x.float() for _, x in parts], 1)
+    return k, v
+
+
+def cache_attention_reference(
+    q: torch.Tensor, history: CacheSegment | None = None, segments: Sequence[Segment] = (), scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of q [B, Sq, H, D] over all keys -> (out in q's dtype, lse [B, H, Sq] fp32).
+    With no keys at all the output is zero and the log-sum-exp -inf."""
+    k, v = concat_keys(q, history, segments)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k) * scale
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse[..., None]) if k.shape[1] else s
+    return torch.einsum("bhqk,bkhd->bqhd", p, v).to(q.dtype), lse
+
+
+# ---- Triton kernel -----------------------------------------------------------------------------
+
+@triton.jit
+def _rotate_q(q_ptrs, qswap_ptrs, row_mask, cos_row, sin_row, offs_d, HALF_T: tl.constexpr):
+    """R(-p) q on the temporal band (interleaved pairs), fp32. qswap_ptrs address the pair partner
+    of each channel (d ^ 1): even d gets q[d] c + q[d+1] s, odd d gets q[d] c - q[d-1] s."""
+    pair = offs_d // 2
+    band = pair < HALF_T
+    c = tl.load(cos_row + pair, mask=band, other=1.0)
+    s = tl.load(sin_row + pair, mask=band, other=0.0)
+    s = tl.where(offs_d % 2 == 0, s, -s)
+    q = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0).to(tl.float32)
+    qs = tl.load(qswap_ptrs, mask=row_mask[:, None], other=0.0).to(tl.float32)
+    return q * c[None, :] + qs * s[None, :]
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, n_valid, qk_scale,
+                 BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    """One online-softmax step (log2 domain: qk_scale includes log2 e)."""
+    if MASKED:
+        valid = tl.arange(0, BLOCK_N) < n_valid
+        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * qk_scale
+    if MASKED:
+        s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attend_segment(acc, m_i, l_i, q, k_base, s_kt, v_base, s_vt, length, qk_scale, offs_d,
+                    BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """All keys of one contiguous run: full tiles unmasked, then the ragged tail masked."""
+    offs_n = tl.arange(0, BLOCK_N)
+    n_full = (length // BLOCK_N) * BLOCK_N
+    for start in range(0, n_full, BLOCK_N):
+        rows = start + offs_n
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base + rows[:, None] * s_kt + offs_d[None, :],
+                                     v_base + rows[:, None] * s_vt + offs_d[None, :], BLOCK_N, qk_scale,
+                                     BLOCK_N, False, PRECISION)
+    if n_full < length:
+        rows = n_full + offs_n
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base + rows[:, None] * s_kt + offs_d[None, :],
+                                     v_base + rows[:, None] * s_vt + offs_d[None, :], length - n_full, qk_scale,
+                                     BLOCK_N, True, PRECISION)
+    return acc, m_i, l_i
+
+
+@triton.autotune(
+    configs=configs(
+        interpret=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)],
+        cuda=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+              for m, n, w, s in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4),
+                                 (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4), (128, 64, 8, 4)]],
+    ),
+    key=["Sq", "tokens", "HEAD_DIM", "UPCAST"],
+)
+@triton.jit
+def _cache_attention_kernel(
+    Q, Out, Lse, KC, VC, Slots, Cos, Sin, KA, VA, KB, VB,
+    n_hist, tokens, len_a, len_b, Sq, H, qk_scale,
+    s_qb, s_qs, s_qh, s_ob, s_os, s_oh,
+    s_kcb, s_kcs, s_kct, s_kch, s_vcb, s_vcs, s_vct, s_vch,
+    s_kab, s_kas, s_kah, s_vab, s_vas, s_vah,
+    s_kbb, s_kbs, s_kbh, s_vbb, s_vbs, s_vbh,
+    HEAD_DIM: tl.constexpr, HALF_T: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_mask = offs_m < Sq
+    # bf16 tl.dot is wrong under the interpreter and fp32 inputs stay fp32: compute in fp32 there
+    cdtype = tl.float32 if UPCAST else Q.dtype.element_ty
+    q_base = Q + b * s_qb + h * s_qh
+    q_ptrs = q_base + offs_m[:, None] * s_qs + offs_d[None, :]
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    # history: per slot, rotate the query tile by minus the slot's temporal angle, then plain FA2
+    kc_base = KC + b * s_kcb + h * s_kch
+    vc_base = VC + b * s_vcb + h * s_vch
+    qswap_ptrs = q_base + offs_m[:, None] * s_qs + (offs_d ^ 1)[None, :]
+    for j in range(0, n_hist):
+        slot = tl.load(Slots + j).to(tl.int64)
+        q = _rotate_q(q_ptrs, qswap_ptrs, row_mask, Cos + j * HALF_T, Sin + j * HALF_T, offs_d, HALF_T).to(cdtype)
+        acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, kc_base + slot * s_kcs, s_kct, vc_base + slot * s_vcs,
+                                        s_vct, tokens, qk_scale, offs_d, BLOCK_N, PRECISION)
+
+    # plain, already rotated segments
+    q = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0).to(cdtype)
+    acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, KA + b * s_kab + h * s_kah, s_kas, VA + b * s_vab + h * s_vah,
+                                    s_vas, len_a, qk_scale, offs_d, BLOCK_N, PRECISION)
+    acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, KB + b * s_kbb + h * s_kbh, s_kbs, VB + b * s_vbb + h * s_vbh,
+                                    s_vbs, len_b, qk_scale, offs_d, BLOCK_N, PRECISION)
+
+    # no keys at all: output 0 and lse -inf (as the reference), not 0/0
+    has_keys = l_i > 0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_keys, (m_i + tl.log2(l_safe)) / 1.4426950408889634, float("-inf"))
+    o_ptrs = Out + b * s_ob + h * s_oh + offs_m[:, None] * s_os + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_mask[:, None])
+    tl.store(Lse + bh.to(tl.int64) * Sq + offs_m, lse, mask=row_mask)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def check_head_dim(d: int) -> None:
+    if d < 16 or d > 256 or d & (d - 1):
+        raise ValueError(f"head dim {d} not supported by the Triton kernels (a power of two in 16..256)")
+
+
+def launch_args(q: torch.Tensor, history: CacheSegment | None, segments: Sequence[Segment]) -> dict:
+    """Shared host-side preparation of the segment table for the attention and the mass kernels."""
+    require_triton()
+    b, sq, h, d = q.shape
+    check_head_dim(d)
+    if len(segments) > MAX_PLAIN_SEGMENTS:
+        raise ValueError(f"at most {MAX_PLAIN_SEGMENTS} plain segments besides the history, got {len(segments)}")
+    dummy = q  # stands in for absent tensors; never read since their lengths are 0
+    if history is not None and history.slots.numel():
+        kc, vc = _last_dim_contiguous(history.k), _last_dim_contiguous(history.v)
+        slots, cos, sin = history.slots, history.cos.contiguous(), history.sin.contiguous()
+        n_hist, tokens = slots.numel(), kc.shape[2]
+        half_t = cos.shape[1]
+    else:
+        kc = vc = dummy.unsqueeze(1)
+        slots = q.new_zeros(1, dtype=torch.long)
+        cos, sin = q.new_ones(1, dtype=torch.float32), q.new_zeros(1, dtype=torch.float32)
+        n_hist, tokens = 0, 0
+        half_t = rope_band_dims(d)[0] // 2
+    plain = [(_last_dim_contiguous(k), _last_dim_contiguous(v)) for k, v in segments]
+    plain += [(dummy[:, :0], dummy[:, :0])] * (MAX_PLAIN_SEGMENTS - len(plain))
+    for k, v in plain:
+        if k.shape[1] != v.shape[1] or k.shape[0] != b or k.shape[2:] != (h, d):
+            raise ValueError(f"segment shapes {tuple(k.shape)} / {tuple(v.shape)} do not match q {tuple(q.shape)}")
+    (ka, va), (kb, vb) = plain
+    return dict(
+        q=_last_dim_contiguous(q), kc=kc, vc=vc, slots=slots, cos=cos, sin=sin, ka=ka, va=va, kb=kb, vb=vb,
+        n_hist=n_hist, tokens=tokens, len_a=ka.shape[1], len_b=kb.shape[1], half_t=half_t,
+        upcast=INTERPRET or q.dtype == torch.float32,
+        # fp32 inputs stay exact on tensor-core GPUs (no silent tf32)
+        precision="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def cache_attention(
+    q: torch.Tensor, history: CacheSegment | None = None, segments: Sequence[Segment] = (), scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton kernel: same contract as `cache_attention_reference`."""
+    a = launch_args(q, history, segments)
+    q = a["q"]
+    b, sq, h, d = q.shape
+    out = torch.empty_like(q)
+    lse = torch.empty(b, h, sq, device=q.device, dtype=torch.float32)
+    if sq == 0:
+        return out, lse
+    scale = d ** -0.5 if scale is None else scale
+    kc, vc, ka, va, kb, vb = a["kc"], a["vc"], a["ka"], a["va"], a["kb"], a["vb"]
+    grid = lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * h)  # noqa: E731
+    _cache_attention_kernel[grid](
+        q, out, lse, kc, vc, a["slots"], a["cos"], a["sin"], ka, va, kb, vb,
+        a["n_hist"], a["tokens"], a["len_a"], a["len_b"], sq, h, scale * LOG2E,
+        q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        kc.stride(0), kc.stride(1), kc.stride(2), kc.stride(3), vc.stride(0), vc.stride(1), vc.stride(2), vc.stride(3),
+        ka.stride(0), ka.stride(1), ka.stride(2), va.stride(0), va.stride(1), va.stride(2),
+        kb.stride(0), kb.stride(1), kb.stride(2), vb.stride(0), vb.stride(1), vb.stride(2),
+        HEAD_DIM=d, HALF_T=a["half_t"], UPCAST=a["upcast"], PRECISION=a["precision"],
+    )
+    return out, lse
+
+
+# ---- CacheView fast path -----------------------------------------------------------------------
+
+# Per view: the history table and each layer's rotated compressed tokens, built once per chunk
+# (like the view's own workspace). Kept here, keyed weakly, so the view itself needs no new fields.
+_view_state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def view_attention(view, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`CacheView.__call__` on the kernel path: the same result as its workspace path (compression,
+    compressed-token positions and attention mass included) with the history read in place."""
+    from streamer.kernels.attention_mass import attention_mass  # imported here: it imports this module
+
+    cache, plan = view.cache, view.plan
+    state = _view_state.setdefault(view, {})
+    if "history" not in state:
+        state["history"] = CacheSegment.at(cache.k[0], cache.v[0], plan.history_slots, plan.history_positions,
+                                           view.theta)
+    if layer not in state:
+        if plan.compression is not None:
+            view._compress(layer, apply_rope(q, view.spatial_cos, view.spatial_sin))
+        n = cache.c_count
+        cos, sin = view._token_cos_sin(view._compressed_positions(layer, n)) if n else (None, None)
+        state[layer] = [(apply_rope(cache.ck[layer, :, :n], cos, sin), cache.cv[layer, :, :n])] if n else []
+    hist = state["history"]
+    history = CacheSegment(cache.k[layer], cache.v[layer], hist.slots, hist.cos, hist.sin)
+    segments = state[layer] + [(apply_rope(k, view.chunk_cos, view.chunk_sin), v)]
+    q_rot = apply_rope(q, view.chunk_cos, view.chunk_sin)
+    out, lse = cache_attention(q_rot, history, segments)
+    if view.record_mass and not view.commit:
+        per_key = attention_mass(q_rot, lse, history, segments).mean(0)
+        n_slot_tok = history.num_tokens
+        n_hist = n_slot_tok + sum(x.shape[1] for x, _ in state[layer])
+        frames = per_key[:n_slot_tok].view(-1, cache.tokens_per_frame).sum(-1)
+        view.mass[layer] = torch.cat([frames, per_key[n_slot_tok:n_hist].sum()[None],
+                                      per_key[n_hist:].sum()[None]]).cpu()
+    return out
