@@ -93,6 +93,10 @@ PRESETS: dict[str, WanConfig] = {
     "wan2.1-14b": WanConfig(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824),
     # Small random models for tests: same code paths, milliseconds on a CPU.
     "tiny": WanConfig(dim=64, num_layers=2, num_heads=2, ffn_dim=128, freq_dim=32, text_dim=32, text_len=16),
+    # The shipped default model (streamer/weights/, recipes/default.toml): 128x128 synthetic world,
+    # MiniLM text (384 wide, 32 tokens), 64 MotionStream track channels; real time on a 2-core CPU.
+    "world-128": WanConfig(dim=192, num_layers=5, num_heads=3, ffn_dim=768, freq_dim=128, text_dim=384,
+                           text_len=32, track_channels=64),
 }
 
 

@@ -1,0 +1,74 @@
+"""Trajectories -> MotionStream-style track channels at latent resolution (DESIGN section 6).
+
+Each track gets a sinusoidal ID embedding (d = 64), placed where the track is on the latent grid
+(stride 8) while it is visible. We splat bilinearly onto the 4 nearest latent cells rather than
+rounding, so sub-cell positions (8 px cells at 128 px) survive. Time is compressed 4x the way the
+latent layout is: latent frame 0 holds video frame 0, latent frame j > 0 holds video frames
+4j-3 .. 4j, and the channels are the mean over those frames. Track n is the n-th sprite named in
+the prompt, so its ID embedding is a function of n (the binding a user relies on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from streamer.trajectory import Trajectory
+
+
+def track_id_embedding(n: int, dim: int = 64) -> np.ndarray:
+    """[n, dim] sinusoidal codes of track indices 0..n-1 (spread apart so neighbours differ)."""
+    idx = np.arange(n, dtype=np.float64)[:, None] * 7.0 + 3.0
+    freqs = np.exp(-math.log(100.0) * np.arange(dim // 2) / (dim // 2))
+    ang = idx * freqs[None]
+    return np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+
+
+def video_frames_of(latent_frame: int, temporal: int = 4) -> list[int]:
+    return [0] if latent_frame == 0 else list(range(temporal * latent_frame - temporal + 1, temporal * latent_frame + 1))
+
+
+class TrajectoryEncoder:
+    def __init__(self, dim: int = 64, temporal: int = 4):
+        self.dim, self.temporal = dim, temporal
+
+    def __call__(self, traj: Trajectory | None, latent_frames: list[int], latent_hw: tuple[int, int]) -> torch.Tensor:
+        """-> [1, dim, len(latent_frames), h, w] float32 (zeros where nothing is visible)."""
+        h, w = latent_hw
+        out = np.zeros((len(latent_frames), h, w, self.dim), np.float32)
+        if traj is None or traj.num_tracks == 0:
+            return torch.from_numpy(out).permute(3, 0, 1, 2)[None]
+        emb = track_id_embedding(traj.num_tracks, self.dim)
+        sx, sy = w / traj.width, h / traj.height  # pixels -> latent cells
+        for j, lf in enumerate(latent_frames):
+            frames = video_frames_of(lf, self.temporal)
+            for f in frames:
+                pts, vis = traj.frame(f)
+                for n in np.nonzero(vis)[0]:
+                    u, v = pts[n, 0] * sx - 0.5, pts[n, 1] * sy - 0.5  # cell centres at integer coordinates
+                    u0, v0 = math.floor(u), math.floor(v)
+                    for dv in (0, 1):
+                        for du in (0, 1):
+                            x, y = u0 + du, v0 + dv
+                            if 0 <= x < w and 0 <= y < h:
+                                wt = (1 - abs(u - x)) * (1 - abs(v - y))
+                                out[j, y, x] += wt * emb[n]
+            out[j] /= len(frames)
+        return torch.from_numpy(out).permute(3, 0, 1, 2)[None]
+
+
+def make_track_condition(traj: Trajectory | None, latent_hw: tuple[int, int], dim: int = 64,
+                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+                         ) -> Callable[[list[int]], torch.Tensor | None]:
+    """A function for `Session.track_condition`: latent frame indices -> track channels (None: no drag)."""
+    enc = TrajectoryEncoder(dim)
+
+    def condition(frames: list[int]) -> torch.Tensor | None:
+        if traj is None:
+            return None
+        return enc(traj, frames, latent_hw).to(device=device, dtype=dtype)
+
+    return condition

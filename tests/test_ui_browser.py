@@ -1,0 +1,227 @@
+"""`streamer serve` in a real headless Chromium: paint, stream, steer, stop, download; two pages apart.
+
+Needs Debian `chromium` and the `playwright` package (its own browser download is not used).
+Runs a random world-128 model (it has trajectory channels, so painted tracks reach the DiT) at
+64x64, where a chunk of 12 frames takes a fraction of a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("browser tests need Debian chromium (apt-get install -y chromium)", allow_module_level=True)
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:
+    pytest.skip("browser tests need playwright (pip install playwright)", allow_module_level=True)
+
+os.environ.setdefault("GRADIO_HEARTBEAT_INTERVAL", "1")  # notice closed tabs within a second
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from streamer.ui.app import build_app  # noqa: E402
+from streamer.video import probe_mp4  # noqa: E402
+
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+expect.set_options(timeout=20_000)  # the CPU may be shared with other work: be patient, not flaky
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    bad = tmp_path_factory.mktemp("ckpt") / "broken.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    models = {"world-128 (random)": {"preset": "world-128", "device": "cpu"},
+              "broken checkpoint": {"checkpoint": str(bad), "device": "cpu"}}
+    demo = build_app(models, size=(64, 64))
+    demo.queue()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    yield url, demo.streamer
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def open_page(server, browser):
+    """Opens pages on the app; closes whatever a test left open, so a failed test's stream (its tab
+    closed) frees the compute slot for the next test."""
+    contexts = []
+
+    def open_():
+        ctx = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 1100})
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.goto(server[0])
+        expect(page.locator(".sc-msg")).to_contain_text("drag to paint", timeout=30_000)
+        return page
+
+    yield open_
+    for ctx in contexts:
+        ctx.close()
+
+
+def _frames(page) -> int:
+    return int(page.locator("#sc-stats").get_attribute("data-frames") or 0)
+
+
+def _wait_frames(page, n: int, timeout: float = 60.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (f := _frames(page)) >= n:
+            return f
+        time.sleep(0.1)
+    raise AssertionError(f"{n} frames expected, {_frames(page)} seen; message: {page.inner_text('#sc-message')}")
+
+
+def _fps(page) -> float:
+    return float(re.search(r"shown ([\d.]+) fps", page.inner_text("#sc-stats")).group(1))
+
+
+def _draw(page, points, pause=0.02):
+    box = page.locator(".sc-wrap canvas").bounding_box()
+    page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+        time.sleep(pause)
+    page.mouse.up()
+
+
+def test_paint_stream_steer_stop_download(server, open_page, tmp_path):
+    app = server[1]
+    page = open_page()
+    _draw(page, [(0.2 + 0.05 * i, 0.5) for i in range(12)])  # a left-to-right stroke
+    expect(page.locator(".sc-msg")).to_contain_text("1 track(s)")
+    live = next(iter(app.lives.values()))
+    assert len(live.strokes) == 1 and live.strokes[0].points[-1, 0] > live.strokes[0].points[0, 0]
+
+    page.click("#sc-start")
+    first = _wait_frames(page, 12)
+    fps1 = _fps(page)
+    later = _wait_frames(page, first + 24)
+    assert later > first and _fps(page) != fps1 and _fps(page) > 0, "the FPS counter should move"
+    expect(page.locator("#sc-cache")).to_contain_text("layer 0")
+
+    page.click("#sc-pause")
+    expect(page.locator("#sc-message")).to_contain_text("paused at frame")
+    time.sleep(0.5)
+    paused = _frames(page)
+    time.sleep(1.0)
+    assert _frames(page) == paused
+    page.click("#sc-resume")
+    later = _wait_frames(page, paused + 12)
+
+    page.fill("#sc-prompt textarea", "a blue square on grass")
+    page.click("#sc-apply")
+    expect(page.locator("#sc-message")).to_contain_text("prompt switched")
+    switched = _wait_frames(page, later + 24)  # the stream keeps going after the re-cache
+    assert live.session.prompt == "a blue square on grass"
+    _draw(page, [(0.7, 0.3), (0.7, 0.4), (0.7, 0.5)])  # a live track mid-stream
+    expect(page.locator(".sc-msg")).to_contain_text("2 track(s) from the next chunk")
+    assert live.strokes[1].start > 0
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    page.click("#sc-stop")
+    expect(page.locator("#sc-message")).to_contain_text("stopped after")
+    page.click("#sc-download")
+    link = page.locator("#sc-recording a").first
+    expect(link).to_be_visible()
+    with page.expect_download() as dl:
+        link.click()
+    path = tmp_path / "rec.mp4"
+    dl.value.save_as(path)
+    info = probe_mp4(path)
+    assert info["codec"] == "h264" and (info["width"], info["height"]) == (64, 64)
+    assert info["frames"] >= switched - 12  # what was shown (the last chunk may still be on its way)
+
+
+def test_import_tracks_file(open_page, tmp_path):
+    page = open_page()
+    ati = tmp_path / "tracks.json"  # ATI-style: a list of tracks, one point per frame
+    ati.write_text(json.dumps({"width": 64, "height": 64, "tracks": [
+        [[8 + f, 32] for f in range(20)], [[40, 40]] * 20]}))
+    page.locator("#sc-files button").first.click()
+    page.locator("#sc-import input[type=file]").set_input_files(str(ati))
+    expect(page.locator("#sc-message")).to_contain_text("imported 2 tracks")
+    expect(page.locator(".sc-msg")).to_contain_text("2 track(s)")
+    assert page.evaluate("window.streamerCanvas.strokes().length") == 2
+
+
+def test_bad_input_shows_a_message_and_the_app_keeps_working(open_page):
+    page = open_page()
+    page.fill("#sc-prompt textarea", "   ")
+    page.click("#sc-start")
+    expect(page.locator("#sc-message")).to_contain_text("prompt is empty")
+
+    too_many = [{"id": f"t{i}", "points": [[5, 5, 0], [50, 50, 100]]} for i in range(40)]
+    page.evaluate("(s) => window.streamerCanvas.load(s)", too_many)
+    expect(page.locator(".sc-msg")).to_contain_text("too many tracks")
+    page.evaluate("(s) => window.streamerCanvas.load(s)", [{"id": "far", "points": [[5, 5, 0], [9000, 5, 50]]}])
+    expect(page.locator(".sc-msg")).to_contain_text("outside")
+    page.evaluate("(s) => window.streamerCanvas.load(s)", [{"id": "nan", "points": [["x", 5, 0]]}])
+    expect(page.locator(".sc-msg")).to_contain_text("numbers")
+
+    page.fill("#sc-prompt textarea", "a red circle")
+    page.locator("#sc-settings button").first.click()
+    page.locator("#sc-model input").click()
+    page.get_by_role("option", name="broken checkpoint").click()
+    page.click("#sc-start")
+    expect(page.locator("#sc-message")).to_contain_text("failed to load")
+
+    page.locator("#sc-model input").click()
+    page.get_by_role("option", name="world-128 (random)").click()
+    page.evaluate("(s) => window.streamerCanvas.load(s)", [])
+    page.click("#sc-start")
+    _wait_frames(page, 12)
+    page.click("#sc-stop")
+    expect(page.locator("#sc-message")).to_contain_text("stopped after")
+
+
+def test_two_pages_stream_apart_and_closing_frees(server, open_page):
+    app = server[1]
+    a, b = open_page(), open_page()
+    a.click("#sc-start")
+    _wait_frames(a, 12)
+    b.click("#sc-start")  # one compute slot: b waits in the queue and is told so
+    expect(b.locator("#sc-live")).to_contain_text(re.compile("queue", re.I))
+    time.sleep(1.0)
+    assert _frames(b) == 0, "b must not receive a's frames"
+    a.click("#sc-stop")
+    a_frames = _frames(a)
+    a_src = a.locator("#sc-live img").get_attribute("src")
+    _wait_frames(b, 24)
+    assert _frames(a) == a_frames and a.locator("#sc-live img").get_attribute("src") == a_src
+    assert b.locator("#sc-live img").get_attribute("src") != a_src
+
+    key = b.evaluate("window.streamerCanvas.cid")
+    live = app.lives[key]
+    b.close()  # closing the tab ends its stream and frees it
+    end = time.monotonic() + 15
+    while key in app.lives and time.monotonic() < end:
+        time.sleep(0.2)
+    assert key not in app.lives and live.session is None and live.writer is None
+    assert not live.workdir.exists()

@@ -1,0 +1,103 @@
+"""The synthetic world: deterministic per seed, tracks that match the drawn sprites, trajectory files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from streamer.trajectory import Trajectory, from_json, from_wan_move, to_ati_json, to_wan_move
+from streamer.world import World, colour_centroid, parse_prompt
+
+
+def test_clip_is_deterministic_per_seed():
+    w = World()
+    a, b, c = w.clip(7, 21), w.clip(7, 21), w.clip(8, 21)
+    assert np.array_equal(a.frames, b.frames) and a.prompt == b.prompt
+    assert np.array_equal(a.trajectory.tracks, b.trajectory.tracks)
+    assert not np.array_equal(a.frames, c.frames)
+    assert a.frames.shape == (21, 128, 128, 3) and a.frames.dtype == np.uint8
+
+
+def test_tracks_match_rendered_sprites():
+    w = World()
+    checked = 0
+    for seed in range(12):
+        clip = w.clip(seed, 33)
+        tr, sprites = clip.trajectory, clip.scene.sprites
+        for t in range(0, 33, 4):
+            for n, s in enumerate(sprites):
+                x, y = tr.tracks[t, n]
+                r = s.radius * 1.3
+                inside = r <= x <= 128 - r and r <= y <= 128 - r
+                others = [tr.tracks[t, m] for m in range(len(sprites)) if m != n]
+                apart = all(np.hypot(*(tr.tracks[t, n] - o)) > 3 * 11 for o in others)
+                if not (inside and apart):
+                    continue
+                c = colour_centroid(clip.frames[t], s.rgb)
+                assert c is not None, (seed, t, n)
+                assert np.hypot(c[0] - x, c[1] - y) < 1.5, (seed, t, n, c, (x, y), s)
+                checked += 1
+    assert checked > 100
+
+
+def test_prompt_names_sprites_in_track_order():
+    clip = World().clip(3, 9)
+    sprites, bg = parse_prompt(clip.prompt)
+    assert sprites == [(s.colour, s.shape) for s in clip.scene.sprites]
+    assert bg == clip.scene.background
+    para = World().clip(3, 9, paraphrase=True).prompt
+    assert [c for c, _ in parse_prompt(para)[0]] == [s.colour for s in clip.scene.sprites]
+
+
+def test_motions_cover_stops_and_exits():
+    w = World()
+    speeds, hidden = [], 0
+    for seed in range(40):
+        tr = w.clip(seed, 121).trajectory
+        speeds.append(np.linalg.norm(np.diff(tr.tracks, axis=0), axis=-1).ravel())
+        hidden += int((~tr.visible).any())
+    speeds = np.concatenate(speeds)
+    assert (speeds < 1e-6).mean() > 0.02  # some sprites stop
+    assert hidden > 0                      # some leave the frame
+
+
+def test_trajectory_round_trips(tmp_path):
+    tr = World().clip(5, 17).trajectory
+    for name in ("t.npz", "t.json"):
+        tr.save(tmp_path / name)
+        back = Trajectory.load(tmp_path / name)
+        assert np.allclose(back.tracks, tr.tracks, atol=1e-3) and np.array_equal(back.visible, tr.visible)
+    to_wan_move(tr, tmp_path / "wm")
+    assert np.load(tmp_path / "wm" / "tracks.npy").shape == (1, 17, tr.num_tracks, 2)
+    back = from_wan_move(tmp_path / "wm", width=128, height=128)
+    assert np.allclose(back.tracks, tr.tracks) and np.array_equal(back.visible, tr.visible)
+    (tmp_path / "ati.json").write_text(json.dumps(to_ati_json(tr)))
+    back = Trajectory.load(tmp_path / "ati.json")
+    assert np.allclose(back.tracks, tr.tracks, atol=1e-3) and back.width == 128
+    plain = from_json([[[10, 20], [11, 21]], [[30, 40], [31, 41]]])  # ATI: tracks of [x, y] points
+    assert plain.tracks.shape == (2, 2, 2) and plain.tracks[1, 1, 0] == 31
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(tracks=np.full((4, 1, 2), np.nan)), "NaN"),
+    (dict(tracks=np.full((4, 1, 2), 5000.0)), "far outside"),
+    (dict(tracks=np.zeros((4, 40, 2))), "too many tracks"),
+    (dict(tracks=np.zeros((4, 2))), "shape"),
+])
+def test_trajectory_validation(bad, message):
+    tracks = bad["tracks"]
+    vis = np.ones(tracks.shape[:2], bool) if tracks.ndim == 3 else np.ones((4, 1), bool)
+    with pytest.raises(ValueError, match=message):
+        Trajectory(tracks, vis)
+
+
+def test_malformed_files_raise_value_error(tmp_path):
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Trajectory.load(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps([[[1, 2]], [[1, 2], [3, 4]]]))
+    with pytest.raises(ValueError, match="same number of frames"):
+        Trajectory.load(tmp_path / "b.json")
+    np.save(tmp_path / "tracks.npy", np.zeros((2, 5, 1, 2)))
+    with pytest.raises(ValueError, match=r"\[1, F, N, 2\]"):
+        Trajectory.load(tmp_path / "tracks.npy")

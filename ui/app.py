@@ -1,0 +1,567 @@
+"""`streamer serve`: paint trajectories over the live frame and watch the stream follow them (Gradio 6).
+
+One browser page = one `Live`: its Session, its painted tracks, its recording. The page's canvas
+makes a random id and sends it with every event (as the canvas component's value) and with every
+call of its server functions, which Gradio runs outside the queue and without a session hash; the
+`Live` is found by that id. Closing the tab fires `unload`, which ends the stream and frees it.
+
+All model work runs on one worker thread (`App.compute`), and stream events share one
+`concurrency_id` with limit 1, so browsers take turns on the GPU/CPU and see their queue place.
+Browsers share the model and its streaming decoder; the decoder's per-stream state is swapped in
+and out around each chunk, so a paused stream resumes exactly where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from streamer.pipeline import Pipeline
+from streamer.policies import POLICIES, make_policy, parse_policy_args, policy_knobs
+from streamer.sampler import SamplerConfig, sampler_for_steps
+from streamer.session import Session, StreamChunk, StreamConfig, latent_size
+from streamer.trajectory import Trajectory, from_wan_move, to_ati_json, to_wan_move
+from streamer.ui.strokes import MAX_POINTS, Stroke, parse_strokes, strokes_to_trajectory, trajectory_to_strokes
+from streamer.video import Mp4Writer
+
+UI_DIR = Path(__file__).parent
+COMPUTE_ID = "compute"   # the one slot every stream event queues for
+CANVAS_WIDTH = 384       # canvas pixels across; mirrors setAspect() in canvas.js
+EXPORT_FORMATS = ["project (.npz)", "project (.json)", "Wan-Move (.npy)", "ATI (.json)"]
+
+
+def canvas_size(frame: tuple[int, int]) -> tuple[int, int]:
+    return CANVAS_WIDTH, round(CANVAS_WIDTH * frame[1] / frame[0])
+
+
+def video_frame_of_latent(latent: int) -> int:
+    """First video frame decoded from a latent frame (frame 0 -> 1 frame, each later one -> 4)."""
+    return 0 if latent == 0 else 4 * latent - 3
+
+
+def _decoder_state(decoder) -> dict:
+    """What a streaming decoder carries between chunks. Both decoders keep it in plain attributes,
+    the Wan VAE also in `vae._feat_map`, a list that `reset()` replaces (never clears in place), so
+    holding references is a snapshot as long as each stream starts with `reset()` (Session does)."""
+    state = dict(vars(decoder))
+    if hasattr(decoder.vae, "_feat_map"):
+        state["vae._feat_map"] = decoder.vae._feat_map
+    return state
+
+
+def _restore_decoder(decoder, state: dict) -> None:
+    vars(decoder).update({k: v for k, v in state.items() if k != "vae._feat_map"})
+    if "vae._feat_map" in state:
+        decoder.vae._feat_map = state["vae._feat_map"]
+
+
+class Models:
+    """The installed models by label, each loaded on first use and then kept."""
+
+    def __init__(self, choices: dict[str, dict]):
+        self.choices = choices
+        self._loaded: dict[str, Pipeline] = {}
+        self._lock = threading.Lock()
+
+    def get(self, label: str) -> Pipeline:
+        if label not in self.choices:
+            raise ValueError(f"unknown model {label!r}")
+        with self._lock:
+            if label not in self._loaded:
+                try:
+                    self._loaded[label] = Pipeline.load(**self.choices[label])
+                except Exception as e:  # any failure (bad file, wrong keys, OOM) must leave the app working
+                    raise ValueError(f"model {label!r} failed to load: {e}") from None
+            return self._loaded[label]
+
+
+class Live:
+    """One browser page's stream, tracks and recording."""
+
+    def __init__(self, key: str, size: tuple[int, int], fps: float):
+        self.key = key
+        self.size, self.fps = size, fps
+        self.pipe: Pipeline | None = None
+        self.session: Session | None = None
+        self.decoder_state: dict | None = None
+        self.pending: Future | None = None     # the chunk being made ahead of the one on screen
+        self.run = 0                           # bumped by start/pause/stop: a loop of an older run ends
+        self.streaming = False
+        self.begun_latents = 0                 # latent frames whose chunk has started computing
+        self.shown = 0                         # video frames shown
+        self.strokes: list[Stroke] = []
+        self.canvas = canvas_size(size)
+        self.first_seen: dict[str, int] = {}   # stroke id -> its start frame
+        self.lock = threading.Lock()           # the recording: written by the stream, read by downloads
+        self.writer: Mp4Writer | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="streamer-ui-"))
+
+    # ---- tracks ---------------------------------------------------------------------------------
+    def set_strokes(self, strokes: list[Stroke], canvas: tuple[float, float]) -> dict[str, str]:
+        """Adopt the page's strokes; a stroke first seen mid-stream starts at the first frame of the
+        next chunk to be made. Returns each stroke's role (its colour on the page)."""
+        now = video_frame_of_latent(self.begun_latents) if self.streaming else 0
+        roles = {}
+        for s in strokes:
+            if s.start is None:
+                s.start = self.first_seen.setdefault(s.id, now)
+            roles[s.id] = "static" if s.static else "live" if s.start > 0 else "pre-drawn"
+        self.strokes, self.canvas = strokes, canvas  # one assignment each: the stream reads a snapshot
+        return roles
+
+    def trajectory(self, num_frames: int) -> Trajectory | None:
+        return strokes_to_trajectory(self.strokes, self.canvas, self.size, self.fps, num_frames)
+
+    def track_condition(self, frames: list[int]):
+        """`Session.track_condition`: re-read the tracks at every chunk, so edits apply at the next one."""
+        traj = self.trajectory(4 * max(frames) + 1)
+        if traj is None or self.pipe is None:
+            return None
+        condition = self.pipe.track_condition(traj, *self.size)
+        return condition(frames) if condition is not None else None
+
+    # ---- recording ------------------------------------------------------------------------------
+    def record(self, frames: np.ndarray) -> None:
+        with self.lock:
+            if self.writer is not None:
+                self.writer.write(frames)
+
+    def snapshot(self) -> Path:
+        """A copy of the recording as it is now (the fragmented mp4 is playable at every instant)."""
+        src = self.workdir / "recording.mp4"
+        with self.lock:
+            if not src.exists():
+                raise ValueError("nothing recorded yet: start a stream first")
+            out = self.workdir / f"streamer-{self.shown}-frames.mp4"
+            shutil.copyfile(src, out)
+        return out
+
+    def stop(self) -> None:
+        self.run += 1
+        self.streaming = False
+        self.pending = self.session = None
+        with self.lock:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+
+    def close(self) -> None:
+        """The tab is gone: end the stream and free everything it held."""
+        self.stop()
+        self.strokes = []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def message(text: str, error: bool = False) -> str:
+    cls = "sc-error" if error else "sc-note"
+    return f'<div class="{cls}">{"⚠ " if error else ""}{html.escape(text)}</div>'
+
+
+def stats_html(live: Live, chunk: StreamChunk, shown_fps: float) -> str:
+    secs = chunk.dit_seconds + chunk.decode_seconds
+    gen_fps = len(chunk.frames) / secs if secs > 0 else 0.0
+    w, h = live.size
+    return (f'<div id="sc-stats" data-frames="{live.shown}" data-fps="{gen_fps:.2f}">'
+            f'<b>{gen_fps:.1f} FPS</b> generated · chunk {secs * 1e3:.0f} ms '
+            f'(DiT {chunk.dit_seconds * 1e3:.0f} + decode {chunk.decode_seconds * 1e3:.0f}) · '
+            f'shown {shown_fps:.1f} fps · frame <span class="sc-frame">{live.shown}</span> · {w}x{h}</div>')
+
+
+def cache_html(chunk: StreamChunk) -> str:
+    """Which cached frames the chunk attended to (sink / window / compressed / the chunk itself),
+    at which RoPE positions, and per layer the share of attention each received."""
+    plan = chunk.plan
+    if plan is None:
+        return ""
+    kinds = (plan.history_kinds or ["window"] * len(plan.history_slots)) + ["compressed", "chunk"]
+    labels = [f"{p:g}" for p in plan.history_positions] + [f"{plan.compressed_span:g}", ",".join(map(str, plan.frames))]
+    keep = [i for i, k in enumerate(kinds) if k != "compressed" or plan.compressed_span > 0]
+    head = "".join(f'<td class="k-{kinds[i]}" title="{kinds[i]}">{labels[i]}</td>' for i in keep)
+    rows = [f"<tr><th>kind/pos</th>{head}</tr>"]
+    if chunk.attention_mass is not None:
+        mass = chunk.attention_mass.float().numpy()[:, keep]
+        for layer, row in enumerate(mass):
+            # shade against the busiest *history* entry: the chunk attending to itself would wash it out
+            top = row[:-1].max() if len(row) > 1 and row[:-1].max() > 0 else row.max() or 1.0
+            cells = "".join(f'<td style="background: rgba(220,60,30,{min(v / top, 1):.2f})" title="{v:.3f}"></td>'
+                            for v in row)
+            rows.append(f"<tr><th>layer {layer}</th>{cells}</tr>")
+    legend = " ".join(f'<span class="k-{k}">&nbsp;{k}&nbsp;</span>' for k in ("sink", "window", "compressed", "chunk"))
+    return (f'<div class="sc-cache">chunk {chunk.index} (latent frames {plan.frames[0]}..{plan.frames[-1]}): '
+            f'{legend}<table>{"".join(rows)}</table></div>')
+
+
+def knobs_text(name: str, pipe_defaults: dict | None = None) -> str:
+    knobs = policy_knobs(name)
+    if pipe_defaults and pipe_defaults.get("policy") == name:
+        knobs.update(pipe_defaults.get("policy_args", {}))
+    return " ".join(f"{k}={v}" for k, v in knobs.items())
+
+
+class App:
+    def __init__(self, models: dict[str, dict], size: tuple[int, int] | None = None):
+        self.models = Models(models)
+        self.default_model = next(iter(models))
+        self.size_override = size
+        self.compute = ThreadPoolExecutor(1, thread_name_prefix="streamer-compute")
+        self.lives: dict[str, Live] = {}
+        self.pages: dict[str, str] = {}          # Gradio session hash -> page id (for unload)
+        self._decoder_owner: dict[int, str] = {}  # id(decoder) -> key of the Live whose state it holds
+
+    def frame_size(self, pipe: Pipeline) -> tuple[int, int]:
+        return self.size_override or pipe.native_size
+
+    def live(self, key: str, request: gr.Request | None = None) -> Live:
+        if not key or not isinstance(key, str) or len(key) > 64:
+            raise ValueError("the page has not finished loading; try again")
+        if request is not None and request.session_hash:
+            self.pages[request.session_hash] = key
+        if key not in self.lives:
+            pipe = self.models.get(self.default_model)
+            self.lives[key] = Live(key, self.frame_size(pipe), pipe.fps)
+        return self.lives[key]
+
+    def unload(self, request: gr.Request) -> None:
+        key = self.pages.pop(request.session_hash, None)
+        live = self.lives.pop(key, None) if key else None
+        if live is not None:
+            live.close()
+
+    # ---- work on the compute thread ---------------------------------------------------------------
+    def _open(self, live: Live, model: str, prompt: str, config_kw: dict) -> None:
+        pipe = self.models.get(model)
+        width, height = self.frame_size(pipe)
+        latent_size(pipe, width, height)  # refuses impossible sizes with a clear message
+        config = StreamConfig(width=width, height=height, **config_kw)
+        session = Session(pipe, prompt, config)  # resets the shared decoder for this stream
+        live.stop()
+        live.pipe, live.session, live.size, live.fps = pipe, session, (width, height), pipe.fps
+        session.track_condition = live.track_condition
+        live.decoder_state = _decoder_state(pipe.decoder)
+        self._decoder_owner[id(pipe.decoder)] = live.key
+        live.begun_latents = live.shown = 0
+        live.first_seen = {s.id: 0 for s in live.strokes}  # what was drawn before the start plays from frame 0
+        for s in live.strokes:
+            s.start = 0
+        live.writer = Mp4Writer(live.workdir / "recording.mp4", fps=pipe.fps, width=width, height=height)
+
+    def _step(self, live: Live, session: Session) -> StreamChunk | None:
+        if live.session is not session:  # stopped while queued
+            return None
+        decoder = live.pipe.decoder
+        if self._decoder_owner.get(id(decoder)) != live.key:  # another page streamed since
+            _restore_decoder(decoder, live.decoder_state)
+            self._decoder_owner[id(decoder)] = live.key
+        live.begun_latents += session.config.chunk_frames
+        chunk = session.step()
+        live.decoder_state = _decoder_state(decoder)
+        return chunk
+
+    # ---- event handlers ---------------------------------------------------------------------------
+    def start(self, key: str, prompt: str, seed: float, model: str, policy: str, knobs: str, steps: float,
+              show_cache: bool, request: gr.Request) -> Iterator[tuple]:
+        try:
+            live = self.live(key, request)
+            if not prompt or not prompt.strip():
+                raise ValueError("the prompt is empty: describe the scene first")
+            chunk_frames = 3
+            args = parse_policy_args(knobs.replace(",", " ").split())
+            make_policy(policy, args, chunk=chunk_frames)  # refuse bad knobs before loading anything
+            sampler = SamplerConfig() if int(steps) == 4 else sampler_for_steps(int(steps))
+            config_kw = dict(chunk_frames=chunk_frames, sampler=sampler, policy=policy, policy_args=args,
+                             seed=int(seed))
+            yield gr.skip(), gr.skip(), gr.skip(), message(f"loading {model} ...")
+            self.compute.submit(self._open, live, model, prompt.strip(), config_kw).result()
+        except Exception as e:  # the page's bad input or a model that cannot run: say so, keep serving
+            yield gr.skip(), gr.skip(), gr.skip(), message(str(e), error=True)
+            return
+        live.session.record_attention = bool(show_cache)
+        yield from self._play(live, f"streaming with {live.pipe.description}")
+
+    def resume(self, key: str, request: gr.Request) -> Iterator[tuple]:
+        live = self.lives.get(key)
+        if live is None or live.session is None:
+            yield gr.skip(), gr.skip(), gr.skip(), message("nothing to resume: press Start", error=True)
+            return
+        yield from self._play(live, "resumed")
+
+    def _play(self, live: Live, note: str) -> Iterator[tuple]:
+        """Show frames at the video's frame rate while the next chunk is made on the compute thread."""
+        live.run += 1
+        run, session = live.run, live.session
+        live.streaming = True
+        yield gr.skip(), gr.skip(), gr.skip(), message(note)
+        shown_at: list[float] = []
+        try:
+            while live.run == run:
+                future = live.pending or self.compute.submit(self._step, live, session)
+                chunk = future.result()
+                if chunk is None or live.run != run:
+                    return
+                live.pending = self.compute.submit(self._step, live, session)  # one chunk ahead
+                live.record(chunk.frames)
+                cache = cache_html(chunk) if session.record_attention else gr.skip()
+                for frame in chunk.frames:
+                    if live.run != run:
+                        return
+                    if shown_at:  # pace at the video's frame rate; a slower model sets its own pace
+                        time.sleep(max(0.0, shown_at[-1] + 1.0 / live.fps - time.perf_counter()))
+                    shown_at = (shown_at + [time.perf_counter()])[-live_window(live.fps):]
+                    live.shown += 1
+                    fps = (len(shown_at) - 1) / (shown_at[-1] - shown_at[0]) if len(shown_at) > 1 else 0.0
+                    yield frame, stats_html(live, chunk, fps), cache, gr.skip()
+                    cache = gr.skip()
+        except Exception as e:  # a failing step (bad checkpoint at run time, OOM) ends this stream only
+            live.stop()
+            yield gr.skip(), gr.skip(), gr.skip(), message(f"stream stopped: {e}", error=True)
+        finally:
+            if live.run == run:
+                live.streaming = False
+
+    def pause(self, key: str) -> str:
+        live = self.lives.get(key)
+        if live is None or live.session is None:
+            return message("nothing is streaming")
+        live.run += 1
+        live.streaming = False
+        return message(f"paused at frame {live.shown}: Resume continues the same stream")
+
+    def stop(self, key: str) -> str:
+        live = self.lives.get(key)
+        if live is None:
+            return message("nothing is streaming")
+        live.stop()
+        return message(f"stopped after {live.shown} frames; the recording is complete")
+
+    def set_prompt(self, key: str, prompt: str) -> str:
+        live = self.lives.get(key)
+        if not prompt or not prompt.strip():
+            return message("the prompt is empty: kept the current one", error=True)
+        if live is None or live.session is None:
+            return message("the prompt will be used when you press Start")
+        live.session.set_prompt(prompt.strip())
+        return message(f"prompt switched (re-caching at the next chunk): {prompt.strip()}")
+
+    def download(self, key: str) -> tuple:
+        try:
+            live = self.lives.get(key)
+            if live is None:
+                raise ValueError("nothing recorded yet: start a stream first")
+            path = live.snapshot()
+        except ValueError as e:
+            return None, message(str(e), error=True)
+        return gr.File(str(path), visible=True), message(f"recording: {path.name}")
+
+    def export(self, key: str, fmt: str) -> tuple:
+        live = self.lives.get(key)
+        if live is None or not live.strokes:
+            return None, message("no tracks to export: paint some first", error=True)
+        frames = max(s.end_frame(live.fps) for s in live.strokes) + 1
+        traj = live.trajectory(frames)
+        out = live.workdir / "export"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        if fmt == "Wan-Move (.npy)":
+            to_wan_move(traj, out)
+            files = [out / "tracks.npy", out / "visibility.npy"]
+        elif fmt == "ATI (.json)":
+            files = [out / "tracks_ati.json"]
+            files[0].write_text(json.dumps(to_ati_json(traj)))
+        else:
+            files = [out / ("trajectory.json" if "json" in fmt else "trajectory.npz")]
+            traj.save(files[0])
+        return [str(f) for f in files], message(f"exported {traj.num_tracks} tracks, {traj.num_frames} frames")
+
+    def import_tracks(self, key: str, files: list | None) -> tuple:
+        try:
+            live = self.live(key)
+            paths = [Path(getattr(f, "name", f)) for f in files or []]
+            if not paths:
+                raise ValueError("choose a trajectory file")
+            names = {p.name: p for p in paths}
+            kw = dict(width=live.size[0], height=live.size[1], fps=live.fps)
+            if "tracks.npy" in names:
+                traj = from_wan_move(names["tracks.npy"], visibility=names.get("visibility.npy"), **kw)
+            elif paths[0].suffix == ".json":
+                traj = Trajectory.load(paths[0], **kw)
+            else:
+                traj = Trajectory.load(paths[0])
+            if traj.num_frames > MAX_POINTS:
+                raise ValueError(f"trajectory has {traj.num_frames} frames (at most {MAX_POINTS})")
+        except Exception as e:  # malformed uploads: numpy/JSON errors of every kind
+            return None, message(f"import failed: {e}", error=True)
+        strokes = trajectory_to_strokes(traj, live.canvas)
+        return strokes, message(f"imported {len(strokes)} tracks ({traj.num_frames} frames)")
+
+    # ---- server functions (the canvas calls these directly, outside the queue) ----------------------
+    def server_functions(self) -> list:
+        def set_tracks(payload: dict) -> dict:
+            try:
+                if not isinstance(payload, dict):
+                    raise ValueError("bad request")
+                live = self.live(payload.get("cid"))
+                canvas = payload.get("canvas")
+                if not (isinstance(canvas, list) and len(canvas) == 2):
+                    raise ValueError("canvas size missing")
+                canvas = (float(canvas[0]), float(canvas[1]))
+                strokes = parse_strokes(payload.get("strokes"), canvas)
+                roles = live.set_strokes(strokes, canvas)
+            except (ValueError, TypeError) as e:
+                return {"ok": False, "message": f"tracks not applied: {e}"}
+            note = "" if live.pipe is None or live.pipe.model.config.track_channels else \
+                " (this model has no trajectory channels: tracks are recorded but do not steer it)"
+            when = " from the next chunk" if live.streaming else ""
+            return {"ok": True, "roles": roles, "size": list(live.size),
+                    "message": f"{len(strokes)} track(s){when}{note}"}
+
+        def canvas_info(payload: dict) -> dict:
+            try:
+                pipe = self.models.get(self.default_model)
+            except ValueError as e:
+                return {"size": [128, 128], "message": str(e)}
+            note = "" if pipe.model.config.track_channels else " (this model has no trajectory channels)"
+            return {"size": list(self.frame_size(pipe)),
+                    "message": f"drag to paint a path (drawing speed = motion speed), click for an anchor{note}"}
+
+        return [set_tracks, canvas_info]
+
+
+def live_window(fps: float) -> int:
+    """Frames over which the shown frame rate is measured: about two seconds."""
+    return max(2, int(2 * fps))
+
+
+CANVAS_HTML = """
+<div class="sc-wrap">
+  <canvas width="384" height="384"></canvas>
+  <div class="sc-tools">
+    <button class="sc-mode" title="path: drag to draw a moving track; anchor: click to pin a static point">mode: path</button>
+    <button class="sc-delete" title="delete the selected track (or the last one)">delete</button>
+    <button class="sc-clear">clear</button>
+    <span class="sc-legend"><span><i style="background:#1e90ff"></i>pre-drawn</span><span><i style="background:#2ecc40"></i>live</span><span><i style="background:#ff4136"></i>static</span></span>
+  </div>
+  <div class="sc-list"></div>
+  <div class="sc-msg"></div>
+</div>
+"""
+
+
+def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | None = None) -> gr.Blocks:
+    """The app. `models`: label -> `Pipeline.load` keyword arguments (the first is the default);
+    `size`: (width, height) of every stream (default: each model's native size)."""
+    models = models or {"default": {}, "tiny (random)": {"preset": "tiny"}}
+    app = App(models, size)
+    js = (UI_DIR / "canvas.js").read_text()
+    css = (UI_DIR / "canvas.css").read_text()
+    try:  # the default model's own cache settings (what it was trained with) as the initial knobs
+        defaults = app.models.get(app.default_model).stream_defaults or {}
+    except ValueError:
+        defaults = {}
+    policy0 = defaults.get("policy", "window")
+    # every shown frame is a JPEG file in Gradio's cache: sweep each minute, keep five minutes' worth
+    with gr.Blocks(title="streamer", delete_cache=(60, 300)) as demo:
+        demo.streamer = app  # for tests and embedding
+        gr.Markdown("## streamer — paint motion, watch the video follow it")
+        with gr.Row():
+            with gr.Column():
+                canvas = gr.HTML(value="", html_template=CANVAS_HTML, js_on_load=js, server_functions=app.server_functions(),
+                                 head=f"<style>{css}</style>", elem_id="sc-canvas")
+            with gr.Column():
+                live_img = gr.Image(label="live", format="jpeg", interactive=False, elem_id="sc-live",
+                                    show_label=True, buttons=[], height=384)
+                stats = gr.HTML('<div id="sc-stats" data-frames="0">not streaming</div>')
+        with gr.Row():
+            prompt = gr.Textbox(label="prompt", value="a red circle moving on a sand background", scale=4,
+                                elem_id="sc-prompt")
+            apply_prompt = gr.Button("Apply prompt", scale=1, elem_id="sc-apply")
+        with gr.Row():
+            start = gr.Button("Start", variant="primary", elem_id="sc-start")
+            pause = gr.Button("Pause", elem_id="sc-pause")
+            resume = gr.Button("Resume", elem_id="sc-resume")
+            stop = gr.Button("Stop", variant="stop", elem_id="sc-stop")
+            record = gr.Button("Download mp4", elem_id="sc-download")
+        note = gr.HTML("", elem_id="sc-message")
+        recording = gr.File(label="recording", elem_id="sc-recording", interactive=False, visible=False)
+        with gr.Accordion("Settings", open=False, elem_id="sc-settings"):
+            with gr.Row():
+                model = gr.Dropdown(list(models), value=app.default_model, label="model", elem_id="sc-model")
+                seed = gr.Number(0, precision=0, label="seed")
+                steps = gr.Slider(1, 8, value=4, step=1, label="denoising steps")
+            with gr.Row():
+                policy = gr.Dropdown(list(POLICIES), value=policy0, label="cache policy")
+                knobs = gr.Textbox(knobs_text(policy0, defaults), label="policy knobs (k=v ...)", scale=3)
+                show_cache = gr.Checkbox(True, label="cache panel + attention")
+        with gr.Accordion("Trajectory files", open=False, elem_id="sc-files"):
+            with gr.Row():
+                upload = gr.File(label="import (.npz / .json / ATI .json / Wan-Move tracks.npy + visibility.npy)",
+                                 file_count="multiple", file_types=[".npz", ".json", ".npy"], elem_id="sc-import")
+                with gr.Column():
+                    fmt = gr.Radio(EXPORT_FORMATS, value=EXPORT_FORMATS[0], label="export as")
+                    export = gr.Button("Export tracks")
+                    exported = gr.File(label="exported", file_count="multiple", interactive=False)
+        cache = gr.HTML("", elem_id="sc-cache")
+        imported = gr.JSON(visible=False)
+
+        outs = [live_img, stats, cache, note]
+        ev_start = start.click(app.start, [canvas, prompt, seed, model, policy, knobs, steps, show_cache], outs,
+                               concurrency_id=COMPUTE_ID, concurrency_limit=1, show_progress="full")
+        ev_resume = resume.click(app.resume, [canvas], outs, concurrency_id=COMPUTE_ID, concurrency_limit=1,
+                                 show_progress="full")
+        streams = [ev_start, ev_resume]
+        pause.click(app.pause, [canvas], [note], cancels=streams, queue=False)
+        stop.click(app.stop, [canvas], [note], cancels=streams, queue=False)
+        apply_prompt.click(app.set_prompt, [canvas, prompt], [note], queue=False)
+        prompt.submit(app.set_prompt, [canvas, prompt], [note], queue=False)
+        record.click(app.download, [canvas], [recording, note], queue=False)
+        policy.change(lambda name: knobs_text(name), [policy], [knobs], queue=False)
+        export.click(app.export, [canvas, fmt], [exported, note], queue=False)
+        upload.upload(app.import_tracks, [canvas, upload], [imported, note], queue=False).then(
+            None, [imported], None, js="(s) => { if (s && window.streamerCanvas) window.streamerCanvas.load(s); }")
+        demo.unload(app.unload)
+    return demo
+
+
+def register(subparsers) -> None:
+    """Add `streamer serve` to the CLI."""
+    p = subparsers.add_parser("serve", help="open the browser UI: paint tracks, watch the stream live",
+                              description="Serve the Gradio app: a canvas to paint trajectories over the live "
+                                          "frame, the live stream, its controls and recording.")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--size", help="WxH of every stream (default: the model's native size)")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="extra model choice: DiT weights (repeatable); loaded with --vae / --text-encoder")
+    p.add_argument("--vae", help="Wan VAE for --checkpoint models")
+    p.add_argument("--text-encoder", help="umT5 folder for --checkpoint models")
+    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    common = {"device": args.device} if args.device else {}
+    models = {"default": dict(common), "tiny (random)": dict(common, preset="tiny")}
+    for ckpt in args.checkpoint:
+        models[Path(ckpt).name] = dict(common, checkpoint=ckpt, vae=args.vae, text_encoder=args.text_encoder)
+    size = None
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--size must look like 128x128, not {args.size!r}") from None
+        size = (w, h)
+    demo = build_app(models, size)
+    demo.queue(default_concurrency_limit=None)
+    print(f"streamer UI on http://{args.host}:{args.port}")
+    demo.launch(server_name=args.host, server_port=args.port)
+    return 0
