@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
     length.add_argument("--frames", type=int, help="video length in frames")
     gen.add_argument("--out", required=True, help="output .mp4 (a folder with --prompt-file)")
+    gen.add_argument("--tracks", help="motion trajectories to follow: .npz/.json (own or ATI-style), or Wan-Move "
+                                      "tracks.npy / folder (models with trajectory channels, e.g. the default)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_stream_args(gen)
     _add_model_args(gen)
@@ -96,7 +98,8 @@ def _stream_config(args, pipe):
                         policy_args=parse_policy_args(args.policy_arg), seed=args.seed)
 
 
-def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, progress: bool = True) -> int:
+def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, progress: bool = True,
+                   trajectory=None) -> int:
     """Stream one video into `out`; returns the number of frames written. Frames are written as
     they are decoded, so an interrupted run leaves a playable file with what was made."""
     from tqdm import tqdm
@@ -105,6 +108,8 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
     from streamer.video import Mp4Writer
 
     session = Session(pipe, prompt, config)
+    if trajectory is not None:
+        session.track_condition = pipe.track_condition(trajectory, config.width, config.height)
     bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True)
     written = 0
     try:
@@ -133,6 +138,13 @@ def cmd_generate(args) -> int:
     if args.seconds is not None and args.seconds <= 0:
         raise ValueError("--seconds must be positive")
     video_frames = args.frames or max(1, round((args.seconds or 5.0) * pipe.fps))
+    trajectory = None
+    if args.tracks:
+        from streamer.trajectory import Trajectory
+
+        trajectory = Trajectory.load(args.tracks, width=config.width, height=config.height, fps=pipe.fps)
+        if not pipe.model.config.track_channels:
+            raise ValueError("--tracks needs a model with trajectory channels (the default model has them)")
     if pipe.is_random:
         print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
               file=sys.stderr)
@@ -146,7 +158,7 @@ def cmd_generate(args) -> int:
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # per-process progress lines
         def one(prompt: str, path: Path) -> None:
-            generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet)
+            generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet, trajectory=trajectory)
 
         results = run_prompt_file(args.prompt_file, args.out, one)
         done = sum(1 for r in results if r[2] == "done")
@@ -156,7 +168,8 @@ def cmd_generate(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        n = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet)
+        n = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet,
+                           trajectory=trajectory)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {out} keeps every frame made so far", file=sys.stderr)
         return 130

@@ -111,3 +111,26 @@ def test_prompt_file_under_accelerate_launch_shards_across_processes(tmp_path):
     assert len(done) == 4 and sum("[process 0/2]" in d for d in done) == 2
     assert sorted(p.name for p in out.iterdir()) == ["0001-one.mp4", "0002-two.mp4", "0003-three.mp4", "0004-four.mp4"]
     assert all(probe_mp4(p)["frames"] == 5 for p in out.iterdir())
+
+
+def test_tracks_file_steers_the_default_model_or_is_refused_clearly(tmp_path, capsys):
+    import numpy as np
+
+    from streamer.pipeline import Pipeline
+    from streamer.trajectory import Trajectory
+
+    path = tmp_path / "tracks.npz"
+    t = np.arange(20, dtype=np.float32)
+    Trajectory(np.stack([10 + 2 * t, 32 + 0 * t], 1)[:, None], np.ones((20, 1), bool), fps=16, width=64,
+               height=64).save(path)
+    out = tmp_path / "steered.mp4"
+    code = main(["generate", "--prompt", "a red circle", "--frames", "9", "--tracks", str(path), "--out", str(out),
+                 *SMALL])
+    if Pipeline.load(device="cpu").model.config.track_channels:
+        assert code == 0 and probe_mp4(out)["frames"] == 9
+    else:
+        assert code == 2 and "trajectory channels" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert main(["generate", "--prompt", "p", "--frames", "9", "--tracks", str(broken), "--out", str(out), *SMALL]) == 2
+    assert "broken.json" in capsys.readouterr().err
