@@ -15,6 +15,7 @@ Random weights time the same as trained ones, so `wan2.1-1.3b` needs no checkpoi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -253,10 +254,14 @@ def time_diffusers(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
 
     diffusers_logging.set_verbosity_error()  # its fp32-modules warning on .to(dtype) is about training
     cfg = pipe.model.config
+    state = dict(pipe.model.state_dict())
     if cfg.track_channels:
-        raise ValueError("diffusers' Wan has no trajectory channels")
+        # diffusers' Wan has no trajectory channels. The patch embedding is linear, so with no
+        # tracks (zeros) it equals the same conv restricted to the latent channels: drop the rest.
+        state["patch_embedding.weight"] = state["patch_embedding.weight"][:, : cfg.in_channels]
+        cfg = dataclasses.replace(cfg, track_channels=0)
     ref = WanTransformer3DModel(**cfg.to_diffusers()).to(device=pipe.device, dtype=pipe.dtype).eval()
-    ref.load_state_dict(pipe.model.state_dict())
+    ref.load_state_dict(state)
     _, ph, pw = cfg.patch_size
 
     def flow_model(x, t_frames, text_emb):
