@@ -202,7 +202,7 @@ def reference_frames(pipe, clip: Clip) -> np.ndarray:
     n = (video.shape[2] - 1) // 4 * 4 + 1
     with torch.inference_mode():
         pipe.decoder.reset()
-        lat = vae.encode(video[:, :, :n].to(pipe.device, pipe.dtype))
+        lat = vae.encode(video[:, :, :n].to(pipe.decoder.device, pipe.decoder.dtype))
         frames = [video_to_uint8(pipe.decoder.decode(lat[:, :, i : i + 12]))[0] for i in range(0, lat.shape[2], 12)]
         pipe.decoder.reset()
     return np.concatenate(frames)
