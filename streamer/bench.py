@@ -190,9 +190,9 @@ def time_session(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int,
     return _summarise(first_frame, chunk_s, dit_s, frames, *_peak_mem(dev, rss))
 
 
-def _window_frames(config: StreamConfig) -> int:
-    policy = make_policy(config.policy, config.policy_args, config.chunk_frames)
-    return getattr(policy, "window", 21)
+def _window_frames(pipe: Pipeline, config: StreamConfig) -> int:
+    """The window the recompute baseline re-runs: the one the cached session attends to."""
+    return getattr(Session(pipe, "window", config).policy, "window", 21)
 
 
 def time_recompute(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int,
@@ -202,7 +202,7 @@ def time_recompute(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
     to our model, block-causal; the diffusers baseline passes its own."""
     dev, model = pipe.device, pipe.model
     c = config.chunk_frames
-    window = _window_frames(config)
+    window = _window_frames(pipe, config)
     lh, lw = config.height // model.config.vae_stride[1], config.width // model.config.vae_stride[2]
     gen = torch.Generator("cpu").manual_seed(config.seed)
     if dev.type == "cuda":
@@ -278,10 +278,7 @@ def time_diffusers(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
 def stream_config(cell: Cell, pipe: Pipeline) -> StreamConfig:
     w, h = cell.size or pipe.native_size
     sampler = SamplerConfig() if cell.steps == 4 else sampler_for_steps(cell.steps)
-    defaults = dict(getattr(pipe, "stream_defaults", None) or {})
-    policy_args = defaults.get("policy_args", {}) if cell.policy == defaults.get("policy") else {}
-    return StreamConfig(width=w, height=h, chunk_frames=cell.chunk, sampler=sampler, policy=cell.policy,
-                        policy_args=policy_args)
+    return StreamConfig(width=w, height=h, chunk_frames=cell.chunk, sampler=sampler, policy=cell.policy)
 
 
 def _median_stats(runs: list[StreamStats]) -> StreamStats:

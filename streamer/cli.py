@@ -44,7 +44,7 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--steps", type=int, help="denoising steps (default: Self-Forcing's 4)")
     g.add_argument("--chunk", type=int, default=3, help="latent frames per chunk (3 = 12 video frames)")
-    g.add_argument("--policy", default="window", help=f"KV cache policy: {', '.join(POLICIES)}")
+    g.add_argument("--policy", help=f"KV cache policy: {', '.join(POLICIES)} (default: the model's own, else window)")
     g.add_argument("--policy-arg", action="append", default=[], metavar="K=V", help="policy knob, repeatable")
 
 
@@ -94,7 +94,8 @@ def _stream_config(args, pipe):
 
     width, height = args.size or pipe.native_size
     sampler = sampler_for_steps(args.steps) if args.steps else SamplerConfig()
-    return StreamConfig(width=width, height=height, chunk_frames=args.chunk, sampler=sampler, policy=args.policy,
+    policy = args.policy or (pipe.stream_defaults or {}).get("policy", "window")
+    return StreamConfig(width=width, height=height, chunk_frames=args.chunk, sampler=sampler, policy=policy,
                         policy_args=parse_policy_args(args.policy_arg), seed=args.seed)
 
 

@@ -29,6 +29,8 @@ class StreamConfig:
     chunk_frames: int = 3  # latent frames per chunk (3 -> 12 video frames)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     policy: str = "window"
+    # Knobs of the policy. Left empty, a model's own trained settings for that policy apply
+    # (`Pipeline.stream_defaults`, e.g. the default model's 9-frame window), else the paper's.
     policy_args: dict[str, object] = field(default_factory=dict)
     seed: int = 0
 
@@ -64,7 +66,11 @@ class Session:
         self.config = cfg = config or StreamConfig()
         self.latent_h, self.latent_w = latent_size(pipe, cfg.width, cfg.height)
         self.grid = pipe.model.grid(self.latent_h, self.latent_w)
-        self.policy = policy or make_policy(cfg.policy, cfg.policy_args, chunk=cfg.chunk_frames)
+        policy_args = cfg.policy_args
+        trained = pipe.stream_defaults or {}
+        if not policy_args and trained.get("policy") == cfg.policy:
+            policy_args = trained.get("policy_args", {})
+        self.policy = policy or make_policy(cfg.policy, policy_args, chunk=cfg.chunk_frames)
         self.policy.validate(cfg.chunk_frames)
         mcfg = pipe.model.config
         tokens_per_frame = self.grid[0] * self.grid[1]
