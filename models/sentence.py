@@ -31,6 +31,9 @@ class MiniLMTextEncoder:
     def __init__(self, path: str | Path | None = None, text_len: int = 32, device: str | torch.device = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never ask the hub
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a 6-layer model loads in milliseconds: no bar
 
         path = Path(path) if path is not None else minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
