@@ -128,9 +128,12 @@ def test_paint_stream_steer_stop_download(server, open_page, tmp_path):
 
     page.click("#sc-start")
     first = _wait_frames(page, 12)
-    fps1 = _fps(page)
+    stats1 = page.inner_text("#sc-stats")
     later = _wait_frames(page, first + 24)
-    assert later > first and _fps(page) != fps1 and _fps(page) > 0, "the FPS counter should move"
+    # live counters: the text updates as chunks arrive; shown fps is paced to the video's 16 fps
+    # (it may read exactly 16.0 twice), generated FPS is measured per chunk
+    assert later > first and page.inner_text("#sc-stats") != stats1, "the FPS counter should move"
+    assert _fps(page) > 0 and float(page.get_attribute("#sc-stats", "data-fps")) > 0
     expect(page.locator("#sc-cache")).to_contain_text("layer 0")
 
     page.click("#sc-pause")

@@ -234,9 +234,10 @@ class App:
 
     def unload(self, request: gr.Request) -> None:
         key = self.pages.pop(request.session_hash, None)
-        live = self.lives.pop(key, None) if key else None
+        live = self.lives.get(key) if key else None
         if live is not None:
-            live.close()
+            live.close()  # free first: a page absent from `lives` has nothing left on disk or in memory
+            self.lives.pop(key, None)
 
     # ---- work on the compute thread ---------------------------------------------------------------
     def _open(self, live: Live, model: str, prompt: str, config_kw: dict) -> None:
