@@ -86,7 +86,7 @@ def _load_pickle(path: Path, zipped: bool) -> StateDict:
         raise CheckpointError(
             f"{path}: refusing to load a pickle that contains code or objects other than tensors"
             f"{_torch_reason(e)}. If you trust the file, convert it to safetensors "
-            "(load it with torch.load(weights_only=False) and save with safetensors.torch.save_file)."
+            "(unpickle it in a trusted environment and save with safetensors.torch.save_file)."
         ) from None
     except (RuntimeError, OSError, EOFError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt torch checkpoint ({str(e) or type(e).__name__})") from None

@@ -270,10 +270,7 @@ def time_diffusers(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
         t_tokens = t_frames.repeat_interleave(tokens, dim=1)  # diffusers' per-token timesteps
         return ref(x.to(pipe.dtype), t_tokens, text_emb, return_dict=False)[0]
 
-    try:
-        return time_recompute(pipe, config, chunks, warmup, flow_model=flow_model)
-    finally:
-        del ref
+    return time_recompute(pipe, config, chunks, warmup, flow_model=flow_model)
 
 
 def stream_config(cell: Cell, pipe: Pipeline) -> StreamConfig:

@@ -20,7 +20,6 @@ A reference row runs the ground-truth frames through the autoencoder only: the f
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -111,7 +110,6 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
                 r_sum += req
         if r_sum > 0:
             achieved[t], requested[t] = a_sum, r_sum
-    mean_sprites = lambda a: np.nanmean(np.where(np.isnan(a).all(1, keepdims=True), 0, a), 1) if a.size else a  # noqa: E731
     with np.errstate(all="ignore"):
         return FrameScores(
             err=_nanmean_rows(err), missing=_nanmean_rows(miss), colour_drift=_nanmean_rows(colour_d),
@@ -360,14 +358,3 @@ def register(subparsers) -> None:
     p.add_argument("--speed", action="store_true",
                    help="only measure end-to-end FPS and first-frame latency (a 10 s stream unless --seconds)")
     p.set_defaults(func=cmd_eval)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamer")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(["eval", *__import__("sys").argv[1:]]))

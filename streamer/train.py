@@ -13,7 +13,6 @@ final weights into streamer/weights/, which is what `Pipeline.load()` uses when 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -296,14 +295,3 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamer")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(["train", *__import__("sys").argv[1:]]))

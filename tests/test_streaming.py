@@ -1,6 +1,5 @@
 """Chunked streaming through the KV cache equals one block-causal full-sequence forward."""
 
-import numpy as np
 import pytest
 import torch
 
