@@ -68,12 +68,9 @@ def _mass_tile(q_base, s_qs, lse_base, out_ptrs, k_ptrs, n_valid, cos_row, sin_r
     for m0 in range(0, Sq, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_mask = rows < Sq
-        q_ptrs = q_base + rows[:, None] * s_qs + offs_d[None, :]
+        q = tl.load(q_base + rows[:, None] * s_qs + offs_d[None, :], mask=row_mask[:, None], other=0.0)
         if ROTATE:
-            q = _rotate_q(q_ptrs, q_base + rows[:, None] * s_qs + (offs_d ^ 1)[None, :], row_mask,
-                          cos_row, sin_row, offs_d, HALF_T)
-        else:
-            q = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0)
+            q = _rotate_q(q.to(tl.float32), cos_row, sin_row, BLOCK_M, HEAD_DIM, HALF_T)
         s = tl.dot(q.to(cdtype), tl.trans(k), input_precision=PRECISION) * qk_scale
         lse = tl.load(lse_base + rows, mask=row_mask, other=float("inf")) * 1.4426950408889634
         total += tl.sum(tl.exp2(s - lse[:, None]), 0)

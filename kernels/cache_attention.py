@@ -88,67 +88,52 @@ def cache_attention_reference(
 # ---- Triton kernel -----------------------------------------------------------------------------
 
 @triton.jit
-def _rotate_q(q_ptrs, qswap_ptrs, row_mask, cos_row, sin_row, offs_d, HALF_T: tl.constexpr):
-    """R(-p) q on the temporal band (interleaved pairs), fp32. qswap_ptrs address the pair partner
-    of each channel (d ^ 1): even d gets q[d] c + q[d+1] s, odd d gets q[d] c - q[d-1] s."""
-    pair = offs_d // 2
+def _rotate_q(q, cos_row, sin_row, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HALF_T: tl.constexpr):
+    """R(-p) q on the temporal band (the first HALF_T interleaved pairs), fp32, from the query tile
+    already loaded: splitting the tile into its even and odd channels keeps no [BLOCK_M, HEAD_DIM]
+    pointer tensor alive across the slot loop (which made ptxas spill)."""
+    pair = tl.arange(0, HEAD_DIM // 2)
     band = pair < HALF_T
-    c = tl.load(cos_row + pair, mask=band, other=1.0)
-    s = tl.load(sin_row + pair, mask=band, other=0.0)
-    s = tl.where(offs_d % 2 == 0, s, -s)
-    q = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0).to(tl.float32)
-    qs = tl.load(qswap_ptrs, mask=row_mask[:, None], other=0.0).to(tl.float32)
-    return q * c[None, :] + qs * s[None, :]
-
-
-@triton.jit
-def _attend_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, n_valid, qk_scale,
-                 BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PRECISION: tl.constexpr):
-    """One online-softmax step (log2 domain: qk_scale includes log2 e)."""
-    if MASKED:
-        valid = tl.arange(0, BLOCK_N) < n_valid
-        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * qk_scale
-    if MASKED:
-        s = tl.where(valid[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=PRECISION)
-    return acc, m_new, l_i
+    c = tl.load(cos_row + pair, mask=band, other=1.0)[None, :]
+    s = tl.load(sin_row + pair, mask=band, other=0.0)[None, :]
+    even, odd = tl.split(tl.reshape(q, [BLOCK_M, HEAD_DIM // 2, 2]))
+    return tl.reshape(tl.join(even * c + odd * s, odd * c - even * s), [BLOCK_M, HEAD_DIM])
 
 
 @triton.jit
 def _attend_segment(acc, m_i, l_i, q, k_base, s_kt, v_base, s_vt, length, qk_scale, offs_d,
                     BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """All keys of one contiguous run: full tiles unmasked, then the ragged tail masked."""
+    """All keys of one contiguous run, FlashAttention-2 online softmax in the log2 domain (qk_scale
+    includes log2 e). Every tile is masked: an unmasked copy of the loop body for full tiles made
+    ptxas spill at the model's shape (`streamer kernels`), and the mask is a few ALU ops per tile."""
     offs_n = tl.arange(0, BLOCK_N)
-    n_full = (length // BLOCK_N) * BLOCK_N
-    for start in range(0, n_full, BLOCK_N):
+    for start in range(0, length, BLOCK_N):
         rows = start + offs_n
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base + rows[:, None] * s_kt + offs_d[None, :],
-                                     v_base + rows[:, None] * s_vt + offs_d[None, :], BLOCK_N, qk_scale,
-                                     BLOCK_N, False, PRECISION)
-    if n_full < length:
-        rows = n_full + offs_n
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_base + rows[:, None] * s_kt + offs_d[None, :],
-                                     v_base + rows[:, None] * s_vt + offs_d[None, :], length - n_full, qk_scale,
-                                     BLOCK_N, True, PRECISION)
+        valid = rows < length
+        k = tl.load(k_base + rows[:, None] * s_kt + offs_d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_base + rows[:, None] * s_vt + offs_d[None, :], mask=valid[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * qk_scale
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
     return acc, m_i, l_i
 
 
+# The CUDA search space: the configs that ptxas compiles without a single register spill for sm_90
+# and sm_80 at the wan2.1-1.3b shape (`streamer kernels --arch 90 80` on any machine; larger tiles,
+# e.g. 128x64 with 8 warps, spill). The autotuner picks among them on the GPU at hand.
+CUDA_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                for m, n, w, s in [(128, 32, 8, 3), (64, 64, 8, 3), (64, 64, 8, 2), (64, 32, 8, 3),
+                                   (128, 16, 8, 3), (64, 16, 4, 3)]]
+
+
 @triton.autotune(
-    configs=configs(
-        interpret=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)],
-        cuda=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-              for m, n, w, s in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4),
-                                 (64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 4), (128, 64, 8, 4)]],
-    ),
+    configs=configs(interpret=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)],
+                    cuda=CUDA_CONFIGS),
     key=["Sq", "tokens", "HEAD_DIM", "UPCAST"],
 )
 @triton.jit
@@ -180,15 +165,15 @@ def _cache_attention_kernel(
     # history: per slot, rotate the query tile by minus the slot's temporal angle, then plain FA2
     kc_base = KC + b * s_kcb + h * s_kch
     vc_base = VC + b * s_vcb + h * s_vch
-    qswap_ptrs = q_base + offs_m[:, None] * s_qs + (offs_d ^ 1)[None, :]
+    q_tile = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0).to(tl.float32)
     for j in range(0, n_hist):
         slot = tl.load(Slots + j).to(tl.int64)
-        q = _rotate_q(q_ptrs, qswap_ptrs, row_mask, Cos + j * HALF_T, Sin + j * HALF_T, offs_d, HALF_T).to(cdtype)
+        q = _rotate_q(q_tile, Cos + j * HALF_T, Sin + j * HALF_T, BLOCK_M, HEAD_DIM, HALF_T).to(cdtype)
         acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, kc_base + slot * s_kcs, s_kct, vc_base + slot * s_vcs,
                                         s_vct, tokens, qk_scale, offs_d, BLOCK_N, PRECISION)
 
     # plain, already rotated segments
-    q = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0).to(cdtype)
+    q = q_tile.to(cdtype)
     acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, KA + b * s_kab + h * s_kah, s_kas, VA + b * s_vab + h * s_vah,
                                     s_vas, len_a, qk_scale, offs_d, BLOCK_N, PRECISION)
     acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, KB + b * s_kbb + h * s_kbh, s_kbs, VB + b * s_vbb + h * s_vbh,
