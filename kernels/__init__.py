@@ -114,5 +114,8 @@ def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     return run_cache_attention(q, None, [(k, v)])[0]
 
 
-if importlib.util.find_spec("triton") is not None:
+# Only the installed package registers the backend. Run from the repository root, this folder is
+# also importable as a top-level `kernels`, and transformers imports a `kernels` it finds to probe for
+# the Hugging Face kernel hub: that second copy has its own `_mode`, and must not take the backend over.
+if __name__ == "streamer.kernels" and importlib.util.find_spec("triton") is not None:
     _attention.register_backend("triton", _triton_attention)

@@ -277,7 +277,7 @@ def view_attention(view, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.
                                            view.theta)
     if layer not in state:
         if plan.compression is not None:
-            view._compress(layer, apply_rope(q, view.spatial_cos, view.spatial_sin))
+            view._compress(layer, q)  # q arrives spatially rotated, as compression scores it
         n = cache.c_count
         cos, sin = view._token_cos_sin(view._compressed_positions(layer, n)) if n else (None, None)
         state[layer] = [(apply_rope(cache.ck[layer, :, :n], cos, sin), cache.cv[layer, :, :n])] if n else []

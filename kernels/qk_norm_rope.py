@@ -3,6 +3,7 @@
 Wan normalises q and k over the whole model dim (all heads together, weight of size H * D), then
 rotates interleaved channel pairs of each head by per-token angles (cos/sin [S, D / 2] as made by
 `models.rope.rope_cos_sin`). Unfused that is four passes over each tensor; fused it is one.
+cos/sin None means no rotation (the norm alone), for self-attention callbacks that rotate q/k themselves.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from streamer.kernels._triton import require_triton, tl, triton
 from streamer.models.rope import apply_rope
 
 
-def norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def norm_rope_reference(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
                         heads: int, eps: float = 1e-6) -> torch.Tensor:
-    """x [B, S, H * D] -> RMSNorm (as the model's nn.RMSNorm) -> [B, S, H, D] -> RoPE (fp32, x's dtype)."""
-    return apply_rope(F.rms_norm(x, (x.shape[-1],), weight, eps).unflatten(-1, (heads, -1)), cos, sin)
+    """x [B, S, H * D] -> RMSNorm (as the model's nn.RMSNorm) -> [B, S, H, D] -> RoPE (fp32, x's dtype).
+
+    This is exactly what the unfused model computed (nn.RMSNorm is F.rms_norm, then `apply_rope`), so
+    the CPU path gives the same numbers, bit for bit, as before the fusion."""
+    normed = F.rms_norm(x, (x.shape[-1],), weight, eps).unflatten(-1, (heads, -1))
+    return normed if cos is None else apply_rope(normed, cos, sin)
 
 
 def qk_norm_rope_reference(q, k, weight_q, weight_k, cos, sin, heads: int, eps: float = 1e-6):
@@ -57,13 +62,18 @@ def _qk_norm_rope_kernel(Q, K, WQ, WK, OQ, OK, Cos, Sin, s_qrow, s_krow, S, N, e
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor, weight_k: torch.Tensor,
-                 cos: torch.Tensor, sin: torch.Tensor, heads: int, eps: float = 1e-6):
+                 cos: torch.Tensor | None, sin: torch.Tensor | None, heads: int, eps: float = 1e-6):
     """The Triton kernel: same contract as `qk_norm_rope_reference` (q, k [B, S, H * D] -> [B, S, H, D])."""
     require_triton()
     b, s, n = q.shape
     if k.shape != q.shape:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must have the same shape")
     head_dim = n // heads
+    if cos is None:  # the norm alone: an identity rotation (cos 1, sin 0 leave every pair exactly as it is)
+        cos = torch.ones(s, head_dim // 2, device=q.device)
+        sin = torch.zeros(s, head_dim // 2, device=q.device)
+    if cos.shape != (s, head_dim // 2) or sin.shape != cos.shape:
+        raise ValueError(f"cos/sin {tuple(cos.shape)} / {tuple(sin.shape)} must be [{s}, {head_dim // 2}]")
     q2, k2 = q.reshape(b * s, n), k.reshape(b * s, n)
     q2, k2 = (x if x.stride(-1) == 1 else x.contiguous() for x in (q2, k2))
     oq = torch.empty(b, s, heads, head_dim, dtype=q.dtype, device=q.device)

@@ -11,6 +11,10 @@ Three forwards share one block stack and differ only in who answers self-attenti
 - `forward(x, t, text, chunk_frames=3)`      block-causal (training shape); with `clean_x` the
                                               teacher-forcing shape [clean | noisy] of Self-Forcing;
 - `forward_chunk(x, t, text, view)`          one chunk against a KV cache (streaming).
+
+The memory-bound steps of a block (LayerNorm + adaLN modulate, gated residual adds, qk RMSNorm +
+RoPE) go through the dispatchers of `streamer.kernels`: fused Triton kernels on CUDA, their torch
+references elsewhere (the references compute exactly what this file computed before the fusion).
 """
 
 from __future__ import annotations
@@ -24,10 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from streamer.attention import attention
-from streamer.models.rope import apply_rope, rope_cos_sin
+from streamer.kernels import run_gated_residual, run_layernorm_modulate, run_qk_norm_rope
+from streamer.models.rope import rope_cos_sin
 
-# (layer index, q, k, v) with q/k normed but not yet rotated, all [B, S, H, D] -> [B, S, H, D]
+# Self-attention answered from outside: (layer index, q, k, v) -> out, all [B, S, H, D], q/k RMS-normed.
+# A callback may carry an attribute `qk_rope = (cos, sin)` ([S, head_dim / 2] each, as `rope_cos_sin`
+# makes them): the model then rotates q and k by it in the same fused pass as their norm, and the
+# callback receives them rotated. Without one (absent or None) q/k arrive normed but not rotated.
 SelfAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -189,9 +198,11 @@ class WanAttention(nn.Module):
         self.norm_q = nn.RMSNorm(cfg.dim, eps=cfg.eps)
         self.norm_k = nn.RMSNorm(cfg.dim, eps=cfg.eps)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.heads, -1))
-        k = self.norm_k(self.to_k(x)).unflatten(-1, (self.heads, -1))
+    def qkv(self, x: torch.Tensor, rope: Rope | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, S, H, D]; q and k normed and, when `rope` is given, rotated (one fused pass on CUDA)."""
+        cos, sin = rope if rope is not None else (None, None)
+        q, k = run_qk_norm_rope(self.to_q(x), self.to_k(x), self.norm_q.weight, self.norm_k.weight, cos, sin,
+                                self.heads, self.norm_q.eps)
         v = self.to_v(x).unflatten(-1, (self.heads, -1))
         return q, k, v
 
@@ -219,25 +230,22 @@ class WanBlock(nn.Module):
         self, x: torch.Tensor, e: torch.Tensor, text_kv: tuple[torch.Tensor, torch.Tensor],
         self_attention: SelfAttention, layer: int,
     ) -> torch.Tensor:
-        """x [B, S, D] with S = F * tokens_per_frame; e [B, F, 6, D] (fp32) gives each frame its own modulation."""
-        b, s, d = x.shape
-        n_frames = e.shape[1]
+        """x [B, S, D] with S = F * tokens_per_frame; e [B, F, 6, D] (fp32) gives each frame its own modulation.
+
+        norm1 / norm3 (no affine) run inside `run_layernorm_modulate`: fp32 LayerNorm, then the frame's
+        scale and shift, in x's dtype; residuals are fp32 adds of the gated branch, in x's dtype."""
         shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table[:, None] + e).unbind(2)  # [B, F, D]
-        per_frame = lambda t: t[:, :, None, :]  # noqa: E731  broadcast a frame's vector over its tokens
-        xf = x.view(b, n_frames, s // n_frames, d)
 
-        h = (self.norm1(xf) * (1 + per_frame(scale)) + per_frame(shift)).to(x.dtype).view(b, s, d)
-        q, k, v = self.attn1.qkv(h)
-        a = self.attn1.out(self_attention(layer, q, k, v))
-        xf = (xf.float() + a.view_as(xf) * per_frame(gate)).to(x.dtype)
+        h = run_layernorm_modulate(x, shift, scale, self.norm1.eps)
+        q, k, v = self.attn1.qkv(h, getattr(self_attention, "qk_rope", None))
+        x = run_gated_residual(x, self.attn1.out(self_attention(layer, q, k, v)), gate)
 
-        h = self.norm2(xf.view(b, s, d)).to(x.dtype)
+        h = self.norm2(x).to(x.dtype)
         q = self.attn2.norm_q(self.attn2.to_q(h)).unflatten(-1, (self.attn2.heads, -1))
-        xf = xf + self.attn2.out(attention(q, *text_kv)).view_as(xf)
+        x = x + self.attn2.out(attention(q, *text_kv))
 
-        h = (self.norm3(xf) * (1 + per_frame(c_scale)) + per_frame(c_shift)).to(x.dtype)
-        xf = (xf.float() + self.ffn(h).float() * per_frame(c_gate)).to(x.dtype)
-        return xf.view(b, s, d)
+        h = run_layernorm_modulate(x, c_shift, c_scale, self.norm3.eps)
+        return run_gated_residual(x, self.ffn(h), c_gate)
 
 
 @dataclass
@@ -302,9 +310,7 @@ class CausalWanModel(nn.Module):
             h = blk(h, e, text.kv[i], self_attention, i)
 
         shift, scale = (self.scale_shift_table[:, None] + temb[:, :, None]).unbind(2)  # [B, F, dim]
-        hf = h.view(b, n_frames, gh * gw, -1)
-        hf = (self.norm_out(hf) * (1 + scale[:, :, None]) + shift[:, :, None]).to(h.dtype)
-        out = self.proj_out(hf)  # [B, F, gh*gw, C*ph*pw]
+        out = self.proj_out(run_layernorm_modulate(h, shift, scale, self.norm_out.eps))  # [B, F*gh*gw, C*ph*pw]
         _, ph, pw = cfg.patch_size
         out = out.view(b, n_frames, gh, gw, ph, pw, cfg.out_channels)
         return out.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, cfg.out_channels, n_frames, gh * ph, gw * pw)
@@ -348,12 +354,8 @@ class CausalWanModel(nn.Module):
         elif chunk_frames is not None:
             chunk_of = (torch.arange(n_frames, device=x.device) // chunk_frames).repeat_interleave(tpf)
             mask = chunk_of[None, :] <= chunk_of[:, None]
-        cos, sin = self._rope(positions, gh, gw, x.device)
-
-        def full_attention(layer: int, q, k, v):
-            return attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, mask)
-
-        out = self._run(x, t, text, full_attention, tracks)
+        # the clip's rotation is known before the q/k norm: declared as qk_rope, it is fused into it
+        out = self._run(x, t, text, ClipAttention(self._rope(positions, gh, gw, x.device), mask), tracks)
         return out[:, :, -n_frames:] if clean_x is not None else out
 
     # ---- streaming ----------------------------------------------------------------------------
@@ -364,6 +366,18 @@ class CausalWanModel(nn.Module):
         """Flow prediction for one chunk; `view` (a cache view) answers self-attention: it applies
         the chunk's positions, supplies the cached history and, on a commit pass, stores K/V."""
         return self._run(x, t, text, view, tracks)
+
+
+@dataclass
+class ClipAttention:
+    """Self-attention over a whole clip (bidirectional, or block-causal through `mask` [S, S]): q/k
+    arrive rotated by the clip's RoPE, which the model fuses into their norm."""
+
+    qk_rope: Rope
+    mask: torch.Tensor | None = None
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v, self.mask)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -482,15 +482,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", default="bench_results", help="folder for results.json, results.md and plots")
     p.add_argument("--quiet", action="store_true")
+    k = p.add_argument_group("kernel microbenchmark (streamer/kernel_bench.py)")
+    k.add_argument("--kernels", action="store_true",
+                   help="time the Triton kernels against torch SDPA and their references instead of streams")
+    k.add_argument("--kernel-shape", choices=["full", "tiny"],
+                   help="full: wan2.1-1.3b at 832x480 (default on CUDA); tiny: seconds on a CPU (default there)")
+    k.add_argument("--kernel-history", nargs="+", type=int, metavar="N",
+                   help="history lengths in latent frames (default: 9 12 18 at full size)")
     p.set_defaults(func=cmd_bench)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _command_line() -> str:
+    """The command as typed, for the outputs."""
     import shlex
     import sys
 
+    argv = sys.argv[2:] if sys.argv[1:2] == ["bench"] else []
+    return " ".join(["streamer bench"] + [shlex.quote(a) for a in argv])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.kernels:
+        from streamer.kernel_bench import cmd_kernels
+
+        return cmd_kernels(args, _command_line())
     device = torch.device(args.device) if args.device else default_device()
     grid = [Cell(preset=p, size=_sizes(s), steps=st, chunk=c, policy=pol, decoder=d, dtype=dt, attention=a,
                  compile=cp == "on")
@@ -508,7 +525,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scaling = length_scaling(grid[0], device, args.policy, args.length_minutes, progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "streamer bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "streamer bench"
+    command = _command_line()
     doc = {"machine": machine, "command": command, "results": results}
     if scaling:
         doc["length_scaling"] = scaling
@@ -542,3 +559,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"memory growth {s['mem_growth_mb']:.1f} MB over {s['video_seconds'] / 60:.1f} min")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in plots))
     return 0
+

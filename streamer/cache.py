@@ -126,6 +126,13 @@ class CacheView:
     step only copies the chunk's own K/V into the tail, so there is no growing concatenation.
     When `commit` is set, the chunk's spatially rotated K/V are written into the plan's slots.
     With `record_mass`, each layer's attention mass per history frame is kept in `mass`.
+
+    RoPE is split between the model and the view. The view declares the spatial rotation as
+    `qk_rope` (see `models.wan.SelfAttention`); the model fuses it into the q/k norm, so q and k
+    arrive in the form the cache stores (spatially rotated, temporally not) and the view applies
+    only the chunk's temporal rotation (`chunk_cos` / `chunk_sin`). The bands rotate disjoint
+    channels and a band's pairs pass a rotation of the other band unchanged (cos 1, sin 0, exactly),
+    so the two halves give the full rotation bit for bit.
     """
 
     def __init__(self, cache: KVCache, plan: ChunkPlan, grid: tuple[int, int], head_dim: int, theta: float):
@@ -133,8 +140,8 @@ class CacheView:
         self.grid, self.head_dim, self.theta = grid, head_dim, theta
         dev = cache.k.device
         pos = torch.tensor(plan.positions, dtype=torch.float64)
-        self.chunk_cos, self.chunk_sin = self._cos_sin(pos)
-        self.spatial_cos, self.spatial_sin = self._cos_sin(torch.zeros_like(pos), temporal=False)
+        self.qk_rope = self._cos_sin(torch.zeros_like(pos), temporal=False)  # applied by the model
+        self.chunk_cos, self.chunk_sin = self._cos_sin(pos, spatial=False)  # applied here, to q and the chunk's k
         self.hist_cos, self.hist_sin = self._cos_sin(torch.tensor(plan.history_positions, dtype=torch.float64),
                                                      spatial=False)
         self.device = dev
@@ -216,19 +223,16 @@ class CacheView:
         return self._workspace[layer]
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k_sp = apply_rope(k, self.spatial_cos, self.spatial_sin)
+        """q, k [B, S, H, D] normed and spatially rotated (`qk_rope`), v: the chunk's own."""
         if self.commit:
-            q_sp = apply_rope(q, self.spatial_cos, self.spatial_sin) if self.cache.q is not None else None
-            self.cache.write(layer, self.plan.write_slots, k_sp, v, q_sp)
+            self.cache.write(layer, self.plan.write_slots, k, v, q)  # q only kept when the cache stores queries
         # ---- Triton fast path: history slots read in place, rotated in-kernel, no workspace ----
         if get_backend() == "triton" and kernels.use_triton(q):
             from streamer.kernels.cache_attention import view_attention
 
             return view_attention(self, layer, q, k, v)
         # ---- end of the fast path ----
-        need_q_sp = self.plan.compression is not None and layer not in self._workspace
-        q_sp = apply_rope(q, self.spatial_cos, self.spatial_sin) if need_q_sp else None
-        k_ws, v_ws, n_hist = self._history(layer, k, q_sp)
+        k_ws, v_ws, n_hist = self._history(layer, k, q)
         k_ws[:, n_hist:] = apply_rope(k, self.chunk_cos, self.chunk_sin)
         v_ws[:, n_hist:] = v
         q_rot = apply_rope(q, self.chunk_cos, self.chunk_sin)

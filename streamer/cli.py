@@ -49,7 +49,9 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
 
 
 # Modules that add a subcommand with `register(subparsers)` (each sets `func`).
-_COMMAND_MODULES = ["streamer.bench", "streamer.kernels.aot", "streamer.train", "streamer.evaluate", "streamer.ui.app"]
+_COMMAND_MODULES = [
+    "streamer.bench", "streamer.kernels.aot", "streamer.train", "streamer.evaluate", "streamer.ui.command",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

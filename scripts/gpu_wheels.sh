@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Download here (where a package registry answers) the wheels the GPU machine lacks, into .whl/,
+# for scripts/gpu_check.sh to install there with no network (carry [".whl"] to the device tool).
+#
+# The GPU machine has python 3.12, torch 2.11+cu130, triton 3.6, transformers, accelerate,
+# safetensors, numpy, opencv, matplotlib, tqdm, pytest, setuptools, huggingface-hub, filelock,
+# fsspec, pillow, regex, requests, tokenizers, pyyaml, packaging, typing-extensions, jinja2, psutil;
+# it lacks diffusers (the Wan VAE, the diffusers baseline), ftfy (+ wcwidth: text cleaning, imported
+# by streamer.pipeline) and av (mp4 output). Those go in .whl/, at the versions installed here.
+# gradio is left out on purpose (~100 MB with its dependencies): `streamer serve` is not checked
+# there, and gpu_check.sh runs the bench without the full CLI (`python3 -m streamer.bench`).
+#
+# diffusers 0.42 wants a recent huggingface-hub (>= 1.32: `resolve_revision`, ...); the machine's
+# version is unknown from here, so .whl/fallback/ holds this machine's huggingface-hub with its
+# pure-Python dependencies, installed by gpu_check.sh only if `import diffusers` fails without them.
+#
+# Usage: bash scripts/gpu_wheels.sh      (PYTHON=... to pick the interpreter whose versions to copy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python
+
+# .whl/ never goes into git (it is also in .gitignore; the exclude keeps it out even if that changes)
+mkdir -p .git/info
+grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+
+version() {  # the version installed here, so the GPU run uses what the tests here ran with
+    "$PY" -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1"
+}
+
+# wheels for CPython 3.12 on manylinux x86_64 (pure-Python wheels match any platform)
+download() {  # download DEST NAME...
+    local dest=$1
+    shift
+    local specs=()
+    for name in "$@"; do specs+=("$name==$(version "$name")"); done
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$dest" "${specs[@]}"
+}
+
+rm -rf .whl
+mkdir -p .whl/fallback
+download .whl diffusers ftfy wcwidth av
+# huggingface-hub 2.x and what it imports at import time (httpx2 and its stack); hf-xet (downloads
+# only) and click (its CLI only) are not needed offline
+download .whl/fallback huggingface_hub httpx2 httpcore2 h11 anyio idna truststore certifi safetensors
+
+ls -l .whl .whl/fallback
+du -sh .whl

@@ -1,0 +1,28 @@
+"""`streamer serve`: the CLI entry of the browser UI. Kept apart from app.py so that building the
+CLI's parser (every `streamer` command) does not import Gradio; app.py loads only for `serve`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    """Add `streamer serve` to the CLI."""
+    p = subparsers.add_parser("serve", help="open the browser UI: paint tracks, watch the stream live",
+                              description="Serve the Gradio app: a canvas to paint trajectories over the live "
+                                          "frame, the live stream, its controls and recording.")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--size", help="WxH of every stream (default: the model's native size)")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="extra model choice: DiT weights (repeatable); loaded with --vae / --text-encoder")
+    p.add_argument("--vae", help="Wan VAE for --checkpoint models")
+    p.add_argument("--text-encoder", help="umT5 folder for --checkpoint models")
+    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from streamer.ui.app import serve as serve_app
+
+    return serve_app(args)
