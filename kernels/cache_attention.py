@@ -88,47 +88,52 @@ def cache_attention_reference(
 # ---- Triton kernel -----------------------------------------------------------------------------
 
 @triton.jit
-def _rotate_q(q, cos_row, sin_row, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, HALF_T: tl.constexpr):
-    """R(-p) q on the temporal band (the first HALF_T interleaved pairs), fp32, from the query tile
-    already loaded: splitting the tile into its even and odd channels keeps no [BLOCK_M, HEAD_DIM]
-    pointer tensor alive across the slot loop (which made ptxas spill)."""
-    pair = tl.arange(0, HEAD_DIM // 2)
+def _rotate_q(q, cos_row, sin_row, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, HALF_T: tl.constexpr):
+    """R(-p) on the first HALF_T interleaved pairs (the temporal band) of a query tile [BLOCK_M, WIDTH]
+    already in registers, fp32 math. Splitting the tile into its even and odd channels keeps no
+    pointer tile alive across the slot loop (an earlier version's did, and ptxas spilled)."""
+    pair = tl.arange(0, WIDTH // 2)
     band = pair < HALF_T
     c = tl.load(cos_row + pair, mask=band, other=1.0)[None, :]
     s = tl.load(sin_row + pair, mask=band, other=0.0)[None, :]
-    even, odd = tl.split(tl.reshape(q, [BLOCK_M, HEAD_DIM // 2, 2]))
-    return tl.reshape(tl.join(even * c + odd * s, odd * c - even * s), [BLOCK_M, HEAD_DIM])
+    even, odd = tl.split(tl.reshape(q.to(tl.float32), [BLOCK_M, WIDTH // 2, 2]))
+    return tl.reshape(tl.join(even * c + odd * s, odd * c - even * s), [BLOCK_M, WIDTH])
 
 
 @triton.jit
-def _attend_segment(acc, m_i, l_i, q, k_base, s_kt, v_base, s_vt, length, qk_scale, offs_d,
-                    BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+def _attend_segment(acc, m_i, l_i, q_lo, q_hi, k_base, s_kt, v_base, s_vt, length, qk_scale, offs_half, offs_d,
+                    BLOCK_N: tl.constexpr, HALF_D: tl.constexpr, PRECISION: tl.constexpr):
     """All keys of one contiguous run, FlashAttention-2 online softmax in the log2 domain (qk_scale
-    includes log2 e). Every tile is masked: an unmasked copy of the loop body for full tiles made
-    ptxas spill at the model's shape (`streamer kernels`), and the mask is a few ALU ops per tile."""
+    includes log2 e). q . k is two dots over the low and high halves of the head dim: only the low
+    half holds the temporal band, so only it is rotated per slot, and the query tile in flight is
+    half as large (this is what lets 128x64 tiles compile without spills). Every tile is masked: an
+    unmasked copy of the body for full tiles made ptxas spill, and the mask is a few ALU ops."""
     offs_n = tl.arange(0, BLOCK_N)
     for start in range(0, length, BLOCK_N):
         rows = start + offs_n
         valid = rows < length
-        k = tl.load(k_base + rows[:, None] * s_kt + offs_d[None, :], mask=valid[:, None], other=0.0)
+        k_rows = k_base + rows[:, None] * s_kt
+        k_lo = tl.load(k_rows + offs_half[None, :], mask=valid[:, None], other=0.0)
+        k_hi = tl.load(k_rows + HALF_D + offs_half[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_base + rows[:, None] * s_vt + offs_d[None, :], mask=valid[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * qk_scale
+        s = tl.dot(q_lo, tl.trans(k_lo.to(q_lo.dtype)), input_precision=PRECISION)
+        s = tl.dot(q_hi, tl.trans(k_hi.to(q_hi.dtype)), s, input_precision=PRECISION) * qk_scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], input_precision=PRECISION)
+        acc = tl.dot(p.to(q_lo.dtype), v.to(q_lo.dtype), acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     return acc, m_i, l_i
 
 
-# The CUDA search space: the configs that ptxas compiles without a single register spill for sm_90
-# and sm_80 at the wan2.1-1.3b shape (`streamer kernels --arch 90 80` on any machine; larger tiles,
-# e.g. 128x64 with 8 warps, spill). The autotuner picks among them on the GPU at hand.
+# The CUDA search space: configs that ptxas compiles without a single register spill for sm_90 at
+# the wan2.1-1.3b shape (`streamer kernels --arch 90` on any machine; tests/test_kernels_compile.py
+# keeps it so). The autotuner picks among them on the GPU at hand.
 CUDA_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                for m, n, w, s in [(128, 32, 8, 3), (64, 64, 8, 3), (64, 64, 8, 2), (64, 32, 8, 3),
-                                   (128, 16, 8, 3), (64, 16, 4, 3)]]
+                for m, n, w, s in [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 128, 8, 2),
+                                   (64, 64, 8, 3), (64, 64, 4, 2), (64, 32, 8, 3)]]
 
 
 @triton.autotune(
@@ -157,27 +162,32 @@ def _cache_attention_kernel(
     # bf16 tl.dot is wrong under the interpreter and fp32 inputs stay fp32: compute in fp32 there
     cdtype = tl.float32 if UPCAST else Q.dtype.element_ty
     q_base = Q + b * s_qb + h * s_qh
-    q_ptrs = q_base + offs_m[:, None] * s_qs + offs_d[None, :]
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # history: per slot, rotate the query tile by minus the slot's temporal angle, then plain FA2
+    # history: per slot, rotate the query's low half by minus the slot's temporal angle, then FA2
     kc_base = KC + b * s_kcb + h * s_kch
     vc_base = VC + b * s_vcb + h * s_vch
-    q_tile = tl.load(q_ptrs, mask=row_mask[:, None], other=0.0).to(tl.float32)
+    offs_half = tl.arange(0, HEAD_DIM // 2)
+    q_rows = q_base + offs_m[:, None] * s_qs
+    q_lo_in = tl.load(q_rows + offs_half[None, :], mask=row_mask[:, None], other=0.0)
+    q_hi = tl.load(q_rows + HEAD_DIM // 2 + offs_half[None, :], mask=row_mask[:, None], other=0.0).to(cdtype)
     for j in range(0, n_hist):
         slot = tl.load(Slots + j).to(tl.int64)
-        q = _rotate_q(q_tile, Cos + j * HALF_T, Sin + j * HALF_T, BLOCK_M, HEAD_DIM, HALF_T).to(cdtype)
-        acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, kc_base + slot * s_kcs, s_kct, vc_base + slot * s_vcs,
-                                        s_vct, tokens, qk_scale, offs_d, BLOCK_N, PRECISION)
+        q_lo = _rotate_q(q_lo_in, Cos + j * HALF_T, Sin + j * HALF_T, BLOCK_M, HEAD_DIM // 2, HALF_T).to(cdtype)
+        acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q_lo, q_hi, kc_base + slot * s_kcs, s_kct,
+                                        vc_base + slot * s_vcs, s_vct, tokens, qk_scale, offs_half, offs_d,
+                                        BLOCK_N, HEAD_DIM // 2, PRECISION)
 
     # plain, already rotated segments
-    q = q_tile.to(cdtype)
-    acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, KA + b * s_kab + h * s_kah, s_kas, VA + b * s_vab + h * s_vah,
-                                    s_vas, len_a, qk_scale, offs_d, BLOCK_N, PRECISION)
-    acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q, KB + b * s_kbb + h * s_kbh, s_kbs, VB + b * s_vbb + h * s_vbh,
-                                    s_vbs, len_b, qk_scale, offs_d, BLOCK_N, PRECISION)
+    q_lo = q_lo_in.to(cdtype)
+    acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q_lo, q_hi, KA + b * s_kab + h * s_kah, s_kas,
+                                    VA + b * s_vab + h * s_vah, s_vas, len_a, qk_scale, offs_half, offs_d,
+                                    BLOCK_N, HEAD_DIM // 2, PRECISION)
+    acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q_lo, q_hi, KB + b * s_kbb + h * s_kbh, s_kbs,
+                                    VB + b * s_vbb + h * s_vbh, s_vbs, len_b, qk_scale, offs_half, offs_d,
+                                    BLOCK_N, HEAD_DIM // 2, PRECISION)
 
     # no keys at all: output 0 and lse -inf (as the reference), not 0/0
     has_keys = l_i > 0
@@ -194,8 +204,9 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def check_head_dim(d: int) -> None:
-    if d < 16 or d > 256 or d & (d - 1):
-        raise ValueError(f"head dim {d} not supported by the Triton kernels (a power of two in 16..256)")
+    # q . k runs as two tensor-core dots over half the head dim each, and those need 16 channels
+    if d < 32 or d > 256 or d & (d - 1):
+        raise ValueError(f"head dim {d} not supported by the Triton kernels (a power of two in 32..256)")
 
 
 def launch_args(q: torch.Tensor, history: CacheSegment | None, segments: Sequence[Segment]) -> dict:
@@ -217,6 +228,8 @@ def launch_args(q: torch.Tensor, history: CacheSegment | None, segments: Sequenc
         cos, sin = q.new_ones(1, dtype=torch.float32), q.new_zeros(1, dtype=torch.float32)
         n_hist, tokens = 0, 0
         half_t = rope_band_dims(d)[0] // 2
+    if 2 * half_t > d // 2:  # the kernel rotates only the low half of the head dim
+        raise ValueError(f"temporal RoPE band of {2 * half_t} channels does not fit in half of head dim {d}")
     plain = [(_last_dim_contiguous(k), _last_dim_contiguous(v)) for k, v in segments]
     plain += [(dummy[:, :0], dummy[:, :0])] * (MAX_PLAIN_SEGMENTS - len(plain))
     for k, v in plain:
