@@ -47,6 +47,18 @@ def get_mode() -> Mode:
     return _mode
 
 
+def select(backend: str = "auto") -> str:
+    """What `--attention` picks, returned resolved: "torch" runs the whole model in PyTorch (SDPA and
+    the kernels' torch references: the baseline of `streamer bench`); "triton" runs the Triton kernels
+    wherever they apply (CUDA tensors): attention, in-place cache reads, the fused norm / modulate /
+    residual steps; "auto" (the default) is "triton" when Triton and a CUDA device are there."""
+    if backend == "auto":
+        backend = "triton" if torch.cuda.is_available() and triton_available() else "torch"
+    _attention.set_backend(backend)
+    set_mode("torch" if backend == "torch" else "auto")
+    return backend
+
+
 def use_triton(x: torch.Tensor) -> bool:
     """Whether the kernels run for tensors like x under the current mode."""
     if _mode == "auto":

@@ -56,7 +56,7 @@ class Cell:
     policy: str = "window"
     decoder: str = "model"         # model (what the preset ships) | full (Wan VAE) | tiny (TAEHV-style)
     dtype: str = "auto"            # auto | bf16 | fp16 | fp32
-    attention: str = "torch"       # torch | triton
+    attention: str = "torch"       # torch | triton ("auto" is resolved to one of them when run)
     compile: bool = False
 
     def label(self) -> str:
@@ -289,9 +289,9 @@ def _median_stats(runs: list[StreamStats]) -> StreamStats:
 
 def run_cell(cell: Cell, device: torch.device, chunks: int, warmup: int, repeats: int,
              baselines: tuple[str, ...] = ()) -> dict:
-    from streamer import attention
+    from streamer import kernels
 
-    attention.set_backend(cell.attention)
+    cell = dataclasses.replace(cell, attention=kernels.select(cell.attention))  # "auto" shown resolved
     pipe = build_pipeline(cell, device)
     config = stream_config(cell, pipe)
     ours = _median_stats([time_session(pipe, config, chunks, warmup) for _ in range(repeats)])
@@ -471,7 +471,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", nargs="+", default=["window"], help=", ".join(POLICIES))
     p.add_argument("--decoder", nargs="+", default=["model"], help="model | full (Wan VAE) | tiny")
     p.add_argument("--dtype", nargs="+", default=["auto"], help="auto | bf16 | fp16 | fp32")
-    p.add_argument("--attention", nargs="+", default=["torch"], help="torch | triton")
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "torch", "triton"],
+                   help="torch (PyTorch only) | triton (the Triton kernels) | auto: triton on CUDA, else torch")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
     p.add_argument("--chunks", type=int, default=20, help="chunks measured per stream, after warm-up")
     p.add_argument("--warmup", type=int, default=3, help="chunks streamed before measuring")

@@ -35,7 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-encoder", help="umT5 folder (tokenizer + encoder, or a Wan pipeline folder)")
     g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
-    g.add_argument("--attention", default="torch", help="attention backend (torch; triton on CUDA when installed)")
+    g.add_argument("--attention", default="auto", choices=["auto", "torch", "triton"],
+                   help="auto (default): the Triton kernels on CUDA when installed, else torch")
 
 
 def _add_stream_args(p: argparse.ArgumentParser) -> None:
@@ -81,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_pipeline(args):
     import torch
 
-    from streamer import attention
+    from streamer import kernels
     from streamer.pipeline import Pipeline
 
-    attention.set_backend(args.attention)
+    kernels.select(args.attention)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
     return Pipeline.load(checkpoint=args.checkpoint, vae=args.vae, text_encoder=args.text_encoder,
                          device=args.device, dtype=dtype)

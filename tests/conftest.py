@@ -24,3 +24,15 @@ def tiny_model():
     from streamer.models.wan import CausalWanModel, get_config
 
     return randomize(CausalWanModel(get_config("tiny"))).eval()
+
+
+@pytest.fixture(autouse=True)
+def _default_compute_path():
+    """CLI and bench runs select a backend and kernel mode process-wide: every test starts from the defaults."""
+    from streamer import attention, kernels
+
+    attention.set_backend("torch")
+    kernels.set_mode("auto")
+    yield
+    attention.set_backend("torch")
+    kernels.set_mode("auto")

@@ -23,6 +23,8 @@ def register(subparsers) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from streamer import kernels
     from streamer.ui.app import serve as serve_app
 
+    kernels.select("auto")  # the Triton kernels on CUDA, torch elsewhere
     return serve_app(args)
