@@ -140,6 +140,9 @@ CUDA_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_sta
     configs=configs(interpret=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)],
                     cuda=CUDA_CONFIGS),
     key=["Sq", "tokens", "HEAD_DIM", "UPCAST"],
+    # the choice is kept on disk beside the compiled kernels: a new process does not re-time the
+    # configs inside its first chunk (first-frame latency)
+    cache_results=True,
 )
 @triton.jit
 def _cache_attention_kernel(
