@@ -101,6 +101,14 @@ def run_qk_norm_rope(q, k, weight_q, weight_k, cos, sin, heads: int, eps: float 
     return fn(q, k, weight_q, weight_k, cos, sin, heads, eps)
 
 
+def run_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of x [B, S, H, D] by per-token angles (cos/sin [S, D / 2]), fp32 math, x's dtype."""
+    from streamer.kernels import rope as m
+
+    fn = m.rope if use_triton(x) else m.rope_reference
+    return fn(x, cos, sin)
+
+
 def run_layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                            eps: float = 1e-6) -> torch.Tensor:
     """LayerNorm(x) * (1 + scale) + shift with per-frame shift/scale [B, F, D]."""

@@ -169,7 +169,7 @@ WAN_HEADS, WAN_HEAD_DIM, WAN_TOKENS = 12, 128, 1560  # wan2.1-1.3b at 832x480: 1
 
 def model_cases(history_frames: int = 18, chunk_frames: int = 3, dtype: torch.dtype = torch.bfloat16) -> list[Case]:
     """Every kernel, called as the streaming model calls it at the wan2.1-1.3b, 832x480 shape."""
-    from streamer.kernels import adaln, attention_mass, cache_attention, gated_residual, qk_norm_rope
+    from streamer.kernels import adaln, attention_mass, cache_attention, gated_residual, qk_norm_rope, rope
 
     h, d, tpf = WAN_HEADS, WAN_HEAD_DIM, WAN_TOKENS
     sq = chunk_frames * tpf
@@ -196,6 +196,7 @@ def model_cases(history_frames: int = 18, chunk_frames: int = 3, dtype: torch.dt
                                                          torch.zeros(tpf, dtype=torch.float64))),
         Case("_qk_norm_rope_kernel", "q, k [4680, 1536]", qk_norm_rope,
              lambda: qk_norm_rope.qk_norm_rope(x, x, w, w, cos_sin, cos_sin, h)),
+        Case("_rope_kernel", "q [4680, 12, 128]", rope, lambda: rope.rope(q, cos_sin, cos_sin)),
         Case("_layernorm_modulate_kernel", "[4680, 1536]", adaln,
              lambda: adaln.layernorm_modulate(x, per_frame, per_frame)),
         Case("_gated_residual_kernel", "[4680, 1536]", gated_residual,

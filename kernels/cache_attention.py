@@ -284,6 +284,7 @@ _view_state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def view_attention(view, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """`CacheView.__call__` on the kernel path: the same result as its workspace path (compression,
     compressed-token positions and attention mass included) with the history read in place."""
+    from streamer.kernels import run_rope
     from streamer.kernels.attention_mass import attention_mass  # imported here: it imports this module
 
     cache, plan = view.cache, view.plan
@@ -299,8 +300,8 @@ def view_attention(view, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.
         state[layer] = [(apply_rope(cache.ck[layer, :, :n], cos, sin), cache.cv[layer, :, :n])] if n else []
     hist = state["history"]
     history = CacheSegment(cache.k[layer], cache.v[layer], hist.slots, hist.cos, hist.sin)
-    segments = state[layer] + [(apply_rope(k, view.chunk_cos, view.chunk_sin), v)]
-    q_rot = apply_rope(q, view.chunk_cos, view.chunk_sin)
+    segments = state[layer] + [(run_rope(k, view.chunk_cos, view.chunk_sin), v)]
+    q_rot = run_rope(q, view.chunk_cos, view.chunk_sin)
     out, lse = cache_attention(q_rot, history, segments)
     if view.record_mass and not view.commit:
         per_key = attention_mass(q_rot, lse, history, segments).mean(0)

@@ -233,9 +233,9 @@ class CacheView:
             return view_attention(self, layer, q, k, v)
         # ---- end of the fast path ----
         k_ws, v_ws, n_hist = self._history(layer, k, q)
-        k_ws[:, n_hist:] = apply_rope(k, self.chunk_cos, self.chunk_sin)
+        k_ws[:, n_hist:] = kernels.run_rope(k, self.chunk_cos, self.chunk_sin)
         v_ws[:, n_hist:] = v
-        q_rot = apply_rope(q, self.chunk_cos, self.chunk_sin)
+        q_rot = kernels.run_rope(q, self.chunk_cos, self.chunk_sin)
         if self.record_mass and not self.commit:
             self.mass[layer] = self._mass(q_rot, k_ws, n_hist)
         return attention(q_rot, k_ws, v_ws)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from streamer.attention import _torch_sdpa
-from streamer.kernels import adaln, attention_mass, cache_attention, gated_residual, qk_norm_rope
+from streamer.kernels import adaln, attention_mass, cache_attention, gated_residual, qk_norm_rope, rope
 from streamer.kernels.cache_attention import CacheSegment
 from streamer.models.rope import apply_rope, rope_cos_sin
 
@@ -390,7 +390,7 @@ def bench_participation(shape: KernelShape, dtype: torch.dtype, device: torch.de
 
 def bench_elementwise(shape: KernelShape, dtype: torch.dtype, device: torch.device, timer: Timer,
                       kernels: str | None, kernel_timer: Timer) -> list[Row]:
-    """The three fusions on one chunk's activations [B, F * tokens, H * D]; adaLN vectors per frame, fp32."""
+    """The fusions on one chunk's activations [B, F * tokens, H * D]; adaLN vectors per frame, fp32."""
     g = torch.Generator(device).manual_seed(2)
     b, f, dim, hd = shape.batch, shape.chunk_frames, shape.dim, shape.head_dim
     s = f * shape.tokens
@@ -399,12 +399,17 @@ def bench_elementwise(shape: KernelShape, dtype: torch.dtype, device: torch.devi
     wq, wk = rnd(dim).to(dtype), rnd(dim).to(dtype)
     shift, scale, gate = rnd(b, f, dim), rnd(b, f, dim), rnd(b, f, dim)
     cos, sin = rope_cos_sin(torch.arange(100.0, 100.0 + f, dtype=torch.float64), *shape.grid, hd, device=device)
+    tcos, tsin = rope_cos_sin(torch.arange(100.0, 100.0 + f, dtype=torch.float64), *shape.grid, hd, device=device,
+                              spatial=False)
+    xh = x.unflatten(-1, (shape.heads, hd))
     es = x.element_size()
     cases = [
         # name, kernel, reference, bytes one fused pass moves
         ("qk RMSNorm + RoPE", lambda: qk_norm_rope.qk_norm_rope(x, y, wq, wk, cos, sin, shape.heads),
          lambda: qk_norm_rope.qk_norm_rope_reference(x, y, wq, wk, cos, sin, shape.heads),
          4 * s * dim * es + 2 * cos.numel() * 4),
+        ("RoPE (the view's temporal rotation)", lambda: rope.rope(xh, tcos, tsin),
+         lambda: rope.rope_reference(xh, tcos, tsin), 2 * s * dim * es + 2 * tcos.numel() * 4),
         ("LayerNorm + adaLN modulate", lambda: adaln.layernorm_modulate(x, shift, scale),
          lambda: adaln.layernorm_modulate_reference(x, shift, scale), 2 * s * dim * es + 2 * shift.numel() * 4),
         ("gated residual", lambda: gated_residual.gated_residual(x, y, gate),

@@ -24,8 +24,8 @@ def test_kernel_bench_writes_checked_rows(tmp_path):
                      "torch participation_scores_reference", "torch reference"):
         assert expected in names, expected
     assert any(r["name"].startswith("sdpa ") and r["ms"] for r in rows), "no SDPA backend ran"
-    assert {r["group"].split(" [")[0] for r in rows} >= {"qk RMSNorm + RoPE", "LayerNorm + adaLN modulate",
-                                                          "gated residual"}
+    assert {r["group"].split(" [")[0] for r in rows} >= {"qk RMSNorm + RoPE", "RoPE (the view's temporal rotation)",
+                                                          "LayerNorm + adaLN modulate", "gated residual"}
     assert len(doc["attention_summary"]) == 2  # tiny: 2 and 4 history frames
     for r in rows:
         if r["note"].startswith("unavailable"):  # an SDPA backend this machine lacks: no time, no check
@@ -36,7 +36,7 @@ def test_kernel_bench_writes_checked_rows(tmp_path):
             continue
         assert r["ok"] is True and math.isfinite(r["max_err"]), r
     if doc["triton_kernels"] == "interpreted":
-        assert sum(r["name"].startswith("triton") for r in rows) == 2 * 2 + 1 + 3  # attention + mass per N, ...
+        assert sum(r["name"].startswith("triton") for r in rows) == 2 * 2 + 1 + 4  # attention + mass per N, participation, 4 element-wise
     assert "| group |" in (out / "kernels.md").read_text()
 
 

@@ -21,6 +21,7 @@ from streamer.kernels.adaln import layernorm_modulate, layernorm_modulate_refere
 from streamer.kernels.gated_residual import gated_residual, gated_residual_reference  # noqa: E402
 from streamer.kernels._triton import INTERPRET  # noqa: E402
 from streamer.kernels.qk_norm_rope import qk_norm_rope, qk_norm_rope_reference  # noqa: E402
+from streamer.kernels.rope import rope  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -142,6 +143,21 @@ def test_qk_norm_rope(dtype):
     for a, r in zip(got, ref):
         assert a.shape == (2, s, heads, d) and a.dtype == dtype
         _close(a, r, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope(dtype):
+    """The chunk's temporal rotation as the cache view applies it, on a non-contiguous view of q."""
+    heads, d, grid = 3, 32, (2, 3)
+    g = torch.Generator().manual_seed(4)
+    positions = torch.tensor([0.0, 2.5, 1e5], dtype=torch.float64)
+    cos, sin = rope_cos_sin(positions, *grid, d, device=DEVICE, spatial=False)
+    s = positions.numel() * grid[0] * grid[1]
+    x = (torch.randn(2, s, heads, 2 * d, generator=g) * 3).to(DEVICE, dtype)[..., :d]  # strided heads
+    got = rope(x, cos, sin)
+    assert got.shape == x.shape and got.dtype == dtype
+    _close(got, apply_rope(x, cos, sin), dtype)
+    assert not torch.equal(got, x)  # the rotation did something
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

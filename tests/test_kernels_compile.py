@@ -38,7 +38,7 @@ def test_every_kernel_compiles_for_sm90_and_fits(sm90_reports):
 
     kernels = {r["kernel"] for r in sm90_reports}
     assert kernels == {"cache_attention_kernel", "attention_mass_kernel", "participation_kernel",
-                       "qk_norm_rope_kernel", "layernorm_modulate_kernel", "gated_residual_kernel"}
+                       "qk_norm_rope_kernel", "rope_kernel", "layernorm_modulate_kernel", "gated_residual_kernel"}
     attention = [r for r in sm90_reports if r["kernel"] == "cache_attention_kernel"]
     assert len(attention) == 2 * len(CUDA_CONFIGS)  # with and without compressed tokens, every config
     for r in sm90_reports:
