@@ -106,8 +106,9 @@ def _configs(kernel: object, cuda_configs: list | None) -> list:
     out = []
     for c in cuda_configs:
         opts = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-        label = " ".join(f"{k[6:] if k.startswith('BLOCK_') else k}={v}" for k, v in c.kwargs.items())
-        out.append((f"{label} w{c.num_warps} s{c.num_stages}", opts))
+        tiles = " ".join(f"{k[6:]}={v}" for k, v in c.kwargs.items() if k.startswith("BLOCK_"))
+        loads = " tma" if c.kwargs.get("USE_TMA") else ""
+        out.append((f"{tiles} w{c.num_warps} s{c.num_stages}{loads}", opts))
     return out
 
 
@@ -212,6 +213,8 @@ def compile_report(archs: list[int], cases: list[Case] | None = None) -> list[Ke
         for launch in launches:
             for label, options in _configs(launch.kernel, case.cuda_configs):
                 for arch in archs:
+                    if options.get("USE_TMA") and arch < 90:  # TMA is Hopper's; the kernel prunes it before
+                        continue
                     base = dict(kernel=case.kernel.strip("_"), case=case.name, arch=arch, config=label)
                     try:
                         info = inspect_binary(compile_launch(launch, options, arch), arch)

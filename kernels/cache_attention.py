@@ -102,20 +102,35 @@ def _rotate_q(q, cos_row, sin_row, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, H
 
 @triton.jit
 def _attend_segment(acc, m_i, l_i, q_lo, q_hi, k_base, s_kt, v_base, s_vt, length, qk_scale, offs_half, offs_d,
-                    BLOCK_N: tl.constexpr, HALF_D: tl.constexpr, PRECISION: tl.constexpr):
+                    BLOCK_N: tl.constexpr, HALF_D: tl.constexpr, PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
     """All keys of one contiguous run, FlashAttention-2 online softmax in the log2 domain (qk_scale
     includes log2 e). q . k is two dots over the low and high halves of the head dim: only the low
     half holds the temporal band, so only it is rotated per slot, and the query tile in flight is
-    half as large (this is what lets 128x64 tiles compile without spills). Every tile is masked: an
-    unmasked copy of the body for full tiles made ptxas spill, and the mask is a few ALU ops."""
+    half as large (this is what lets 128x64 tiles compile without spills).
+
+    K/V tiles arrive either through pointer loads (cp.async on sm_80+) or, with USE_TMA, through
+    tensor descriptors made here for this run (TMA bulk copies on sm_90: no address tensors in
+    registers, rows past the end filled with zeros by the copy engine). Every tile's scores are
+    masked past the end: an unmasked copy of the body for full tiles made ptxas spill."""
     offs_n = tl.arange(0, BLOCK_N)
+    if USE_TMA:  # (a run of no keys still gets a valid 1-row descriptor; the loop never reads it)
+        rows_total = tl.maximum(length, 1)
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[rows_total, 2 * HALF_D], strides=[s_kt, 1],
+                                           block_shape=[BLOCK_N, HALF_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[rows_total, 2 * HALF_D], strides=[s_vt, 1],
+                                           block_shape=[BLOCK_N, 2 * HALF_D])
     for start in range(0, length, BLOCK_N):
         rows = start + offs_n
         valid = rows < length
-        k_rows = k_base + rows[:, None] * s_kt
-        k_lo = tl.load(k_rows + offs_half[None, :], mask=valid[:, None], other=0.0)
-        k_hi = tl.load(k_rows + HALF_D + offs_half[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_base + rows[:, None] * s_vt + offs_d[None, :], mask=valid[:, None], other=0.0)
+        if USE_TMA:
+            k_lo = k_desc.load([start, 0])
+            k_hi = k_desc.load([start, HALF_D])
+            v = v_desc.load([start, 0])
+        else:
+            k_rows = k_base + rows[:, None] * s_kt
+            k_lo = tl.load(k_rows + offs_half[None, :], mask=valid[:, None], other=0.0)
+            k_hi = tl.load(k_rows + HALF_D + offs_half[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_base + rows[:, None] * s_vt + offs_d[None, :], mask=valid[:, None], other=0.0)
         s = tl.dot(q_lo, tl.trans(k_lo.to(q_lo.dtype)), input_precision=PRECISION)
         s = tl.dot(q_hi, tl.trans(k_hi.to(q_hi.dtype)), s, input_precision=PRECISION) * qk_scale
         s = tl.where(valid[None, :], s, float("-inf"))
@@ -130,16 +145,56 @@ def _attend_segment(acc, m_i, l_i, q_lo, q_hi, k_base, s_kt, v_base, s_vt, lengt
 
 # The CUDA search space: configs that ptxas compiles without a single register spill for sm_90 at
 # the wan2.1-1.3b shape (`streamer kernels --arch 90` on any machine; tests/test_kernels_compile.py
-# keeps it so). The autotuner picks among them on the GPU at hand.
-CUDA_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                for m, n, w, s in [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 128, 8, 2),
-                                   (64, 64, 8, 3), (64, 64, 4, 2), (64, 32, 8, 3)]]
+# keeps it so), each with pointer loads and with TMA loads. The autotuner times them on the GPU at
+# hand; `_prune` drops the TMA ones where TMA cannot run (before sm_90, unaligned tensors).
+# Kept small: each config is compiled once per shape on first use (then cached on disk).
+POINTER_TILES = [(128, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2), (64, 64, 8, 3), (64, 64, 4, 2)]
+TMA_TILES = [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 8, 2), (64, 64, 8, 3)]
+CUDA_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "USE_TMA": tma}, num_warps=w, num_stages=st)
+                for tma, tiles in ((False, POINTER_TILES), (True, TMA_TILES)) for m, n, w, st in tiles]
+# The interpreter cannot time configs: one per load path, `_prune` keeps one.
+INTERPRET_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "USE_TMA": tma}, num_warps=4, num_stages=1)
+                     for tma in (False, True)]
+FORCE_TMA: bool | None = None  # tests: force one load path (None: both, where TMA can run)
+_TMA_STRIDES = ["s_kcb", "s_kcs", "s_kct", "s_kch", "s_vcb", "s_vcs", "s_vct", "s_vch", "s_kab", "s_kas", "s_kah",
+                "s_vab", "s_vas", "s_vah", "s_kbb", "s_kbs", "s_kbh", "s_vbb", "s_vbs", "s_vbh"]
+
+
+def _tma_possible(args: dict) -> bool:
+    """TMA needs sm_90+, 16-byte aligned bases and strides: every K/V run starts at base + strides."""
+    q = args["Q"]
+    if INTERPRET or not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    size = args["KC"].element_size()  # keys and values share the query's dtype
+    bases_aligned = all(args[n].data_ptr() % 16 == 0 for n in ("KC", "VC", "KA", "VA", "KB", "VB"))
+    return bases_aligned and all(args[n] * size % 16 == 0 for n in _TMA_STRIDES)
+
+
+def _prune(configs: list, named_args: dict, **kwargs) -> list:
+    """Both load paths where TMA can run (the autotuner times them all), pointer loads elsewhere."""
+    if FORCE_TMA is not None:
+        paths = {FORCE_TMA}
+    else:
+        paths = {False, True} if _tma_possible({**named_args, **kwargs}) else {False}
+    return [c for c in configs if c.kwargs["USE_TMA"] in paths]
+
+
+_allocator_ready = False
+
+
+def _ensure_tma_allocator() -> None:
+    """Tensor descriptors made inside a kernel live in global scratch memory that Triton asks the
+    host for through `triton.set_allocator`; torch's caching allocator provides it."""
+    global _allocator_ready
+    if not _allocator_ready:
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _allocator_ready = True
 
 
 @triton.autotune(
-    configs=configs(interpret=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)],
-                    cuda=CUDA_CONFIGS),
+    configs=configs(interpret=INTERPRET_CONFIGS, cuda=CUDA_CONFIGS),
     key=["Sq", "tokens", "HEAD_DIM", "UPCAST"],
+    prune_configs_by={"early_config_prune": _prune},
     # the choice is kept on disk beside the compiled kernels: a new process does not re-time the
     # configs inside its first chunk (first-frame latency)
     cache_results=True,
@@ -153,7 +208,7 @@ def _cache_attention_kernel(
     s_kab, s_kas, s_kah, s_vab, s_vas, s_vah,
     s_kbb, s_kbs, s_kbh, s_vbb, s_vbs, s_vbh,
     HEAD_DIM: tl.constexpr, HALF_T: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -181,16 +236,16 @@ def _cache_attention_kernel(
         q_lo = _rotate_q(q_lo_in, Cos + j * HALF_T, Sin + j * HALF_T, BLOCK_M, HEAD_DIM // 2, HALF_T).to(cdtype)
         acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q_lo, q_hi, kc_base + slot * s_kcs, s_kct,
                                         vc_base + slot * s_vcs, s_vct, tokens, qk_scale, offs_half, offs_d,
-                                        BLOCK_N, HEAD_DIM // 2, PRECISION)
+                                        BLOCK_N, HEAD_DIM // 2, PRECISION, USE_TMA)
 
     # plain, already rotated segments
     q_lo = q_lo_in.to(cdtype)
     acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q_lo, q_hi, KA + b * s_kab + h * s_kah, s_kas,
                                     VA + b * s_vab + h * s_vah, s_vas, len_a, qk_scale, offs_half, offs_d,
-                                    BLOCK_N, HEAD_DIM // 2, PRECISION)
+                                    BLOCK_N, HEAD_DIM // 2, PRECISION, USE_TMA)
     acc, m_i, l_i = _attend_segment(acc, m_i, l_i, q_lo, q_hi, KB + b * s_kbb + h * s_kbh, s_kbs,
                                     VB + b * s_vbb + h * s_vbh, s_vbs, len_b, qk_scale, offs_half, offs_d,
-                                    BLOCK_N, HEAD_DIM // 2, PRECISION)
+                                    BLOCK_N, HEAD_DIM // 2, PRECISION, USE_TMA)
 
     # no keys at all: output 0 and lse -inf (as the reference), not 0/0
     has_keys = l_i > 0
@@ -262,6 +317,8 @@ def cache_attention(
     scale = d ** -0.5 if scale is None else scale
     kc, vc, ka, va, kb, vb = a["kc"], a["vc"], a["ka"], a["va"], a["kb"], a["vb"]
     grid = lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), b * h)  # noqa: E731
+    if q.is_cuda:
+        _ensure_tma_allocator()
     _cache_attention_kernel[grid](
         q, out, lse, kc, vc, a["slots"], a["cos"], a["sin"], ka, va, kb, vb,
         a["n_hist"], a["tokens"], a["len_a"], a["len_b"], sq, h, scale * LOG2E,

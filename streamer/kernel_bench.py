@@ -296,9 +296,22 @@ def bench_attention(shape: KernelShape, n_hist: int, dtype: torch.dtype, device:
             lse_err, lse_ok = compare(result[1], ref_lse, 1e-2, 1e-3)  # the mass pass divides by exp(lse)
             return max(err, lse_err), ok and lse_ok
 
-        rows.append(measure(group, "triton cache_attention (history in place)",
-                            lambda: cache_attention.cache_attention(p.q, p.history, [p.chunk]), check_kernel,
-                            kernel_timer, flops=flops, note=f"{kernels}; error: max of out and lse"))
+        # the autotuner's pick over both load paths, then each path alone (TMA only where it can run)
+        paths = [(None, "autotuned")] + ([(False, "pointer loads"), (True, "TMA loads")] if _tma_device(device) else [])
+        for force, label in paths:
+            cache_attention.FORCE_TMA = force
+            cache_attention._cache_attention_kernel.cache.clear()  # re-tune within the forced path
+            try:
+                row = measure(group, f"triton cache_attention (history in place), {label}",
+                              lambda: cache_attention.cache_attention(p.q, p.history, [p.chunk]), check_kernel,
+                              kernel_timer, flops=flops, note=f"{kernels}; error: max of out and lse")
+                best = getattr(cache_attention._cache_attention_kernel, "best_config", None)
+                if best is not None and row.ms is not None:
+                    row.note += f"; config {best}"
+                rows.append(row)
+            finally:
+                cache_attention.FORCE_TMA = None
+                cache_attention._cache_attention_kernel.cache.clear()
 
     view = TorchViewPath(p)
     rows += bench_sdpa(group, view, check, timer, flops)
@@ -309,6 +322,10 @@ def bench_attention(shape: KernelShape, n_hist: int, dtype: torch.dtype, device:
     del view
     rows += bench_mass(group, p, ref_lse, timer, kernels, kernel_timer)
     return rows, _attention_summary(n_hist, sk, rows, compiled=kernels == "compiled")
+
+
+def _tma_device(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def bench_sdpa(group: str, view: TorchViewPath, check: Callable, timer: Timer, flops: float) -> list[Row]:

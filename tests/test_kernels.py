@@ -57,11 +57,23 @@ CASES = {
 }
 
 
+@pytest.fixture(params=[False, True], ids=["pointer-loads", "tma-loads"])
+def load_path(request):
+    """Both ways the attention kernel loads K/V tiles (the autotuner picks one per GPU); its cached
+    choices are dropped so that the forced path is the one that runs."""
+    ca.FORCE_TMA = request.param
+    ca._cache_attention_kernel.cache.clear()
+    yield request.param
+    ca.FORCE_TMA = None
+    ca._cache_attention_kernel.cache.clear()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", list(CASES))
-def test_cache_attention_matches_reference(case, dtype):
+def test_cache_attention_matches_reference(case, dtype, load_path):
     q, history, segments = _problem(dtype=dtype, **CASES[case])
     out, lse = ca.cache_attention(q, history, segments)
+    assert ca._cache_attention_kernel.best_config.kwargs["USE_TMA"] == load_path
     ref_out, ref_lse = ca.cache_attention_reference(q, history, segments)
     assert out.dtype == dtype and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
     _close(out, ref_out, dtype)
