@@ -66,11 +66,20 @@ def use_triton(x: torch.Tensor) -> bool:
     return _mode == "triton"
 
 
+def use_attention_kernel(q: torch.Tensor) -> bool:
+    """Whether attention over q runs in the cache-attention kernel: bf16/fp16 on CUDA. fp32 has no
+    tensor-core path there (exact fp32 dots run on FMA units and spill: `streamer kernels`), so on
+    CUDA it stays with torch; forced mode ("triton") runs every dtype (the tests)."""
+    if _mode == "triton":
+        return True
+    return use_triton(q) and q.dtype in (torch.bfloat16, torch.float16)
+
+
 def run_cache_attention(q: torch.Tensor, history=None, segments: Sequence = (), scale: float | None = None):
     """(out, lse) of q over [history slots | segments]; see kernels/cache_attention.py."""
     from streamer.kernels import cache_attention as m
 
-    fn = m.cache_attention if use_triton(q) else m.cache_attention_reference
+    fn = m.cache_attention if use_attention_kernel(q) else m.cache_attention_reference
     return fn(q, history, segments, scale)
 
 
@@ -129,7 +138,7 @@ def run_gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> 
 def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The "triton" attention backend: the kernel with one plain segment; SDPA where it does not apply
     (masks are only used by full-clip training forwards, and CPU tensors outside the tests)."""
-    if mask is not None or not use_triton(q):
+    if mask is not None or not use_attention_kernel(q):
         return _attention._torch_sdpa(q, k, v, mask)
     return run_cache_attention(q, None, [(k, v)])[0]
 

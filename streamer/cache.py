@@ -227,7 +227,7 @@ class CacheView:
         if self.commit:
             self.cache.write(layer, self.plan.write_slots, k, v, q)  # q only kept when the cache stores queries
         # ---- Triton fast path: history slots read in place, rotated in-kernel, no workspace ----
-        if get_backend() == "triton" and kernels.use_triton(q):
+        if get_backend() == "triton" and kernels.use_attention_kernel(q):
             from streamer.kernels.cache_attention import view_attention
 
             return view_attention(self, layer, q, k, v)

@@ -418,3 +418,13 @@ def test_stream_full_size_with_kernels_matches_torch(policy, knobs):
     assert rel < 2e-2, f"relative difference {rel:.3g} between the kernel and torch streams"
     for a, b in zip(masses["triton"], masses["torch"]):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=5e-2)
+
+
+def test_attention_kernel_takes_half_precision_only_unless_forced(monkeypatch):
+    """On CUDA fp32 attention stays with torch (the kernel has no tensor-core path for exact fp32)."""
+    monkeypatch.setattr(kernels, "use_triton", lambda x: True)  # as on a CUDA device in auto mode
+    assert kernels.use_attention_kernel(torch.zeros(1, dtype=torch.bfloat16))
+    assert kernels.use_attention_kernel(torch.zeros(1, dtype=torch.float16))
+    assert not kernels.use_attention_kernel(torch.zeros(1, dtype=torch.float32))
+    kernels.set_mode("triton")
+    assert kernels.use_attention_kernel(torch.zeros(1, dtype=torch.float32))
