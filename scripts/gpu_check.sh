@@ -207,7 +207,7 @@ else
 fi
 if wants tests; then
     : > "$OUT/tests.log"
-    step "tests full-size" tests.log "$(cap 210)" env TRITON_INTERPRET=$TESTS_MODE \
+    step "tests full-size" tests.log "$(cap 270)" env TRITON_INTERPRET=$TESTS_MODE \
         "$PY" -m pytest tests/test_kernels.py -vv -rfEs -k full_size -p no:cacheprovider
 fi
 
