@@ -99,17 +99,16 @@ def _triton_bin(tool: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool)
 
 
-def _configs(kernel: object, cuda_configs: list | None) -> list:
-    """(label, launch options) per config: the autotuner's CUDA search space, or the wrapper's own."""
-    if cuda_configs is None:
-        return [("fixed", {})]
+def _configs(kernel: object) -> list:
+    """(label, launch options) per config: an autotuner's search space (the CUDA one: this module runs
+    without the interpreter), or ("fixed", {}) for a kernel whose wrapper picks its own launch."""
     out = []
-    for c in cuda_configs:
+    for c in getattr(kernel, "configs", None) or []:
         opts = dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
         tiles = " ".join(f"{k[6:]}={v}" for k, v in c.kwargs.items() if k.startswith("BLOCK_"))
         loads = " tma" if c.kwargs.get("USE_TMA") else ""
         out.append((f"{tiles} w{c.num_warps} s{c.num_stages}{loads}", opts))
-    return out
+    return out or [("fixed", {})]
 
 
 def compile_launch(launch: Launch, options: dict, arch: int):
@@ -162,7 +161,6 @@ class Case:
     name: str
     module: object
     call: Callable[[], object]
-    cuda_configs: list | None = None
 
 
 WAN_HEADS, WAN_HEAD_DIM, WAN_TOKENS = 12, 128, 1560  # wan2.1-1.3b at 832x480: 1560 tokens per latent frame
@@ -179,7 +177,7 @@ def model_cases(history_frames: int = 18, chunk_frames: int = 3, dtype: torch.dt
     slots = 21  # the largest cache the policies allocate (deep-sink / rolling-sink)
     history = cache_attention.CacheSegment.at(e(1, slots, tpf, h, d), e(1, slots, tpf, h, d),
                                               list(range(history_frames)), [float(i) for i in range(history_frames)])
-    compressed = (e(1, 4 * tpf // 4, h, d), e(1, 4 * tpf // 4, h, d))  # deep-forcing: a few frames' worth
+    compressed = (e(1, tpf, h, d), e(1, tpf, h, d))  # deep-forcing's compressed tokens: a frame's worth
     lse = torch.empty(1, h, sq, dtype=torch.float32)
     x = e(1, sq, h * d)
     per_frame = torch.empty(1, chunk_frames, h * d, dtype=torch.float32)
@@ -187,9 +185,9 @@ def model_cases(history_frames: int = 18, chunk_frames: int = 3, dtype: torch.dt
     cos_sin = torch.empty(sq, d // 2, dtype=torch.float32)
     return [
         Case("_cache_attention_kernel", f"{history_frames} cached + {chunk_frames} chunk frames", cache_attention,
-             lambda: cache_attention.cache_attention(q, history, [(k, v)]), cache_attention.CUDA_CONFIGS),
+             lambda: cache_attention.cache_attention(q, history, [(k, v)])),
         Case("_cache_attention_kernel", "+ compressed tokens", cache_attention,
-             lambda: cache_attention.cache_attention(q, history, [compressed, (k, v)]), cache_attention.CUDA_CONFIGS),
+             lambda: cache_attention.cache_attention(q, history, [compressed, (k, v)])),
         Case("_attention_mass_kernel", "mass per cached token", attention_mass,
              lambda: attention_mass.attention_mass(q, lse, history, [(k, v)])),
         Case("_participation_kernel", "recent-query scores", attention_mass,
@@ -211,7 +209,7 @@ def compile_report(archs: list[int], cases: list[Case] | None = None) -> list[Ke
         with captured(case.module, case.kernel) as launches:
             case.call()
         for launch in launches:
-            for label, options in _configs(launch.kernel, case.cuda_configs):
+            for label, options in _configs(launch.kernel):
                 for arch in archs:
                     if options.get("USE_TMA") and arch < 90:  # TMA is Hopper's; the kernel prunes it before
                         continue

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from streamer.kernels._triton import require_triton, tl, triton
+from streamer.kernels.rope import rotate_pairs
 from streamer.models.rope import apply_rope
 
 
@@ -41,11 +42,7 @@ def _norm_rope_row(X, W, Out, row, s_row, Cos, Sin, tok, eps, N,
     w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
     wp = tl.load(W + partner, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, 0) / N + eps)
-    pair = (offs % HEAD_DIM) // 2
-    c = tl.load(Cos + tok * (HEAD_DIM // 2) + pair, mask=mask, other=1.0)
-    s = tl.load(Sin + tok * (HEAD_DIM // 2) + pair, mask=mask, other=0.0)
-    s = tl.where(offs % 2 == 0, -s, s)  # even: x c - x' s, odd: x c + x' s
-    out = (x * w * c + xp * wp * s) * rstd
+    out = rotate_pairs(x * w, xp * wp, Cos, Sin, tok, offs, mask, HEAD_DIM) * rstd
     tl.store(Out + row * N + offs, out.to(Out.dtype.element_ty), mask=mask)
 
 

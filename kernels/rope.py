@@ -18,19 +18,25 @@ rope_reference = apply_rope
 
 
 @triton.jit
-def _rope_kernel(X, Cos, Sin, Out, S, N, s_row, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """One token (all heads) per program: out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s."""
-    row = tl.program_id(0).to(tl.int64)
-    tok = row % S
-    offs = tl.arange(0, BLOCK)
-    mask = offs < N
-    x = tl.load(X + row * s_row + offs, mask=mask, other=0.0).to(tl.float32)
-    xp = tl.load(X + row * s_row + (offs ^ 1), mask=mask, other=0.0).to(tl.float32)  # pair partner
+def rotate_pairs(x, xp, Cos, Sin, tok, offs, mask, HEAD_DIM: tl.constexpr):
+    """One token's channels `offs` (all heads, flat) rotated by its angles: x holds the channels,
+    xp each channel's pair partner (offs ^ 1), fp32. Even: x c - x' s; odd: x c + x' s."""
     pair = (offs % HEAD_DIM) // 2
     c = tl.load(Cos + tok * (HEAD_DIM // 2) + pair, mask=mask, other=1.0)
     s = tl.load(Sin + tok * (HEAD_DIM // 2) + pair, mask=mask, other=0.0)
-    s = tl.where(offs % 2 == 0, -s, s)
-    tl.store(Out + row * N + offs, (x * c + xp * s).to(Out.dtype.element_ty), mask=mask)
+    return x * c + xp * tl.where(offs % 2 == 0, -s, s)
+
+
+@triton.jit
+def _rope_kernel(X, Cos, Sin, Out, S, N, s_row, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """One token (all heads) per program."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < N
+    x = tl.load(X + row * s_row + offs, mask=mask, other=0.0).to(tl.float32)
+    xp = tl.load(X + row * s_row + (offs ^ 1), mask=mask, other=0.0).to(tl.float32)
+    out = rotate_pairs(x, xp, Cos, Sin, row % S, offs, mask, HEAD_DIM)
+    tl.store(Out + row * N + offs, out.to(Out.dtype.element_ty), mask=mask)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -560,4 +560,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"memory growth {s['mem_growth_mb']:.1f} MB over {s['video_seconds'] / 60:.1f} min")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p}" for p in plots))
     return 0
-

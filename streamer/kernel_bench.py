@@ -34,7 +34,7 @@ import torch
 from streamer.attention import _torch_sdpa
 from streamer.kernels import adaln, attention_mass, cache_attention, gated_residual, qk_norm_rope, rope
 from streamer.kernels.cache_attention import CacheSegment
-from streamer.models.rope import apply_rope, rope_cos_sin
+from streamer.models.rope import rope_cos_sin
 
 SDPA_TARGET = 0.9  # issue 7: Triton cache attention at >= 0.9x the best SDPA backend
 # Per-element tolerances |actual - expected| <= atol + rtol * |expected|, as in tests/test_kernels.py.
@@ -238,22 +238,16 @@ class TorchViewPath:
     [B, S, H, D] transposed views, as the model calls it)."""
 
     def __init__(self, p: AttentionProblem):
-        hist, (k, v) = p.history, p.chunk
-        n, tokens, d = hist.slots.numel(), hist.k.shape[2], hist.k.shape[-1]
-        pad = d // 2 - hist.cos.shape[1]  # spatial pairs: already rotated in the cache
-        self.cos = torch.cat([hist.cos, hist.cos.new_ones(n, pad)], 1).repeat_interleave(tokens, 0)
-        self.sin = torch.cat([hist.sin, hist.sin.new_zeros(n, pad)], 1).repeat_interleave(tokens, 0)
-        self.p, self.n_hist = p, hist.num_tokens
-        b, s, h, _ = k.shape
+        k, v = p.chunk
+        self.p, self.n_hist = p, p.history.num_tokens
+        b, s, h, d = k.shape
         self.k_ws = k.new_empty(b, self.n_hist + s, h, d)
         self.v_ws = v.new_empty(b, self.n_hist + s, h, d)
         self.gather()
         self.copy_chunk()
 
     def gather(self) -> None:
-        hist = self.p.history
-        self.k_ws[:, : self.n_hist] = apply_rope(hist.k.index_select(1, hist.slots).flatten(1, 2), self.cos, self.sin)
-        self.v_ws[:, : self.n_hist] = hist.v.index_select(1, hist.slots).flatten(1, 2)
+        self.k_ws[:, : self.n_hist], self.v_ws[:, : self.n_hist] = cache_attention.gather_history(self.p.history)
 
     def copy_chunk(self) -> None:
         self.k_ws[:, self.n_hist:] = self.p.chunk[0]

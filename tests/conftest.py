@@ -33,6 +33,3 @@ def _default_compute_path():
 
     attention.set_backend("torch")
     kernels.set_mode("auto")
-    yield
-    attention.set_backend("torch")
-    kernels.set_mode("auto")
