@@ -297,11 +297,19 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "wi
 
 
 def cmd_eval(args) -> int:
-    from streamer.pipeline import Pipeline
+    from streamer.pipeline import Pipeline, default_device
     from streamer.policies import POLICIES, parse_policy_args
 
     torch.set_num_threads(args.threads)
-    pipe = Pipeline.load(device=args.device)
+    if args.weights is None:
+        pipe = Pipeline.load(device=args.device)
+    else:  # a `streamer train` run folder: score a checkpoint before (or instead of) shipping it
+        weights = Path(args.weights)
+        missing = [n for n in ("dit.safetensors", "vae.safetensors") if not (weights / n).is_file()]
+        if missing:
+            raise SystemExit(f"--weights {weights}: no {' or '.join(missing)} there "
+                             "(a `streamer train --out` folder holds both)")
+        pipe = Pipeline.load_default(weights, device=args.device or default_device(), dtype=torch.bfloat16)
     if args.speed:
         defaults = pipe.stream_defaults or {}
         res = measure_speed(pipe, args.seconds if args.seconds != 60.0 else 10.0, args.steps,
@@ -352,6 +360,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--no-reference", action="store_true", help="skip the autoencoder-only reference row")
+    p.add_argument("--weights", metavar="DIR",
+                   help="world-model folder with dit.safetensors + vae.safetensors, e.g. a `streamer train --out` "
+                        "run (default: the shipped weights)")
     p.add_argument("--device", help="cuda / cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true")

@@ -154,7 +154,6 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
     seed = recipe.get("seed", 0)
     torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 200])
     text_enc = load_text_encoder(r["text_encoder"])
     cfg = get_config(r["preset"])
     model = CausalWanModel(cfg).to(device)
@@ -170,6 +169,8 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
         opt.load_state_dict(state["opt"])
         start = int(state["step"]) + 1
         log(f"dit resumed at step {start}")
+    # keyed by the first step, so a resumed run draws fresh clips instead of replaying the first ones
+    rng = np.random.default_rng([seed, 200, start] if start else [seed, 200])
     log(f"dit {r['preset']}: {count_parameters(model) / 1e6:.2f}M parameters")
     vae = vae.to(device).eval()
     n_lat, chunk = r["latent_frames"], r["chunk_frames"]
