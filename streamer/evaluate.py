@@ -228,6 +228,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
         if timing:
             res["summary"]["stream_fps"] = _f(np.mean([t["fps"] for t in timing]))
         res["prompts"] = [c.prompt for c in clips]
+        # per scene too: one- and multi-sprite scenes fail differently, and the mean hides which
+        res["scenes"] = [summarize([sc], pipe.fps)["summary"] for sc in scores]
         results["policies"][name] = res
     return results
 
@@ -242,6 +244,32 @@ def markdown_table(results: dict) -> str:
         cells = ["-" if s.get(k) is None else f"{s[k]:.3g}" for k, _ in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def scene_table(results: dict) -> str:
+    """Trajectory error / missing rate per scene: a one-sprite and a two-sprite scene fail differently."""
+    policies = {n: r for n, r in results["policies"].items() if r.get("scenes")}
+    if not policies:
+        return ""
+    prompts = next(iter(policies.values()))["prompts"]
+    head = "| policy | " + " | ".join(f"{p}: err px / missing" for p in prompts) + " |"
+    lines = [head, "|---" * (len(prompts) + 1) + "|"]
+    for name, res in policies.items():
+        cells = []
+        for sc in res["scenes"]:
+            err, miss = sc.get("trajectory_error_px"), sc.get("missing_rate")
+            cells.append(("-" if err is None else f"{err:.3g}") + " / " + ("-" if miss is None else f"{miss:.2f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    cfg = results["config"]
+    text = (f"# streamer eval ({cfg['seconds']:g} s streams, {cfg['scenes']} scenes, {cfg['steps']} steps)\n\n"
+            f"{results['model']}\n\n{markdown_table(results)}")
+    if cfg["scenes"] > 1 and (scenes := scene_table(results)):
+        text += f"\nPer scene:\n\n{scenes}"
+    path.write_text(text + "\n![curves](eval.png)\n")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -340,8 +368,7 @@ def cmd_eval(args) -> int:
     results["wall_seconds"] = round(time.time() - t0, 1)
     (out / "eval.json").write_text(json.dumps(results, indent=1))
     table = markdown_table(results)
-    (out / "eval.md").write_text(f"# streamer eval ({cfg.seconds:g} s streams, {cfg.scenes} scenes, {cfg.steps} steps)\n\n"
-                                 f"{results['model']}\n\n{table}\n![curves](eval.png)\n")
+    write_markdown(results, out / "eval.md")
     plot(results, out / "eval.png")
     print(table)
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")

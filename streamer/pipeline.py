@@ -122,6 +122,7 @@ class Pipeline:
 
         device = torch.device(device)
         weights = Path(weights)
+        source = "shipped weights" if weights.resolve() == WEIGHTS_DIR.resolve() else str(weights)
         with safe_open(str(weights / "dit.safetensors"), "pt") as f:
             meta = f.metadata() or {}
         cfg = json.loads(meta["config"])
@@ -135,7 +136,7 @@ class Pipeline:
         enc = load_text_encoder(meta.get("text_encoder", "minilm"), text_len=cfg.text_len)
         pipe = cls(model=model, decoder=decoder, text_encoder=CachedTextEncoder(enc), device=device, dtype=dtype,
                    fps=16.0, native_size=(128, 128), is_random=False,
-                   description=f"default world-128 model ({weights}; step {meta.get('step', '?')})",
+                   description=f"default world-128 model ({source}; step {meta.get('step', '?')})",
                    trajectory_encoder=TrajectoryEncoder(cfg.track_channels),
                    stream_defaults=json.loads(meta.get("stream", '{"policy": "window", "policy_args": {"window": 12}}')))
         if warmup:  # first calls into oneDNN convs/matmuls are slow: pay that at load, not at the first frame

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from streamer.cli import main
-from streamer.evaluate import HELD_OUT_SEEDS, score_frames, summarize
+from streamer.evaluate import HELD_OUT_SEEDS, scene_table, score_frames, summarize
 from streamer.pipeline import WEIGHTS_DIR
 from streamer.world import World
 
@@ -65,16 +66,21 @@ def test_background_change_and_missing_sprites(clips):
     assert s["trajectory_error_px"] is None
 
 
-def test_eval_command_scores_a_weights_folder(tmp_path, capsys):
+def test_eval_command_scores_a_weights_folder(tmp_path):
+    run = tmp_path / "run"  # what `streamer train --out` leaves
+    run.mkdir()
+    for name in ("dit.safetensors", "vae.safetensors"):
+        shutil.copy(WEIGHTS_DIR / name, run / name)
     out = tmp_path / "eval"
-    rc = main(["eval", "--weights", str(WEIGHTS_DIR), "--seconds", "1", "--scenes", "1", "--policies", "window",
+    rc = main(["eval", "--weights", str(run), "--seconds", "1", "--scenes", "1", "--policies", "window",
                "--out", str(out), "--threads", "1", "--quiet"])
     assert rc == 0
     res = json.loads((out / "eval.json").read_text())
     assert set(res["policies"]) == {"reference (autoencoder)", "window"}
-    assert str(WEIGHTS_DIR) in res["model"]
+    assert str(run) in res["model"]
     for row in res["policies"].values():
         assert row["summary"]["trajectory_error_px"] is not None
+        assert len(row["scenes"]) == 1 and row["scenes"][0]["trajectory_error_px"] is not None
     assert (out / "eval.png").is_file() and "| window |" in (out / "eval.md").read_text()
 
 
@@ -82,3 +88,15 @@ def test_eval_command_names_a_missing_weights_file(tmp_path):
     (tmp_path / "dit.safetensors").write_bytes(b"")
     with pytest.raises(SystemExit, match="vae.safetensors"):
         main(["eval", "--weights", str(tmp_path), "--seconds", "1", "--quiet"])
+
+
+def test_scene_table_lists_each_scene():
+    scene = lambda err, miss: {"trajectory_error_px": err, "missing_rate": miss}  # noqa: E731
+    results = {"policies": {
+        "window": {"prompts": ["one", "two"], "scenes": [scene(2.0, 0.25), scene(30.0, 0.7)]},
+        "ema-sink": {"prompts": ["one", "two"], "scenes": [scene(None, 1.0), scene(12.5, 0.5)]},
+    }}
+    lines = scene_table(results).splitlines()
+    assert lines[0] == "| policy | one: err px / missing | two: err px / missing |"
+    assert lines[2] == "| window | 2 / 0.25 | 30 / 0.70 |"
+    assert lines[3] == "| ema-sink | - / 1.00 | 12.5 / 0.50 |"
