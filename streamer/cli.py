@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output .mp4 (a folder with --prompt-file)")
     gen.add_argument("--tracks", help="motion trajectories to follow: .npz/.json (own or ATI-style), or Wan-Move "
                                       "tracks.npy / folder (models with trajectory channels, e.g. the default)")
+    gen.add_argument("--loop-tracks", action="store_true",
+                     help="repeat the tracks from their start until the video ends (for closed paths)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_stream_args(gen)
     _add_model_args(gen)
@@ -149,6 +151,12 @@ def cmd_generate(args) -> int:
         trajectory = Trajectory.load(args.tracks, width=config.width, height=config.height, fps=pipe.fps)
         if not pipe.model.config.track_channels:
             raise ValueError("--tracks needs a model with trajectory channels (the default model has them)")
+        if args.loop_tracks:
+            trajectory = trajectory.looped(max(video_frames, trajectory.num_frames))
+        elif trajectory.num_frames < video_frames:
+            print(f"note: the tracks cover {trajectory.num_frames / pipe.fps:.2f} s of the "
+                  f"{video_frames / pipe.fps:.2f} s video; after that nothing is dragged "
+                  "(--loop-tracks repeats them)", file=sys.stderr)
     if pipe.is_random:
         print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
               file=sys.stderr)

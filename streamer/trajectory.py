@@ -78,6 +78,14 @@ class Trajectory:
         scale = np.array([width / self.width, height / self.height], dtype=np.float32)
         return Trajectory(self.tracks * scale, self.visible, self.fps, width, height)
 
+    def looped(self, num_frames: int) -> Trajectory:
+        """The paths repeated from their start until `num_frames` (for closed paths: a loop drawn once
+        steers a video of any length instead of leaving the sprites free after its last frame)."""
+        if num_frames < 1:
+            raise ValueError("a looped trajectory needs at least one frame")
+        idx = np.arange(num_frames) % self.num_frames
+        return Trajectory(self.tracks[idx], self.visible[idx], self.fps, self.width, self.height)
+
     def frame(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Points and visibility at video frame i; past the end the sprites are gone (invisible)."""
         if 0 <= i < self.num_frames:

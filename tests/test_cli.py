@@ -134,3 +134,35 @@ def test_tracks_file_steers_the_default_model_or_is_refused_clearly(tmp_path, ca
     broken.write_text("{not json")
     assert main(["generate", "--prompt", "p", "--frames", "9", "--tracks", str(broken), "--out", str(out), *SMALL]) == 2
     assert "broken.json" in capsys.readouterr().err
+
+
+def test_tracks_shorter_than_the_video_are_noted_or_looped(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from streamer.pipeline import Pipeline
+    from streamer.trajectory import Trajectory
+
+    if not Pipeline.load(device="cpu").model.config.track_channels:
+        pytest.skip("needs the shipped model (trajectory channels)")
+    path = tmp_path / "loop.json"
+    t = np.arange(10, dtype=np.float32)
+    Trajectory(np.stack([20 + 2 * t, 32 + 0 * t], 1)[:, None], np.ones((10, 1), bool), fps=16, width=64,
+               height=64).save(path)
+    seen = []
+    original = Pipeline.track_condition
+
+    def spy(self, trajectory, width, height):
+        seen.append(trajectory)
+        return original(self, trajectory, width, height)
+
+    monkeypatch.setattr(Pipeline, "track_condition", spy)
+    out = tmp_path / "v.mp4"
+    args = ["generate", "--prompt", "a red circle", "--frames", "25", "--tracks", str(path), "--out", str(out), *SMALL]
+    assert main(args) == 0
+    assert "the tracks cover 0.62 s of the 1.56 s video" in capsys.readouterr().err
+    assert seen[-1].num_frames == 10
+    assert main([*args, "--loop-tracks"]) == 0
+    assert "tracks cover" not in capsys.readouterr().err
+    looped = seen[-1]
+    assert looped.num_frames == 25 and np.array_equal(looped.tracks[10:20], looped.tracks[:10])
+    assert probe_mp4(out)["frames"] == 25

@@ -101,3 +101,16 @@ def test_malformed_files_raise_value_error(tmp_path):
     np.save(tmp_path / "tracks.npy", np.zeros((2, 5, 1, 2)))
     with pytest.raises(ValueError, match=r"\[1, F, N, 2\]"):
         Trajectory.load(tmp_path / "tracks.npy")
+
+
+def test_looped_trajectory_repeats_from_the_start():
+    t = np.arange(4, dtype=np.float32)
+    traj = Trajectory(np.stack([t, 2 * t], 1)[:, None], np.array([[True], [True], [False], [True]]), fps=8,
+                      width=32, height=32)
+    loop = traj.looped(10)
+    assert loop.num_frames == 10 and (loop.fps, loop.width, loop.height) == (8, 32, 32)
+    assert np.array_equal(loop.tracks[:, 0, 0], [0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    assert np.array_equal(loop.visible[:, 0], [1, 1, 0, 1, 1, 1, 0, 1, 1, 1])
+    assert np.array_equal(traj.looped(3).tracks, traj.tracks[:3])
+    with pytest.raises(ValueError, match="at least one frame"):
+        traj.looped(0)
