@@ -332,12 +332,7 @@ def cmd_eval(args) -> int:
     if args.weights is None:
         pipe = Pipeline.load(device=args.device)
     else:  # a `streamer train` run folder: score a checkpoint before (or instead of) shipping it
-        weights = Path(args.weights)
-        missing = [n for n in ("dit.safetensors", "vae.safetensors") if not (weights / n).is_file()]
-        if missing:
-            raise SystemExit(f"--weights {weights}: no {' or '.join(missing)} there "
-                             "(a `streamer train --out` folder holds both)")
-        pipe = Pipeline.load_default(weights, device=args.device or default_device(), dtype=torch.bfloat16)
+        pipe = Pipeline.load_default(args.weights, device=args.device or default_device(), dtype=torch.bfloat16)
     if args.speed:
         defaults = pipe.stream_defaults or {}
         res = measure_speed(pipe, args.seconds if args.seconds != 60.0 else 10.0, args.steps,

@@ -122,6 +122,12 @@ class Pipeline:
 
         device = torch.device(device)
         weights = Path(weights)
+        missing = [n for n in ("dit.safetensors", "vae.safetensors") if not (weights / n).is_file()]
+        if missing:
+            from streamer.models.loader import CheckpointError
+
+            raise CheckpointError(f"{weights}: no {' or '.join(missing)} there (a world-model folder holds both; "
+                                  "`streamer train --out` writes them)")
         source = "shipped weights" if weights.resolve() == WEIGHTS_DIR.resolve() else str(weights)
         with safe_open(str(weights / "dit.safetensors"), "pt") as f:
             meta = f.metadata() or {}
