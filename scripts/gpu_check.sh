@@ -182,8 +182,8 @@ for name in ("triton", "diffusers", "transformers", "huggingface_hub", "safetens
         print(f"{name} {getattr(m, '__version__', '?')} {m.__file__}")
     except Exception as e:  # noqa: BLE001
         print(f"{name}: {type(e).__name__}: {e}")
-import streamer.bench, streamer.kernels.cache_attention, streamer.kernel_bench
-print("streamer from", streamer.bench.__file__, "kernels from", streamer.kernels.cache_attention.__file__)
+import streamer.tools.bench, streamer.kernels.cache_attention, streamer.tools.kernel_bench
+print("streamer from", streamer.tools.bench.__file__, "kernels from", streamer.kernels.cache_attention.__file__)
 PYEOF
 }
 

@@ -8,7 +8,7 @@
 # it lacks diffusers (the Wan VAE, the diffusers baseline), ftfy (+ wcwidth: text cleaning, imported
 # by streamer.pipeline) and av (mp4 output). Those go in .whl/, at the versions installed here.
 # gradio is left out on purpose (~100 MB with its dependencies): `streamer serve` is not checked
-# there, and gpu_check.sh runs the bench without the full CLI (`python3 -m streamer.bench`).
+# there, and gpu_check.sh runs the bench without the full CLI (`python3 -m streamer.tools.bench`).
 #
 # diffusers 0.42 wants a recent huggingface-hub (>= 1.32: `resolve_revision`, ...); the machine's
 # version is unknown from here, so .whl/fallback/ holds this machine's huggingface-hub with its

@@ -51,7 +51,7 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
 
 # Modules that add a subcommand with `register(subparsers)` (each sets `func`).
 _COMMAND_MODULES = [
-    "streamer.bench", "streamer.kernels.aot", "streamer.train", "streamer.evaluate", "streamer.ui.command",
+    "streamer.tools.bench", "streamer.kernels.aot", "streamer.world.train", "streamer.world.evaluate", "streamer.ui.command",
 ]
 
 

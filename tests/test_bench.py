@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from streamer.bench import Cell, format_table, run_cell, time_recompute, time_session, build_pipeline, stream_config
+from streamer.tools.bench import Cell, format_table, run_cell, time_recompute, time_session, build_pipeline, stream_config
 from streamer.cli import main
 
 

@@ -7,7 +7,7 @@ import torch
 from streamer.pipeline import WEIGHTS_DIR, Pipeline
 from streamer.session import Session, StreamConfig
 from streamer.trajectory import Trajectory
-from streamer.world import COLOURS, colour_centroid
+from streamer.world.scenes import COLOURS, colour_centroid
 
 pytestmark = pytest.mark.skipif(not (WEIGHTS_DIR / "dit.safetensors").is_file(), reason="no shipped weights")
 

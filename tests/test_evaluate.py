@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from streamer.cli import main
-from streamer.evaluate import HELD_OUT_SEEDS, scene_table, score_frames, summarize
+from streamer.world.evaluate import HELD_OUT_SEEDS, scene_table, score_frames, summarize
 from streamer.pipeline import WEIGHTS_DIR
-from streamer.world import World
+from streamer.world.scenes import World
 
 FPS = 16.0
 

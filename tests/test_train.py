@@ -7,9 +7,9 @@ import torch
 from streamer.models.tiny_vae import TinyVAE, TinyVAEConfig
 from streamer.models.trajectory_encoder import TrajectoryEncoder
 from streamer.models.wan import CausalWanModel, get_config
-from streamer.train import flow_loss, load_recipe, to_video, DEFAULT_RECIPE
+from streamer.world.train import flow_loss, load_recipe, to_video, DEFAULT_RECIPE
 from streamer.trajectory import Trajectory
-from streamer.world import World
+from streamer.world.scenes import World
 
 
 def test_dit_steps_reduce_loss_on_fixed_batch():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamer.trajectory import Trajectory, from_json, from_wan_move, to_ati_json, to_wan_move
-from streamer.world import World, colour_centroid, parse_prompt
+from streamer.world.scenes import World, colour_centroid, parse_prompt
 
 
 def test_clip_is_deterministic_per_seed():

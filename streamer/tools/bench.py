@@ -506,7 +506,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     if args.kernels:
-        from streamer.kernel_bench import cmd_kernels
+        from streamer.tools.kernel_bench import cmd_kernels
 
         return cmd_kernels(args, _command_line())
     device = torch.device(args.device) if args.device else default_device()

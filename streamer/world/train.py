@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from streamer.models.tiny_vae import PRESETS as VAE_PRESETS
 from streamer.models.tiny_vae import TinyVAE
-from streamer.world import PRESETS as WORLD_PRESETS
-from streamer.world import World
+from streamer.world.scenes import PRESETS as WORLD_PRESETS
+from streamer.world.scenes import World
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parent.parent / "weights"
 # the repository's recipe; an installed wheel carries the copy shipped beside the weights
-DEFAULT_RECIPE = next((p for p in (Path(__file__).parent.parent / "recipes" / "default.toml",
+DEFAULT_RECIPE = next((p for p in (Path(__file__).parent.parent.parent / "recipes" / "default.toml",
                                    WEIGHTS_DIR / "recipe.toml") if p.is_file()), WEIGHTS_DIR / "recipe.toml")
 
 

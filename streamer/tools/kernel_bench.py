@@ -529,7 +529,7 @@ def format_markdown(result: dict, machine: dict, command: str) -> str:
 
 def cmd_kernels(args: argparse.Namespace, command: str) -> int:
     """`streamer bench --kernels`: print the table, write kernels.json and kernels.md to --out."""
-    from streamer.bench import machine_info
+    from streamer.tools.bench import machine_info
     from streamer.pipeline import default_device
 
     device = torch.device(args.device) if args.device else default_device()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from streamer.world import Clip, World, colour_centroid
+from streamer.world.scenes import Clip, World, colour_centroid
 
 HELD_OUT_SEEDS = (900_001, 900_002, 900_003, 900_004, 900_005, 900_006, 900_007, 900_008)
 MOTION_WINDOW = 4  # frames over which achieved and requested displacement are compared
