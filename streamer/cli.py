@@ -10,15 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
+from streamer import checks
+from streamer.errors import InputError, OutputError, StreamerError
 from streamer.policies import POLICIES, PolicyError, parse_policy_args
 
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 832x480, not {text!r}") from None
-    return w, h
+_size = checks.video_size  # WxH, both in 1..65536
 
 
 def latent_frames_for(video_frames: int, chunk: int) -> int:
@@ -33,7 +29,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", help="DiT weights: diffusers folder, .safetensors, or Self-Forcing/CausVid/LongLive .pt")
     g.add_argument("--vae", help="Wan VAE: diffusers folder (or pipeline folder with vae/), or Wan2.1_VAE.pth")
     g.add_argument("--text-encoder", help="umT5 folder (tokenizer + encoder, or a Wan pipeline folder)")
-    g.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    g.add_argument("--weights-key", choices=["generator_ema", "generator"],
+                   help="which weights of a Self-Forcing/CausVid .pt holding both (default: generator_ema, "
+                        "as Self-Forcing's inference uses)")
+    g.add_argument("--lora", metavar="FILE", help="LoRA merged into --checkpoint at load (PEFT keys; LongLive's lora.pt)")
+    g.add_argument("--lora-scale", type=checks.finite_float, default=1.0, help="multiplier of the LoRA update (default 1)")
+    g.add_argument("--lora-alpha", type=checks.finite_float,
+                   help="LoRA alpha (default: the rank, i.e. alpha/r = 1, as LongLive's config has)")
+    g.add_argument("--device", type=checks.device, help="cuda / cpu (default: cuda when available)")
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
     g.add_argument("--attention", default="auto", choices=["auto", "torch", "triton"],
                    help="auto (default): the Triton kernels on CUDA when installed, else torch")
@@ -42,9 +45,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stream")
     g.add_argument("--size", type=_size, help="WxH video size (default: the model's native size)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, help="denoising steps (default: Self-Forcing's 4)")
-    g.add_argument("--chunk", type=int, default=3, help="latent frames per chunk (3 = 12 video frames)")
+    g.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0)
+    g.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), help="denoising steps (default: Self-Forcing's 4)")
+    g.add_argument("--chunk", type=checks.int_in(1, 1024), default=3, help="latent frames per chunk (3 = 12 video frames)")
     g.add_argument("--policy", help=f"KV cache policy: {', '.join(POLICIES)} (default: the model's own, else window)")
     g.add_argument("--policy-arg", action="append", default=[], metavar="K=V", help="policy knob, repeatable")
 
@@ -65,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="the text prompt")
     src.add_argument("--prompt-file", help="one prompt per line; --out is then a folder (works under accelerate launch)")
     length = gen.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
-    length.add_argument("--frames", type=int, help="video length in frames")
+    length.add_argument("--seconds", type=checks.positive_seconds, help="video length in seconds (default 5)")
+    length.add_argument("--frames", type=checks.int_in(1), help="video length in frames")
     gen.add_argument("--out", required=True, help="output .mp4 (a folder with --prompt-file)")
     gen.add_argument("--tracks", help="motion trajectories to follow: .npz/.json (own or ATI-style), or Wan-Move "
                                       "tracks.npy / folder (models with trajectory channels, e.g. the default)")
@@ -89,8 +92,36 @@ def _load_pipeline(args):
 
     kernels.select(args.attention)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
-    return Pipeline.load(checkpoint=args.checkpoint, vae=args.vae, text_encoder=args.text_encoder,
-                         device=args.device, dtype=dtype)
+    vae, text_encoder = checkpoint_companions(args)
+    options = {k: v for k, v in dict(weights_key=args.weights_key, lora=args.lora, lora_scale=args.lora_scale,
+                                     lora_alpha=args.lora_alpha).items() if v is not None}
+    pipe = Pipeline.load(checkpoint=args.checkpoint, vae=vae, text_encoder=text_encoder,
+                         device=args.device, dtype=dtype, checkpoint_options=options or None)
+    for note in getattr(pipe.model, "load_notes", []):  # which weights, which LoRA (models/loader.py)
+        print(f"note: {note}", file=sys.stderr)
+    return pipe
+
+
+def checkpoint_companions(args) -> tuple[str | None, str | None]:
+    """--vae / --text-encoder for a --checkpoint: a Wan diffusers pipeline folder supplies its own
+    `vae/` and `text_encoder/`; otherwise both must be named. A real DiT is never silently paired
+    with the random tiny VAE and the hash text encoder: `--vae random --text-encoder hash` asks for them."""
+    vae, text = args.vae, args.text_encoder
+    if (args.lora or args.weights_key) and not args.checkpoint:
+        raise InputError("--lora and --weights-key apply to a --checkpoint; none was given")
+    if args.checkpoint is None:
+        return (None if vae == "random" else vae), (None if text == "hash" else text)
+    folder = Path(args.checkpoint)
+    if folder.is_dir() and (folder / "vae").is_dir() and vae is None:
+        vae = str(folder)
+    if folder.is_dir() and (folder / "text_encoder").is_dir() and text is None:
+        text = str(folder)
+    missing = [flag for flag, v in (("--vae", vae), ("--text-encoder", text)) if v is None]
+    if missing:
+        raise InputError(
+            f"--checkpoint {args.checkpoint} needs {' and '.join(missing)} (e.g. a Wan2.1-T2V-1.3B-Diffusers folder); "
+            "to run it with the random tiny VAE and the hash text encoder, pass --vae random --text-encoder hash")
+    return (None if vae == "random" else vae), (None if text == "hash" else text)
 
 
 def _stream_config(args, pipe):
@@ -118,6 +149,7 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
         session.track_condition = pipe.track_condition(trajectory, config.width, config.height)
     bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True)
     written = 0
+    writer = None
     try:
         with Mp4Writer(out, fps=pipe.fps, width=config.width, height=config.height) as writer:
             for chunk in session.stream(latent_frames_for(video_frames, config.chunk_frames)):
@@ -125,8 +157,12 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
                 writer.write(frames)
                 written += len(frames)
                 seconds = chunk.dit_seconds + chunk.decode_seconds
-                bar.set_postfix(fps=f"{len(chunk.frames) / seconds:.1f}", chunk_ms=f"{seconds * 1e3:.0f}")
+                bar.set_postfix(fps=f"{len(chunk.frames) / max(seconds, 1e-9):.1f}", chunk_ms=f"{seconds * 1e3:.0f}")
                 bar.update(len(frames))
+    except KeyboardInterrupt as e:
+        # what the file really holds, for the caller's message (0: no frame was made)
+        e.frames_written = writer.frames_written if writer is not None else 0
+        raise
     finally:
         bar.close()
     return written
@@ -136,13 +172,36 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (kill, job schedulers) and SIGHUP (a closed terminal or ssh session) stop like Ctrl-C:
+    the file is closed with every frame made so far; during loading, one line and exit 130."""
+    for name in ("SIGTERM", "SIGHUP"):
+        try:
+            signal.signal(getattr(signal, name), _raise_keyboard_interrupt)
+        except (AttributeError, ValueError):  # no such signal here, or not the main thread
+            pass
+
+
+def _check_paths(args) -> None:
+    """Every path of a generate run, before the model loads: inputs are regular files or folders,
+    the output can be written and is none of the inputs."""
+    inputs = [("--tracks", args.tracks), ("--checkpoint", args.checkpoint), ("--vae", args.vae),
+              ("--text-encoder", args.text_encoder), ("--lora", args.lora), ("--prompt-file", args.prompt_file)]
+    checks.check_not_input(args.out, inputs)
+    if args.prompt_file:
+        checks.check_input_file(args.prompt_file, "--prompt-file")
+        checks.check_writable_folder(args.out, what=f"the output folder {args.out}")
+    else:
+        checks.check_writable_file(args.out)
+    if args.lora:
+        checks.check_input_file(args.lora, "--lora")
+
+
 def cmd_generate(args) -> int:
+    _stop_on_signals()
+    _check_paths(args)
     pipe = _load_pipeline(args)
     config = _stream_config(args, pipe)
-    if args.frames is not None and args.frames < 1:
-        raise ValueError("--frames must be at least 1")
-    if args.seconds is not None and args.seconds <= 0:
-        raise ValueError("--seconds must be positive")
     video_frames = args.frames or max(1, round((args.seconds or 5.0) * pipe.fps))
     trajectory = None
     if args.tracks:
@@ -150,9 +209,13 @@ def cmd_generate(args) -> int:
 
         trajectory = Trajectory.load(args.tracks, width=config.width, height=config.height, fps=pipe.fps)
         if not pipe.model.config.track_channels:
-            raise ValueError("--tracks needs a model with trajectory channels (the default model has them)")
+            raise InputError("--tracks needs a model with trajectory channels (the default model has them)")
+        if trajectory.fps != pipe.fps:  # as the browser's import does: positions follow time, not frame numbers
+            print(f"note: the tracks are at {trajectory.fps:g} fps; resampled in time to the video's "
+                  f"{pipe.fps:g} fps", file=sys.stderr)
+            trajectory = trajectory.resampled(pipe.fps)
         if args.loop_tracks:
-            trajectory = trajectory.looped(max(video_frames, trajectory.num_frames))
+            trajectory = trajectory.looping()  # per frame on demand: no looped copy of the whole video
         elif trajectory.num_frames < video_frames:
             print(f"note: the tracks cover {trajectory.num_frames / pipe.fps:.2f} s of the "
                   f"{video_frames / pipe.fps:.2f} s video; after that nothing is dragged "
@@ -160,9 +223,6 @@ def cmd_generate(args) -> int:
     if pipe.is_random:
         print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
               file=sys.stderr)
-    # SIGTERM (kill, job schedulers) stops like Ctrl-C: the file is closed with every frame made so far.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
     if args.prompt_file:
         import logging
 
@@ -178,24 +238,37 @@ def cmd_generate(args) -> int:
         return 0
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         n = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet,
                            trajectory=trajectory)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {out} keeps every frame made so far", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        kept = getattr(e, "frames_written", 0)
+        if kept == 0:
+            if out.is_file():
+                out.unlink()  # a header without frames is not a video; never leave one behind
+            print("\ninterrupted before the first frame: no video written", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: {out} keeps the {kept} frames made so far", file=sys.stderr)
         return 130
     print(f"wrote {n} frames ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from streamer.models.loader import CheckpointError
-
+    """Run one command; bad input of any kind prints `streamer: error: <message>` and returns 2,
+    an interrupt (Ctrl-C, SIGTERM, SIGHUP) one line and 130. STREAMER_DEBUG=1 shows tracebacks."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed usage and its one-line error (or --help)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
-    except (CheckpointError, PolicyError, ValueError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        if os.environ.get("STREAMER_DEBUG"):
+            raise
+        print("\nstreamer: interrupted", file=sys.stderr)
+        return 130
+    except (StreamerError, PolicyError, ValueError, OSError) as e:
         if os.environ.get("STREAMER_DEBUG"):
             raise
         print(f"streamer: error: {e}", file=sys.stderr)

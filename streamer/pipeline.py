@@ -66,7 +66,10 @@ class Pipeline:
         cls, checkpoint: str | Path | None = None, vae: str | Path | None = None,
         text_encoder: str | Path | None = None, device: str | torch.device | None = None,
         dtype: torch.dtype | None = None, preset: str | None = None, seed: int = 0,
+        checkpoint_options: dict | None = None,
     ) -> Pipeline:
+        """checkpoint_options: keyword arguments of `models.loader.load_model` (weights_key, lora,
+        lora_scale, lora_alpha)."""
         device = torch.device(device) if device is not None else default_device()
         if checkpoint is None and vae is None and text_encoder is None and preset is None:
             if (WEIGHTS_DIR / "dit.safetensors").is_file():
@@ -78,7 +81,7 @@ class Pipeline:
         if checkpoint is not None:
             from streamer.models.loader import load_model
 
-            model = load_model(checkpoint, device=device, dtype=dtype)
+            model = load_model(checkpoint, device=device, dtype=dtype, **(checkpoint_options or {}))
             notes.append(f"DiT {checkpoint}")
         else:
             torch.manual_seed(seed)
