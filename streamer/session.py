@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from streamer.cache import CacheView, ChunkPlan, KVCache
+from streamer.memory import admit_stream
 from streamer.pipeline import Pipeline
 from streamer.policies import CachePolicy, make_policy
 from streamer.sampler import SamplerConfig, denoise, randn_like
@@ -74,6 +75,10 @@ class Session:
         self.policy.validate(cfg.chunk_frames)
         mcfg = pipe.model.config
         tokens_per_frame = self.grid[0] * self.grid[1]
+        # refuse, in a second and with what to lower, a stream that cannot fit (issue 14; streamer/memory.py)
+        admit_stream(mcfg, tokens_per_frame, self.policy.num_slots(cfg.chunk_frames), pipe.dtype, pipe.device,
+                     self.policy.needs_queries, self.policy.compressed_tokens(tokens_per_frame), cfg.chunk_frames,
+                     cfg.width * cfg.height, what=f"{cfg.width}x{cfg.height}, policy {cfg.policy}")
         self.cache = KVCache(
             mcfg.num_layers, self.policy.num_slots(cfg.chunk_frames), tokens_per_frame,
             mcfg.num_heads, mcfg.head_dim, dtype=pipe.dtype, device=pipe.device,

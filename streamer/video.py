@@ -16,6 +16,8 @@ from types import TracebackType
 import av
 import numpy as np
 
+from streamer.errors import OutputError
+
 # frag_every_frame: close a fragment at every frame, not only at keyframes (which x264 makes every
 # 250 frames), so a kill loses at most the newest frame. empty_moov: the header holds no samples,
 # so it never needs rewriting. default_base_moof: offsets relative to each fragment, as MSE wants.
@@ -69,11 +71,16 @@ class Mp4Writer:
         self.atomic = atomic
         self.frames_written = 0
         self._file = partial_path(self.path) if atomic else self.path
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        # flush_packets: hand every packet to the OS at once instead of filling a 32 KiB buffer.
-        self._container = av.open(
-            str(self._file), "w", format="mp4", options={"movflags": _MOVFLAGS, "flush_packets": "1"}
-        )
+        if self._file.is_dir():
+            raise OutputError(f"{self._file} is a folder, not a file name for the video")
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            # flush_packets: hand every packet to the OS at once instead of filling a 32 KiB buffer.
+            self._container = av.open(
+                str(self._file), "w", format="mp4", options={"movflags": _MOVFLAGS, "flush_packets": "1"}
+            )
+        except OSError as e:  # read-only or immutable folder, a parent that is a file, ...
+            raise OutputError(f"cannot write {self._file} ({e.strerror or e})") from None
         rate = Fraction(fps).limit_denominator(1001)
         x264 = {"preset": preset, "crf": str(crf)}
         if low_delay:
@@ -102,7 +109,13 @@ class Mp4Writer:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame = frame.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG")
             frame.pts, frame.time_base = self.frames_written, self._time_base
-            self._container.mux(self._stream.encode(frame))
+            try:
+                self._container.mux(self._stream.encode(frame))
+            except OSError as e:  # full disk, quota, a file system gone read-only: keep what is there
+                self._abandon()
+                kept = (f"the file keeps the {self.frames_written} frames written before it" if self.frames_written
+                        else "no frame was written")
+                raise OutputError(f"writing {self._file} failed ({e.strerror or e}); {kept}") from None
             # Counted after muxing, so an interrupt inside write() leaves the count equal to the file.
             self.frames_written += 1
 
@@ -110,14 +123,29 @@ class Mp4Writer:
         """Finalise the file (and, if atomic, move it to its final name). Safe to call twice."""
         self._finish(complete=True)
 
+    def _abandon(self) -> None:
+        """Close after a write error without raising again (the fragments already on disk stay)."""
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except OSError:
+                pass
+
     def _finish(self, complete: bool) -> None:
         if self._container is None:
             return
         container, self._container = self._container, None
         try:
-            container.mux(self._stream.encode(None))  # drain the encoder (empty under zerolatency)
-        finally:
-            container.close()
+            try:
+                container.mux(self._stream.encode(None))  # drain the encoder (empty under zerolatency)
+            finally:
+                container.close()
+        except OSError as e:
+            if not complete:  # already unwinding from another error or an interrupt: keep that one
+                return
+            raise OutputError(f"finishing {self._file} failed after {self.frames_written} frames "
+                              f"({e.strerror or e}); the file keeps the frames written before the failure") from None
         if self.atomic and complete:
             os.replace(self._file, self.path)
 
