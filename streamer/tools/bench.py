@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamer import checks
+from streamer.models.wan import PRESETS
 from streamer.pipeline import Pipeline, default_device
 from streamer.policies import POLICIES, make_policy
 from streamer.sampler import SamplerConfig, denoise, randn_like, sampler_for_steps
@@ -461,26 +463,37 @@ def _sizes(text: str) -> tuple[int, int] | None:
     return w, h
 
 
+def _size_or_native(text: str) -> str:
+    """argparse type of --size: `native` or WxH (checked here, kept as text for the grid)."""
+    if text != "native":
+        checks.video_size(text)
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark frame rate, latency and memory over a grid",
                        description="Each grid flag takes several values; every combination is one cell.")
-    p.add_argument("--preset", nargs="+", default=["default"], help="default | tiny | wan2.1-1.3b")
-    p.add_argument("--size", nargs="+", default=["native"], help="WxH or native")
-    p.add_argument("--steps", nargs="+", type=int, default=[4])
-    p.add_argument("--chunk", nargs="+", type=int, default=[3])
+    p.add_argument("--preset", nargs="+", default=["default"], choices=["default", *PRESETS],
+                   help="default | tiny | wan2.1-1.3b")
+    p.add_argument("--size", nargs="+", type=_size_or_native, default=["native"], help="WxH or native")
+    p.add_argument("--steps", nargs="+", type=checks.int_in(1, checks.STEPS_MAX), default=[4])
+    p.add_argument("--chunk", nargs="+", type=checks.int_in(1, 1024), default=[3])
     p.add_argument("--policy", nargs="+", default=["window"], help=", ".join(POLICIES))
-    p.add_argument("--decoder", nargs="+", default=["model"], help="model | full (Wan VAE) | tiny")
-    p.add_argument("--dtype", nargs="+", default=["auto"], help="auto | bf16 | fp16 | fp32")
+    p.add_argument("--decoder", nargs="+", default=["model"], choices=["model", "full", "tiny"],
+                   help="model | full (Wan VAE) | tiny")
+    p.add_argument("--dtype", nargs="+", default=["auto"], choices=["auto", "bf16", "fp16", "fp32"],
+                   help="auto | bf16 | fp16 | fp32")
     p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "torch", "triton"],
                    help="torch (PyTorch only) | triton (the Triton kernels) | auto: triton on CUDA, else torch")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
-    p.add_argument("--chunks", type=int, default=20, help="chunks measured per stream, after warm-up")
-    p.add_argument("--warmup", type=int, default=3, help="chunks streamed before measuring")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--baselines", nargs="*", default=["recompute", "diffusers"], help="recompute, diffusers")
-    p.add_argument("--length-minutes", type=float, default=0.0,
+    p.add_argument("--chunks", type=checks.int_in(1), default=20, help="chunks measured per stream, after warm-up")
+    p.add_argument("--warmup", type=checks.int_in(0), default=3, help="chunks streamed before measuring")
+    p.add_argument("--repeats", type=checks.int_in(1), default=3)
+    p.add_argument("--baselines", nargs="*", default=["recompute", "diffusers"], choices=["recompute", "diffusers"],
+                   help="recompute, diffusers")
+    p.add_argument("--length-minutes", type=checks.finite_float, default=0.0,
                    help="also stream this many minutes of video per --policy and plot chunk time and memory")
-    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--device", type=checks.device, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--out", default="bench_results", help="folder for results.json, results.md and plots")
     p.add_argument("--quiet", action="store_true")
     k = p.add_argument_group("kernel microbenchmark (streamer/kernel_bench.py)")
@@ -509,6 +522,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from streamer.tools.kernel_bench import cmd_kernels
 
         return cmd_kernels(args, _command_line())
+    checks.check_writable_folder(args.out)  # before any work: a bench must not end in an unwritable folder
     device = torch.device(args.device) if args.device else default_device()
     grid = [Cell(preset=p, size=_sizes(s), steps=st, chunk=c, policy=pol, decoder=d, dtype=dt, attention=a,
                  compile=cp == "on")
