@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from streamer import checks
+from streamer.errors import InputError
 from streamer.world.scenes import Clip, World, colour_centroid
 
 HELD_OUT_SEEDS = (900_001, 900_002, 900_003, 900_004, 900_005, 900_006, 900_007, 900_008)
@@ -340,18 +342,18 @@ def cmd_eval(args) -> int:
         print(json.dumps(res))
         return 0
     if not pipe.model.config.track_channels:
-        raise SystemExit("streamer eval needs a model with trajectory channels (the default world model)")
+        raise InputError("streamer eval needs a model with trajectory channels (the default world model)")
     policies = tuple(POLICIES) if args.policies == "all" else tuple(p.strip() for p in args.policies.split(","))
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
-        raise SystemExit(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+        raise InputError(f"--policies: unknown policies {unknown}; known: {', '.join(POLICIES)}")
     policy_args: dict[str, dict] = {}
     defaults = pipe.stream_defaults or {}
     if defaults.get("policy") in policies:  # the window the model was trained for
         policy_args[defaults["policy"]] = dict(defaults.get("policy_args", {}))
     for item in args.policy_arg:  # policy:key=value
         if ":" not in item:
-            raise SystemExit(f"--policy-arg {item!r} must look like policy:key=value")
+            raise InputError(f"--policy-arg {item!r} must look like policy:key=value")
         pol, kv = item.split(":", 1)
         policy_args.setdefault(pol, {}).update(parse_policy_args([kv]))
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
@@ -370,23 +372,36 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _policy_list(text: str) -> str:
+    """argparse type of --policies: 'all' or comma-separated known policy names (refused at parse time)."""
+    import argparse
+
+    from streamer.policies import POLICIES
+
+    names = [p.strip() for p in text.split(",")]
+    unknown = [p for p in names if p not in POLICIES]
+    if text != "all" and unknown:
+        raise argparse.ArgumentTypeError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}, or all")
+    return text
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score long streams of the default world model against ground truth",
                               description="Stream held-out scenes of the synthetic world and score trajectory error, "
                                           "identity drift, background stability and motion kept, per cache policy.")
-    p.add_argument("--seconds", type=float, default=60.0, help="stream length (default 60)")
-    p.add_argument("--policies", default="window", help="comma-separated cache policies, or 'all'")
+    p.add_argument("--seconds", type=checks.positive_seconds, default=60.0, help="stream length (default 60)")
+    p.add_argument("--policies", type=_policy_list, default="window", help="comma-separated cache policies, or 'all'")
     p.add_argument("--policy-arg", action="append", default=[], metavar="POLICY:K=V", help="policy knob, repeatable")
-    p.add_argument("--scenes", type=int, default=2, help=f"held-out scenes per policy (at most {len(HELD_OUT_SEEDS)})")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes", type=checks.int_in(1, len(HELD_OUT_SEEDS)), default=2, help=f"held-out scenes per policy (at most {len(HELD_OUT_SEEDS)})")
+    p.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), default=4, help="denoising steps")
+    p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0)
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--no-reference", action="store_true", help="skip the autoencoder-only reference row")
     p.add_argument("--weights", metavar="DIR",
                    help="world-model folder with dit.safetensors + vae.safetensors, e.g. a `streamer train --out` "
                         "run (default: the shipped weights)")
-    p.add_argument("--device", help="cuda / cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", type=checks.device, help="cuda / cpu")
+    p.add_argument("--threads", type=checks.int_in(1, 1024), default=2)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--speed", action="store_true",
                    help="only measure end-to-end FPS and first-frame latency (a 10 s stream unless --seconds)")
