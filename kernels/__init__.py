@@ -1,15 +1,15 @@
-"""Triton kernels for the streaming hot path, each beside its plain-torch reference.
+"""Triton kernels for the streaming hot path, each beside its plain-torch reference, and the one
+place the compute backend is chosen.
 
-Dispatch: the `run_*` functions below run the Triton kernel on CUDA tensors when Triton is installed and
-the torch reference everywhere else. `set_mode("torch")` forces the references (benchmarking,
-debugging); `set_mode("triton")` forces the kernels, also on CPU tensors when TRITON_INTERPRET=1
-(the tests). Importing this package never imports Triton: kernel modules load on first use, so
-a CPU-only install without Triton works unchanged. (The dispatchers carry a `run_` prefix because
-a submodule, once imported, becomes an attribute of this package under its own name.)
-
-When Triton is installed, importing this package registers the "triton" attention backend
-(`streamer.attention.set_backend("triton")`): plain attention runs through the cache-attention
-kernel, and `CacheView` switches to its in-place fast path (kernels/cache_attention.py).
+The backend is one value, the *mode*:
+- "auto" (the default): the Triton kernels for CUDA tensors when Triton is installed, torch elsewhere;
+- "torch": everything in PyTorch (SDPA and the kernels' torch references: the baseline of `streamer bench`);
+- "triton": the kernels for every tensor, also on CPU under TRITON_INTERPRET=1 (the tests).
+`select()` sets it from the CLI's `--attention`; `attention()` below is the model's one attention swap
+point, and the `run_*` dispatchers pick kernel or reference by the same mode. Importing this package
+never imports Triton: kernel modules load on first use, so a CPU-only install works unchanged. (The
+dispatchers carry a `run_` prefix because a submodule, once imported, becomes an attribute of this
+package under its own name.)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from streamer import attention as _attention
+import torch.nn.functional as F
 
 Mode = Literal["auto", "torch", "triton"]
 _mode: Mode = "auto"
@@ -48,14 +48,12 @@ def get_mode() -> Mode:
 
 
 def select(backend: str = "auto") -> str:
-    """What `--attention` picks, returned resolved: "torch" runs the whole model in PyTorch (SDPA and
-    the kernels' torch references: the baseline of `streamer bench`); "triton" runs the Triton kernels
-    wherever they apply (CUDA tensors): attention, in-place cache reads, the fused norm / modulate /
-    residual steps; "auto" (the default) is "triton" when Triton and a CUDA device are there."""
+    """Set the mode from `--attention` and return what runs, resolved: "auto" is "triton" when Triton
+    and a CUDA device are there (the kernels then run for CUDA tensors), else "torch"; "triton" forces
+    the kernels (an error without Triton and CUDA or the interpreter); "torch" is all-PyTorch."""
+    set_mode(backend)  # type: ignore[arg-type]
     if backend == "auto":
-        backend = "triton" if torch.cuda.is_available() and triton_available() else "torch"
-    _attention.set_backend(backend)
-    set_mode("torch" if backend == "torch" else "auto")
+        return "triton" if torch.cuda.is_available() and triton_available() else "torch"
     return backend
 
 
@@ -83,18 +81,19 @@ def run_cache_attention(q: torch.Tensor, history=None, segments: Sequence = (), 
     return fn(q, history, segments, scale)
 
 
-def run_attention_mass(q: torch.Tensor, lse: torch.Tensor, history=None, segments: Sequence = (),
-                   scale: float | None = None) -> torch.Tensor:
-    """Mean attention probability per key [B, n_keys]; see kernels/attention_mass.py."""
+def run_attention_mass(q: torch.Tensor, lse: torch.Tensor | None, history=None, segments: Sequence = (),
+                       scale: float | None = None) -> torch.Tensor:
+    """Mean attention probability per key [B, n_keys]; see kernels/attention_mass.py. The kernel needs the
+    attention's log-sum-exp; without one (torch attention) the reference recomputes the softmax."""
     from streamer.kernels import attention_mass as m
 
-    if use_triton(q):
+    if lse is not None and use_triton(q):
         return m.attention_mass(q, lse, history, segments, scale)
     return m.attention_mass_reference(q, history, segments, scale)
 
 
 def run_participation_scores(queries: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | None = None,
-                         theta: float = 10000.0) -> torch.Tensor:
+                             theta: float = 10000.0) -> torch.Tensor:
     """Deep Forcing's sum over queries and heads of q . k per key [n_keys]."""
     from streamer.kernels import attention_mass as m
 
@@ -135,16 +134,18 @@ def run_gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> 
     return fn(x, y, gate)
 
 
-def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The "triton" attention backend: the kernel with one plain segment; SDPA where it does not apply
-    (masks are only used by full-clip training forwards, and CPU tensors outside the tests)."""
-    if mask is not None or not use_attention_kernel(q):
-        return _attention._torch_sdpa(q, k, v, mask)
-    return run_cache_attention(q, None, [(k, v)])[0]
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PyTorch SDPA over [B, S, H, D] tensors (flash / memory-efficient / math, chosen by torch)."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)
 
 
-# Only the installed package registers the backend. Run from the repository root, this folder is
-# also importable as a top-level `kernels`, and transformers imports a `kernels` it finds to probe for
-# the Hugging Face kernel hub: that second copy has its own `_mode`, and must not take the backend over.
-if __name__ == "streamer.kernels" and importlib.util.find_spec("triton") is not None:
-    _attention.register_backend("triton", _triton_attention)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's one attention swap point: softmax attention of q [B, Sq, H, D] over k/v [B, Sk, H, D]
+    with an optional boolean mask [Sq, Sk] (True = may attend) -> [B, Sq, H, D]. The cache-attention
+    kernel where the mode runs kernels for q (no mask: masks only occur in full-clip training
+    forwards), SDPA otherwise. A chunk's attention over its KV cache goes through `CacheView`, which
+    reads the cache in place on the kernel path."""
+    if mask is None and use_attention_kernel(q):
+        return run_cache_attention(q, None, [(k, v)])[0]
+    return sdpa(q, k, v, mask)

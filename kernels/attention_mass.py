@@ -18,7 +18,7 @@ from streamer.kernels._triton import INTERPRET, require_triton, tl, triton
 from streamer.kernels.cache_attention import (
     LOG2E, CacheSegment, Segment, _rotate_q, check_head_dim, concat_keys, launch_args,
 )
-from streamer.models.rope import apply_rope, temporal_angles
+from streamer.models.rope import apply_rope, temporal_cos_sin
 
 # ---- torch references --------------------------------------------------------------------------
 
@@ -33,23 +33,14 @@ def attention_mass_reference(
     return p.mean(dim=(1, 2))
 
 
-def _key_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Temporal cos/sin per key [n, t_dim // 2] from float64 angles."""
-    a = temporal_angles(positions, head_dim, theta)
-    return a.cos().float(), a.sin().float()
-
-
 def participation_scores_reference(
     queries: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor | None = None, theta: float = 10000.0,
 ) -> torch.Tensor:
     """sum over batch, queries and heads of q . R(p_j) k_j -> [n_keys] fp32 (no rotation without positions)."""
     if positions is not None:
-        c, s = _key_cos_sin(positions, keys.shape[-1], theta)
-        pad = keys.shape[-1] // 2 - c.shape[1]
-        c = torch.cat([c, c.new_ones(c.shape[0], pad)], 1).to(keys.device)
-        s = torch.cat([s, s.new_zeros(s.shape[0], pad)], 1).to(keys.device)
-        keys = apply_rope(keys.float(), c, s)
-    return torch.einsum("bqhd,bkhd->k", queries.float(), keys.float())
+        keys = apply_rope(keys.float(), *temporal_cos_sin(positions, keys.shape[-1], theta, keys.device, full=True))
+    # (sum_q q) . k equals sum_q (q . k): the query sum first makes it O(Q + K), not O(Q * K)
+    return torch.einsum("bhd,bkhd->k", queries.float().sum(dim=1), keys.float())
 
 
 # ---- attention mass kernel ---------------------------------------------------------------------
@@ -197,7 +188,7 @@ def participation_scores(
     rotate = positions is not None
     if rotate:  # few distinct positions (one per source frame): a small table plus an index per key
         uniq, inverse = torch.unique(positions.to(torch.float64), return_inverse=True)
-        cos, sin = (x.to(keys.device).contiguous() for x in _key_cos_sin(uniq, d, theta))
+        cos, sin = (x.to(keys.device).contiguous() for x in temporal_cos_sin(uniq, d, theta))
         pos_idx = inverse.to(device=keys.device, dtype=torch.int32)
     else:
         cos = sin = qsum

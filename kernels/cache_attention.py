@@ -13,14 +13,13 @@ written out so that the attention mass per key can be computed exactly in a seco
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from streamer.kernels._triton import INTERPRET, configs, require_triton, tl, triton
-from streamer.models.rope import apply_rope, rope_band_dims, temporal_angles
+from streamer.models.rope import apply_rope, rope_band_dims, temporal_cos_sin
 
 Segment = tuple[torch.Tensor, torch.Tensor]  # pre-rotated keys and values, each [B, S, H, D]
 MAX_PLAIN_SEGMENTS = 2  # the chunk itself and the compressed tokens: all a CacheView needs
@@ -41,10 +40,8 @@ class CacheSegment:
     def at(cls, k: torch.Tensor, v: torch.Tensor, slots: Sequence[int], positions: Sequence[float],
            theta: float = 10000.0) -> CacheSegment:
         """Angles in float64 from the positions (as models/rope.py does), so any position is exact."""
-        angles = temporal_angles(torch.tensor(list(positions), dtype=torch.float64), k.shape[-1], theta)
-        dev = k.device
-        return cls(k, v, torch.tensor(list(slots), dtype=torch.long, device=dev),
-                   angles.cos().float().to(dev), angles.sin().float().to(dev))
+        cos, sin = temporal_cos_sin(torch.tensor(list(positions), dtype=torch.float64), k.shape[-1], theta, k.device)
+        return cls(k, v, torch.tensor(list(slots), dtype=torch.long, device=k.device), cos, sin)
 
     @property
     def num_tokens(self) -> int:
@@ -329,42 +326,3 @@ def cache_attention(
         HEAD_DIM=d, HALF_T=a["half_t"], UPCAST=a["upcast"], PRECISION=a["precision"],
     )
     return out, lse
-
-
-# ---- CacheView fast path -----------------------------------------------------------------------
-
-# Per view: the history table and each layer's rotated compressed tokens, built once per chunk
-# (like the view's own workspace). Kept here, keyed weakly, so the view itself needs no new fields.
-_view_state: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def view_attention(view, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """`CacheView.__call__` on the kernel path: the same result as its workspace path (compression,
-    compressed-token positions and attention mass included) with the history read in place."""
-    from streamer.kernels import run_rope
-    from streamer.kernels.attention_mass import attention_mass  # imported here: it imports this module
-
-    cache, plan = view.cache, view.plan
-    state = _view_state.setdefault(view, {})
-    if "history" not in state:
-        state["history"] = CacheSegment.at(cache.k[0], cache.v[0], plan.history_slots, plan.history_positions,
-                                           view.theta)
-    if layer not in state:
-        if plan.compression is not None:
-            view._compress(layer, q)  # q arrives spatially rotated, as compression scores it
-        n = cache.c_count
-        cos, sin = view._token_cos_sin(view._compressed_positions(layer, n)) if n else (None, None)
-        state[layer] = [(apply_rope(cache.ck[layer, :, :n], cos, sin), cache.cv[layer, :, :n])] if n else []
-    hist = state["history"]
-    history = CacheSegment(cache.k[layer], cache.v[layer], hist.slots, hist.cos, hist.sin)
-    segments = state[layer] + [(run_rope(k, view.chunk_cos, view.chunk_sin), v)]
-    q_rot = run_rope(q, view.chunk_cos, view.chunk_sin)
-    out, lse = cache_attention(q_rot, history, segments)
-    if view.record_mass and not view.commit:
-        per_key = attention_mass(q_rot, lse, history, segments).mean(0)
-        n_slot_tok = history.num_tokens
-        n_hist = n_slot_tok + sum(x.shape[1] for x, _ in state[layer])
-        frames = per_key[:n_slot_tok].view(-1, cache.tokens_per_frame).sum(-1)
-        view.mass[layer] = torch.cat([frames, per_key[n_slot_tok:n_hist].sum()[None],
-                                      per_key[n_hist:].sum()[None]]).cpu()
-    return out

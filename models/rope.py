@@ -27,6 +27,23 @@ def temporal_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000
     return torch.outer(positions.to(torch.float64), _inverse_frequencies(t_dim, theta))
 
 
+def temporal_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float = 10000.0, device: torch.device | None = None,
+    full: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the temporal band at each (float) position: [n, t_dim // 2] float32, from float64
+    angles. With `full`, padded to [n, head_dim // 2] with the identity (cos 1, sin 0) on the spatial
+    pairs, the form `apply_rope` takes. The one temporal cos/sin helper of the cache, its kernels and
+    their references."""
+    a = temporal_angles(positions, head_dim, theta)
+    cos, sin = a.cos().float(), a.sin().float()
+    if full:
+        pad = head_dim // 2 - cos.shape[1]
+        cos = torch.cat([cos, cos.new_ones(cos.shape[0], pad)], 1)
+        sin = torch.cat([sin, sin.new_zeros(sin.shape[0], pad)], 1)
+    return cos.to(device), sin.to(device)
+
+
 def spatial_angles(grid_h: int, grid_w: int, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
     """Angles of the height and width bands for every token of a frame: [h * w, (h_dim + w_dim) // 2]."""
     _, h_dim, w_dim = rope_band_dims(head_dim)

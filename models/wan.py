@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from streamer.attention import attention
+from streamer.kernels import attention
 from streamer.kernels import run_gated_residual, run_layernorm_modulate, run_qk_norm_rope
 from streamer.models.rope import rope_cos_sin
 
@@ -321,12 +321,13 @@ class CausalWanModel(nn.Module):
     # ---- full-sequence forwards ---------------------------------------------------------------
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, text: TextContext | torch.Tensor, *,
-        chunk_frames: int | None = None, clean_x: torch.Tensor | None = None, clean_t: torch.Tensor | None = None,
+        chunk_frames: int | tuple[int, ...] | None = None, clean_x: torch.Tensor | None = None, clean_t: torch.Tensor | None = None,
         frame_offset: int = 0, tracks: torch.Tensor | None = None, clean_tracks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow prediction for a whole clip x [B, C, F, h, w] with per-frame timesteps t [B, F].
 
-        chunk_frames=None: bidirectional (Wan). chunk_frames=k: block-causal over chunks of k frames.
+        chunk_frames=None: bidirectional (Wan). chunk_frames=k: block-causal over chunks of k frames;
+        a sequence of block sizes (e.g. (1, 3, 3): an image start, then chunks of 3) gives uneven blocks.
         clean_x: teacher-forcing shape: the sequence is [clean | noisy]; clean chunk i sees clean
         chunks <= i, noisy chunk i sees clean chunks < i and itself. Returns the noisy half only.
         """
@@ -341,7 +342,7 @@ class CausalWanModel(nn.Module):
             if clean_t is None:
                 clean_t = torch.zeros_like(t)
             positions = torch.cat([positions, positions])
-            chunk_of = (torch.arange(n_frames, device=x.device) // chunk_frames).repeat_interleave(tpf)
+            chunk_of = block_index(n_frames, chunk_frames, x.device).repeat_interleave(tpf)
             c_row, c_col = chunk_of[:, None], chunk_of[None, :]
             top = torch.cat([c_col <= c_row, torch.zeros_like(c_row == c_col)], dim=1)  # clean rows
             bottom = torch.cat([c_col < c_row, c_col == c_row], dim=1)  # noisy rows
@@ -352,7 +353,7 @@ class CausalWanModel(nn.Module):
                 tracks = torch.cat([clean_tracks, tracks], dim=2)
             x, t = torch.cat([clean_x, x], dim=2), torch.cat([clean_t, t], dim=1)
         elif chunk_frames is not None:
-            chunk_of = (torch.arange(n_frames, device=x.device) // chunk_frames).repeat_interleave(tpf)
+            chunk_of = block_index(n_frames, chunk_frames, x.device).repeat_interleave(tpf)
             mask = chunk_of[None, :] <= chunk_of[:, None]
         # the clip's rotation is known before the q/k norm: declared as qk_rope, it is fused into it
         out = self._run(x, t, text, ClipAttention(self._rope(positions, gh, gw, x.device), mask), tracks)
@@ -366,6 +367,19 @@ class CausalWanModel(nn.Module):
         """Flow prediction for one chunk; `view` (a cache view) answers self-attention: it applies
         the chunk's positions, supplies the cached history and, on a commit pass, stores K/V."""
         return self._run(x, t, text, view, tracks)
+
+
+def block_index(n_frames: int, chunk_frames: int | tuple[int, ...] | list[int], device=None) -> torch.Tensor:
+    """Block number of each frame [n_frames] (int64): frame // k for chunks of k frames, or the
+    blocks listed (sizes must sum to n_frames). Raises ValueError otherwise."""
+    if isinstance(chunk_frames, int):
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames={chunk_frames} must be >= 1")
+        return torch.arange(n_frames, device=device) // chunk_frames
+    sizes = [int(k) for k in chunk_frames]
+    if sum(sizes) != n_frames or min(sizes, default=0) < 1:
+        raise ValueError(f"chunk_frames blocks {sizes} must be >= 1 each and sum to the {n_frames} frames")
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
 
 
 @dataclass

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from streamer import kernels  # registers the "triton" attention backend when Triton is installed
-from streamer.attention import attention, get_backend
-from streamer.models.rope import apply_rope, rope_cos_sin, temporal_angles
+from streamer import kernels
+from streamer.kernels.cache_attention import CacheSegment, Segment
+from streamer.models.rope import apply_rope, rope_cos_sin, temporal_cos_sin
 
 
 class KVCache:
@@ -118,12 +118,68 @@ class ChunkPlan:
         return [f"{k}:{p:g}" for k, p in zip(kinds, self.history_positions)] + ["compressed", "chunk"]
 
 
+class LayerHistory:
+    """What one layer of a chunk attends to besides the chunk itself, fixed for the chunk.
+
+    `slots`: the cached frames, read in place from the layer's cache with each frame's temporal
+    rotation (`CacheSegment`); `compressed`: the layer's compressed tokens, already rotated to their
+    positions, or None. `attend()` has two backends: the cache-attention kernel (reads the slots in
+    place, rotates inside the kernel) where `kernels` runs it for q, else a torch workspace laid out
+    [history | compressed | chunk] that is gathered and rotated once, then reused by every denoising
+    step and the clean pass, which only copy the chunk's own K/V into its tail.
+    """
+
+    def __init__(self, slots: CacheSegment, compressed: Segment | None):
+        self.slots, self.compressed = slots, compressed
+        self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [self.compressed] if self.compressed is not None else []
+
+    @property
+    def num_tokens(self) -> int:
+        """History tokens: cached frames' plus compressed ones."""
+        return self.slots.num_tokens + (self.compressed[0].shape[1] if self.compressed is not None else 0)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention of the chunk's rotated queries q [B, Sq, H, D] over [history | chunk k/v]
+        -> (out [B, Sq, H, D], log-sum-exp [B, H, Sq] on the kernel path, else None)."""
+        if kernels.use_attention_kernel(q):
+            return kernels.run_cache_attention(q, self.slots, self.segments + [(k, v)])
+        n_hist = self.num_tokens
+        if self._workspace is None:
+            from streamer.kernels.cache_attention import gather_history
+
+            b, chunk_len, h, d = k.shape
+            k_ws, v_ws = k.new_empty(b, n_hist + chunk_len, h, d), k.new_empty(b, n_hist + chunk_len, h, d)
+            n_slot = self.slots.num_tokens
+            if n_slot:
+                k_ws[:, :n_slot], v_ws[:, :n_slot] = gather_history(self.slots)
+            if self.compressed is not None:
+                k_ws[:, n_slot:n_hist], v_ws[:, n_slot:n_hist] = self.compressed
+            self._workspace = (k_ws, v_ws)
+        k_ws, v_ws = self._workspace
+        k_ws[:, n_hist:] = k
+        v_ws[:, n_hist:] = v
+        return kernels.sdpa(q, k_ws, v_ws), None
+
+    def frame_mass(self, q: torch.Tensor, lse: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Share of the chunk's attention (mean over batch, heads and queries) received by each history
+        frame, by the compressed tokens together, and by the chunk itself: [len(slots) + 2], on the host.
+        Exact: a second pass from the saved log-sum-exp on the kernel path."""
+        per_key = kernels.run_attention_mass(q, lse, self.slots, self.segments + [(k, v)]).mean(0)
+        tpf, n_slot, n_hist = self.slots.k.shape[2], self.slots.num_tokens, self.num_tokens
+        frames = per_key[:n_slot].view(-1, tpf).sum(-1)
+        return torch.cat([frames, per_key[n_slot:n_hist].sum()[None], per_key[n_hist:].sum()[None]]).cpu()
+
+
 class CacheView:
     """Answers the model's self-attention for one chunk according to a ChunkPlan.
 
-    The cached history is gathered and temporally rotated once per layer per chunk (then reused
-    by every denoising step and the commit pass) into a workspace laid out [history | chunk]; each
-    step only copies the chunk's own K/V into the tail, so there is no growing concatenation.
+    Per layer, the first call fixes the chunk's `LayerHistory` (running participative compression
+    first when the plan asks for it); every denoising step and the clean pass then attend to it.
     When `commit` is set, the chunk's spatially rotated K/V are written into the plan's slots.
     With `record_mass`, each layer's attention mass per history frame is kept in `mass`.
 
@@ -138,56 +194,64 @@ class CacheView:
     def __init__(self, cache: KVCache, plan: ChunkPlan, grid: tuple[int, int], head_dim: int, theta: float):
         self.cache, self.plan = cache, plan
         self.grid, self.head_dim, self.theta = grid, head_dim, theta
-        dev = cache.k.device
+        self.device = dev = cache.k.device
         pos = torch.tensor(plan.positions, dtype=torch.float64)
-        self.qk_rope = self._cos_sin(torch.zeros_like(pos), temporal=False)  # applied by the model
-        self.chunk_cos, self.chunk_sin = self._cos_sin(pos, spatial=False)  # applied here, to q and the chunk's k
-        self.hist_cos, self.hist_sin = self._cos_sin(torch.tensor(plan.history_positions, dtype=torch.float64),
-                                                     spatial=False)
-        self.device = dev
+        self.qk_rope = rope_cos_sin(torch.zeros_like(pos), *grid, head_dim, theta, device=dev, temporal=False)
+        self.chunk_cos, self.chunk_sin = rope_cos_sin(pos, *grid, head_dim, theta, device=dev, spatial=False)
+        self._slots = torch.tensor(plan.history_slots, dtype=torch.long, device=dev)
+        self._slot_cos, self._slot_sin = temporal_cos_sin(
+            torch.tensor(plan.history_positions, dtype=torch.float64), head_dim, theta, dev)
         self.commit = False
         self.record_mass = False
         self.mass: dict[int, torch.Tensor] = {}
-        self._workspace: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self._layers: dict[int, LayerHistory] = {}
         self._n_compressed_before = cache.c_count  # candidates of every layer's selection
 
-    def _cos_sin(self, positions: torch.Tensor, temporal: bool = True, spatial: bool = True):
-        return rope_cos_sin(positions, *self.grid, self.head_dim, self.theta, device=self.cache.k.device,
-                            temporal=temporal, spatial=spatial)
+    def history(self, layer: int, q_spatial: torch.Tensor) -> LayerHistory:
+        """The layer's history for this chunk, made at its first call (q: the chunk's spatially
+        rotated queries, which participative compression scores with)."""
+        hist = self._layers.get(layer)
+        if hist is None:
+            cache = self.cache
+            if self.plan.compression is not None:
+                self._compress(layer, q_spatial)
+            n = cache.c_count
+            compressed = None
+            if n:
+                cos, sin = temporal_cos_sin(self._compressed_positions(layer, n), self.head_dim, self.theta,
+                                            self.device, full=True)
+                compressed = (apply_rope(cache.ck[layer, :, :n], cos, sin), cache.cv[layer, :, :n])
+            slots = CacheSegment(cache.k[layer], cache.v[layer], self._slots, self._slot_cos, self._slot_sin)
+            hist = self._layers[layer] = LayerHistory(slots, compressed)
+        return hist
 
     def _compress(self, layer: int, q_chunk: torch.Tensor) -> None:
         """Select this layer's kept tokens among its compressed buffer and the candidate frames.
 
         Candidates are laid out in temporal order (older compressed tokens, then candidate frames
-        oldest first), so sorting the kept indices keeps temporal order."""
+        oldest first), so sorting the kept indices keeps temporal order. Scored at the true frame
+        distance: recent queries and candidate keys rotated by their own frame index."""
         cache, comp = self.cache, self.plan.compression
-        tpf = cache.tokens_per_frame
-        idx = torch.tensor(comp.candidate_slots, device=cache.k.device, dtype=torch.long)
+        tpf, dev = cache.tokens_per_frame, self.device
+        idx = torch.tensor(comp.candidate_slots, device=dev, dtype=torch.long)
         n_old = self._n_compressed_before
         cand_k = torch.cat([cache.ck[layer, :, :n_old], cache.k[layer].index_select(1, idx).flatten(1, 2)], dim=1)
         cand_v = torch.cat([cache.cv[layer, :, :n_old], cache.v[layer].index_select(1, idx).flatten(1, 2)], dim=1)
         slot_frames = torch.tensor([float(cache.slot_frame[s]) for s in comp.candidate_slots], dtype=torch.float64)
         cand_frame = torch.cat([cache.c_frame[layer, :n_old], slot_frames.repeat_interleave(tpf)])
-        # Score at the true frame distance: recent queries and keys rotated by their own frame index.
-        q_idx = torch.tensor(comp.query_slots, device=cache.k.device, dtype=torch.long)
+        q_idx = torch.tensor(comp.query_slots, device=dev, dtype=torch.long)
         q_frames = torch.tensor([float(cache.slot_frame[s]) for s in comp.query_slots], dtype=torch.float64)
-        qc, qs = self._cos_sin(q_frames, spatial=False)
-        cc, cs = self._cos_sin(torch.tensor([float(f) for f in self.plan.frames], dtype=torch.float64), spatial=False)
+        qc, qs = rope_cos_sin(q_frames, *self.grid, self.head_dim, self.theta, device=dev, spatial=False)
+        cc, cs = rope_cos_sin(torch.tensor([float(f) for f in self.plan.frames], dtype=torch.float64), *self.grid,
+                              self.head_dim, self.theta, device=dev, spatial=False)
         queries = torch.cat([apply_rope(cache.q[layer].index_select(1, q_idx).flatten(1, 2), qc, qs),
                              apply_rope(q_chunk, cc, cs)], dim=1)
-        keys = apply_rope(cand_k, *self._token_cos_sin(cand_frame))
-        score = participation_scores(queries, keys)
+        score = kernels.run_participation_scores(queries, cand_k, cand_frame, self.theta)
         keep = torch.topk(score, comp.keep).indices.sort().values
         cache.ck[layer, :, : comp.keep] = cand_k[:, keep]
         cache.cv[layer, :, : comp.keep] = cand_v[:, keep]
         cache.c_frame[layer, : comp.keep] = cand_frame[keep.cpu()]
         cache.c_count = comp.keep  # every layer keeps the same number of tokens
-
-    def _token_cos_sin(self, token_positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Temporal-only cos/sin for individual tokens given their (float) positions."""
-        a = temporal_angles(token_positions, self.head_dim, self.theta)
-        a = torch.cat([a, a.new_zeros(a.shape[0], self.head_dim // 2 - a.shape[1])], dim=1)
-        return a.cos().float().to(self.cache.k.device), a.sin().float().to(self.cache.k.device)
 
     def _compressed_positions(self, layer: int, n: int) -> torch.Tensor:
         """Compressed tokens fill the `compressed_span` positions right before the recent frames,
@@ -197,62 +261,14 @@ class CacheView:
         span = self.plan.compressed_span
         return self.plan.compressed_start - span + torch.floor(ranks * span / n_distinct)
 
-    def _history(self, layer: int, k_chunk: torch.Tensor, q_chunk_spatial: torch.Tensor | None):
-        ws = self._workspace.get(layer)
-        if ws is not None:
-            return ws
-        cache, slots = self.cache, self.plan.history_slots
-        if self.plan.compression is not None:
-            self._compress(layer, q_chunk_spatial)
-        b, chunk_len, h, d = k_chunk.shape
-        n_slot_tok = len(slots) * cache.tokens_per_frame
-        n_comp = cache.c_count
-        n_hist = n_slot_tok + n_comp
-        k_ws = k_chunk.new_empty(b, n_hist + chunk_len, h, d)
-        v_ws = k_chunk.new_empty(b, n_hist + chunk_len, h, d)
-        if slots:
-            idx = torch.tensor(slots, device=cache.k.device)
-            k_ws[:, :n_slot_tok] = apply_rope(cache.k[layer].index_select(1, idx).flatten(1, 2),
-                                              self.hist_cos, self.hist_sin)
-            v_ws[:, :n_slot_tok] = cache.v[layer].index_select(1, idx).flatten(1, 2)
-        if n_comp:
-            c, s = self._token_cos_sin(self._compressed_positions(layer, n_comp))
-            k_ws[:, n_slot_tok:n_hist] = apply_rope(cache.ck[layer, :, :n_comp], c, s)
-            v_ws[:, n_slot_tok:n_hist] = cache.cv[layer, :, :n_comp]
-        self._workspace[layer] = (k_ws, v_ws, n_hist)
-        return self._workspace[layer]
-
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k [B, S, H, D] normed and spatially rotated (`qk_rope`), v: the chunk's own."""
         if self.commit:
             self.cache.write(layer, self.plan.write_slots, k, v, q)  # q only kept when the cache stores queries
-        # ---- Triton fast path: history slots read in place, rotated in-kernel, no workspace ----
-        if get_backend() == "triton" and kernels.use_attention_kernel(q):
-            from streamer.kernels.cache_attention import view_attention
-
-            return view_attention(self, layer, q, k, v)
-        # ---- end of the fast path ----
-        k_ws, v_ws, n_hist = self._history(layer, k, q)
-        k_ws[:, n_hist:] = kernels.run_rope(k, self.chunk_cos, self.chunk_sin)
-        v_ws[:, n_hist:] = v
+        hist = self.history(layer, q)
         q_rot = kernels.run_rope(q, self.chunk_cos, self.chunk_sin)
+        k_rot = kernels.run_rope(k, self.chunk_cos, self.chunk_sin)
+        out, lse = hist.attend(q_rot, k_rot, v)
         if self.record_mass and not self.commit:
-            self.mass[layer] = self._mass(q_rot, k_ws, n_hist)
-        return attention(q_rot, k_ws, v_ws)
-
-    def _mass(self, q: torch.Tensor, k: torch.Tensor, n_hist: int) -> torch.Tensor:
-        """Share of the chunk's attention received by each history frame, the compressed tokens and
-        the chunk itself (mean over queries and heads); only computed when asked for."""
-        scale = q.shape[-1] ** -0.5
-        p = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale, dim=-1)
-        per_key = p.mean(dim=(0, 1, 2))
-        tpf = self.cache.tokens_per_frame
-        n_slot_tok = len(self.plan.history_slots) * tpf
-        frames = per_key[:n_slot_tok].view(-1, tpf).sum(-1) if n_slot_tok else per_key.new_zeros(0)
-        return torch.cat([frames, per_key[n_slot_tok:n_hist].sum()[None], per_key[n_hist:].sum()[None]]).cpu()
-
-
-def participation_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """Deep Forcing's participation of each key: sum over queries and heads of q . k -> [n_keys].
-    (sum_q q) . k equals sum_q (q . k), so the query sum is taken first: O(Q + K), not O(Q * K)."""
-    return torch.einsum("bhd,bkhd->k", queries.float().sum(dim=1), keys.float())
+            self.mass[layer] = hist.frame_mass(q_rot, lse, k_rot, v)
+        return out

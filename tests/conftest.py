@@ -28,8 +28,7 @@ def tiny_model():
 
 @pytest.fixture(autouse=True)
 def _default_compute_path():
-    """CLI and bench runs select a backend and kernel mode process-wide: every test starts from the defaults."""
-    from streamer import attention, kernels
+    """CLI and bench runs select the compute mode process-wide: every test starts from the default."""
+    from streamer import kernels
 
-    attention.set_backend("torch")
     kernels.set_mode("auto")

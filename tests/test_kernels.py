@@ -10,7 +10,7 @@ full-size ones at the wan2.1-1.3b shape.
 import pytest
 import torch
 
-from streamer import attention, kernels
+from streamer import kernels
 from streamer.models.rope import apply_rope, rope_cos_sin
 
 pytest.importorskip("triton", reason="Triton is not installed (the kernels are tested under its interpreter)")
@@ -132,13 +132,16 @@ def test_participation_scores(positions):
     torch.testing.assert_close(am.participation_scores(queries, keys, pos), ref, atol=1e-4, rtol=1e-5)
 
 
-def test_participation_reference_is_the_policy_score():
-    """Same numbers as the score participative compression uses in streamer/cache.py."""
-    from streamer.cache import participation_scores
-
-    queries, keys = torch.randn(1, 6, 2, 32), torch.randn(1, 11, 2, 32)
-    torch.testing.assert_close(am.participation_scores_reference(queries, keys),
-                               participation_scores(queries, keys))
+def test_participation_reference_is_the_papers_score():
+    """The reference (query sum first, O(Q + K)) equals Deep Forcing's definition, sum over queries and
+    heads of q . R(p_j) k_j, written out pair by pair."""
+    g = torch.Generator().manual_seed(4)
+    queries, keys = torch.randn(1, 6, 2, 32, generator=g), torch.randn(1, 11, 2, 32, generator=g)
+    pos = torch.arange(11, dtype=torch.float64) * 3.5
+    cos, sin = rope_cos_sin(pos, 1, 1, 32, spatial=False)
+    rotated = apply_rope(keys, cos, sin)
+    naive = torch.tensor([sum(float((queries[0, i] * rotated[0, j]).sum()) for i in range(6)) for j in range(11)])
+    torch.testing.assert_close(am.participation_scores_reference(queries, keys, pos), naive, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -200,7 +203,6 @@ def test_gated_residual(dtype):
 def test_dispatch_picks_torch_on_cpu_unless_forced():
     x = torch.randn(1, 6, 64)  # on CPU: auto mode never runs the kernels there
     assert kernels.get_mode() == "auto" and not kernels.use_triton(x)
-    assert "triton" in attention.available_backends()
     shift, scale = torch.randn(1, 2, 64), torch.randn(1, 2, 64)
     try:
         kernels.set_mode("triton")
@@ -219,13 +221,11 @@ def test_triton_attention_backend_matches_sdpa():
     q, k, v = (torch.randn(1, n, 2, 32, device=DEVICE) for n in (9, 21, 21))
     mask = torch.rand(9, 21, device=DEVICE) > 0.3
     mask[:, 0] = True
-    expected = [attention.attention(q, k, v), attention.attention(q, k, v, mask)]
+    expected = [kernels.attention(q, k, v), kernels.attention(q, k, v, mask)]
     try:
-        attention.set_backend("triton")
         kernels.set_mode("triton")
-        got = [attention.attention(q, k, v), attention.attention(q, k, v, mask)]  # a mask falls back to SDPA
+        got = [kernels.attention(q, k, v), kernels.attention(q, k, v, mask)]  # a mask falls back to SDPA
     finally:
-        attention.set_backend("torch")
         kernels.set_mode("auto")
     for a, e in zip(got, expected):
         torch.testing.assert_close(a, e, atol=2e-5, rtol=2e-5)
@@ -238,9 +238,9 @@ def test_kernels_package_imports_without_triton():
 
     code = ("import sys; sys.modules['triton'] = None\n"
             "import torch, streamer.cache\n"
-            "from streamer import attention, kernels\n"
+            "from streamer import kernels\n"
             "from streamer.kernels import adaln, attention_mass, cache_attention, gated_residual, qk_norm_rope\n"
-            "assert not kernels.triton_available() and 'triton' not in attention.available_backends()\n"
+            "assert not kernels.triton_available()\n"
             "x = torch.randn(1, 4, 8)\n"
             "kernels.run_layernorm_modulate(x, torch.zeros(1, 2, 8), torch.zeros(1, 2, 8))\n"
             "q = torch.randn(1, 3, 2, 16)\n"
@@ -260,7 +260,6 @@ def test_stream_with_triton_backend_equals_torch(tiny_model):
     from tests.test_streaming import _pipe
 
     def run(backend: str):
-        attention.set_backend(backend)
         kernels.set_mode("triton" if backend == "triton" else "auto")
         try:
             session = Session(_pipe(tiny_model), "p", StreamConfig(width=32, height=32, policy=name, policy_args=knobs,
@@ -269,7 +268,6 @@ def test_stream_with_triton_backend_equals_torch(tiny_model):
             chunks = [session.step() for _ in range(3)]
             return [session._latents[f] for f in sorted(session._latents)], chunks
         finally:
-            attention.set_backend("torch")
             kernels.set_mode("auto")
 
     ref_latents, ref_chunks = run("torch")
@@ -309,12 +307,10 @@ def test_cache_view_fast_path_equals_workspace(policy_name, knobs):
             saved = (cache.ck.clone(), cache.cv.clone(), cache.c_frame.clone(), cache.c_count)
             view = CacheView(cache, plan, grid, hd, 10000.0)
             view.record_mass = True
-            attention.set_backend(backend)
             kernels.set_mode("triton" if backend == "triton" else "auto")
             try:
                 outputs[backend] = [(view(layer, q, k, v), view.mass[layer]) for layer in range(layers)]
             finally:
-                attention.set_backend("torch")
                 kernels.set_mode("auto")
             if backend == "torch":  # the compression must run again, from the same state
                 cache.ck, cache.cv, cache.c_frame, cache.c_count = saved

@@ -127,7 +127,7 @@ def test_participative_compression_keeps_the_most_attended_tokens():
     assert cache.c_count == 4
     assert cache.c_frame[0].tolist() == [1.0, 1.0, 2.0, 2.0]  # temporal order kept
     assert torch.all(cache.ck[0, 0, :, 0, 5] == 5.0)  # exactly the target tokens
-    assert view._workspace[0][2] == 2 * 4 + 4  # sink + recent frames + compressed tokens
+    assert view.history(0, q).num_tokens == 2 * 4 + 4  # sink + recent frames + compressed tokens
     commit(plan)
     assert len(cache.frames()) == 3  # candidates freed: sink 0, recent 3, new 4
 
@@ -192,7 +192,7 @@ class SelfForcingCacheView:
             local_end = self.local_end[layer] + current_end - self.global_end[layer]
         ck[:, local_end - n:local_end], cv[:, local_end - n:local_end] = k, v
         lo = max(0, local_end - self.size)
-        from streamer.attention import attention
+        from streamer.kernels import attention
         out = attention(q, ck[:, lo:local_end], cv[:, lo:local_end])
         self.global_end[layer], self.local_end[layer] = current_end, local_end
         return out
