@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from streamer.attention import _torch_sdpa
+from streamer import kernels
 from streamer.kernels import adaln, attention_mass, cache_attention, gated_residual, qk_norm_rope, rope
 from streamer.kernels.cache_attention import CacheSegment
 from streamer.models.rope import rope_cos_sin
@@ -255,7 +255,7 @@ class TorchViewPath:
 
     def later_step(self) -> torch.Tensor:
         self.copy_chunk()
-        return _torch_sdpa(self.p.q, self.k_ws, self.v_ws, None)
+        return kernels.sdpa(self.p.q, self.k_ws, self.v_ws)
 
     def first_step(self) -> torch.Tensor:
         self.gather()
