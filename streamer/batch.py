@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,23 +24,34 @@ from typing import TypeVar
 import torch
 from accelerate import PartialState
 
+from streamer.errors import InputError, OutputError
 from streamer.video import partial_path
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+MAX_PROMPT_FILE_BYTES = 64 << 20
 
 
 def read_prompt_file(path: str | os.PathLike) -> list[tuple[int, str]]:
     """(line number from 1, prompt) for every line that is neither blank nor a `#` comment."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"prompt file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.is_dir():
+        raise InputError(f"--prompt-file {path} is a folder; give a text file with one prompt per line")
+    if not path.exists():
+        raise InputError(f"prompt file {path} does not exist")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise InputError(f"--prompt-file {path} is not a regular file (FIFOs and devices are refused)")
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise InputError(f"--prompt-file {path} is larger than {MAX_PROMPT_FILE_BYTES >> 20} MiB")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"--prompt-file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     prompts = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip()]
     prompts = [(n, prompt) for n, prompt in prompts if not prompt.startswith("#")]
     if not prompts:
-        raise ValueError(f"prompt file {path} holds no prompts (blank lines and # comments are skipped)")
+        raise InputError(f"prompt file {path} holds no prompts (blank lines and # comments are skipped)")
     return prompts
 
 
@@ -93,7 +105,10 @@ def run_prompt_file(
             "every process would make every video"
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent that is a file, a read-only folder
+        raise OutputError(f"--out {out_dir}: cannot create the output folder ({e.strerror or e})") from None
     mine = shard(prompts, rank, world)
     who = f"[process {rank}/{world}]"
     log.info("%s %d of %d prompts from %s -> %s", who, len(mine), len(prompts), path, out_dir)

@@ -6,12 +6,13 @@ import argparse
 import importlib
 import math
 import os
+import pickle
 import signal
 import sys
 from pathlib import Path
 
 from streamer import checks
-from streamer.errors import InputError, OutputError, StreamerError
+from streamer.errors import CheckpointError, InputError, StreamerError
 from streamer.policies import POLICIES, PolicyError, parse_policy_args
 
 _size = checks.video_size  # WxH, both in 1..65536
@@ -95,11 +96,27 @@ def _load_pipeline(args):
     vae, text_encoder = checkpoint_companions(args)
     options = {k: v for k, v in dict(weights_key=args.weights_key, lora=args.lora, lora_scale=args.lora_scale,
                                      lora_alpha=args.lora_alpha).items() if v is not None}
-    pipe = Pipeline.load(checkpoint=args.checkpoint, vae=vae, text_encoder=text_encoder,
-                         device=args.device, dtype=dtype, checkpoint_options=options or None)
+    try:
+        pipe = Pipeline.load(checkpoint=args.checkpoint, vae=vae, text_encoder=text_encoder,
+                             device=args.device, dtype=dtype, checkpoint_options=options or None)
+    except pickle.UnpicklingError as e:  # torch's multi-line weights-only refusal, from the VAE or text encoder
+        from streamer.models.loader import unsafe_pickle_message
+
+        raise CheckpointError(unsafe_pickle_message(_failed_input(e, vae, text_encoder), e)) from None
     for note in getattr(pipe.model, "load_notes", []):  # which weights, which LoRA (models/loader.py)
         print(f"note: {note}", file=sys.stderr)
     return pipe
+
+
+def _failed_input(err: BaseException, vae, text_encoder) -> str:
+    """Which of --vae / --text-encoder a loading error came from (by the module it was raised in)."""
+    tb, files = err.__traceback__, []
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    if any(f.endswith(("text.py", "modeling_utils.py", "transformers/utils/hub.py")) for f in files) and text_encoder:
+        return f"--text-encoder {text_encoder}"
+    return f"--vae {vae}" if vae else f"--text-encoder {text_encoder}"
 
 
 def checkpoint_companions(args) -> tuple[str | None, str | None]:
