@@ -101,3 +101,88 @@ def test_scene_table_lists_each_scene():
     assert lines[0] == "| policy | one: err px / missing | two: err px / missing |"
     assert lines[2] == "| window | 2 / 0.25 | 30 / 0.70 |"
     assert lines[3] == "| ema-sink | - / 1.00 | 12.5 / 0.50 |"
+
+
+# ---- issue 17: border, smear, identity, text-only -------------------------------------------------
+def two_sprite_clip(n_frames: int = 33):
+    from streamer.world.evaluate import two_sprite_clips
+
+    return two_sprite_clips(World(), 1, n_frames)[0]
+
+
+def test_truth_has_no_smear_no_border_artefact_and_keeps_identity(clips):
+    clip = two_sprite_clip()
+    s = summary(clip.frames, clip)
+    assert s["smear"] == 0.0
+    assert s["border_change"] == 0.0 and s["interior_change"] == 0.0
+    assert s["identity_kept"] == 1.0
+
+
+def test_trail_left_behind_scores_as_smear(clips):
+    clip = clips[0]
+    frames = clip.frames.copy()
+    for t in range(1, len(frames)):  # every earlier position painted again: a full trail
+        for n, sp in enumerate(clip.scene.sprites):
+            for u in range(t):
+                World.draw(frames[t], sp, *map(float, clip.trajectory.tracks[u, n]))
+    s = summary(frames, clip)
+    assert s["smear"] > 0.8
+    assert s["trajectory_error_px"] > 1.0  # the trail also pulls the colour centroid back
+
+
+def test_border_band_change_is_seen_and_interior_is_not(clips):
+    from streamer.world.evaluate import BORDER
+
+    clip = clips[0]
+    frames = clip.frames.astype(np.int16)
+    band = np.zeros(frames.shape[1:3], bool)
+    band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
+    frames[1:, band] += 30  # a band growing along the edges (the old model's magenta edges)
+    s = summary(np.clip(frames, 0, 255).astype(np.uint8), clip)
+    assert s["border_change"] == pytest.approx(30 * (len(frames) - 1) / len(frames), abs=2.0)
+    assert s["interior_change"] == 0.0
+
+
+def test_swapped_colours_lose_identity():
+    from streamer.world.scenes import Sprite
+
+    clip = two_sprite_clip()
+    a, b = clip.scene.sprites
+    swapped = [Sprite(a.shape, b.colour, a.radius), Sprite(b.shape, a.colour, b.radius)]
+    frames = World().render(clip.background, swapped, clip.trajectory)
+    s = summary(frames, clip)
+    assert s["identity_kept"] == 0.0
+    assert s["trajectory_error_px"] > 10.0
+
+
+def test_text_only_scores_presence_colour_and_shape():
+    from streamer.world.evaluate import score_text_only, summarize_text, text_only_clips
+    from streamer.world.scenes import SHAPES, Sprite
+
+    clip = text_only_clips(World(), 1, 33)[0]
+    s = summarize_text([score_text_only(clip.frames, clip)], FPS)["summary"]
+    assert s["found_rate"] == 1.0 and s["shape_right_rate"] == 1.0 and s["first_found_s"] == 0.0
+    # the sprite appears only after 1 s (frame 16): found late
+    late = clip.frames.copy()
+    late[:16] = clip.background
+    s = summarize_text([score_text_only(late, clip)], FPS)["summary"]
+    assert s["first_found_s"] == 1.0 and s["found_rate"] == pytest.approx(17 / 33, abs=1e-3)
+    # background only: never found
+    empty = np.broadcast_to(clip.background, clip.frames.shape).copy()
+    s = summarize_text([score_text_only(empty, clip)], FPS)["summary"]
+    assert s["found_rate"] == 0.0 and s["first_found_s"] is None
+    # right colour, wrong shape
+    sp = clip.scene.sprites[0]
+    other = Sprite(next(x for x in SHAPES if x != sp.shape and {x, sp.shape} != {"diamond", "square"}), sp.colour, sp.radius)
+    frames = World().render(clip.background, [other], clip.trajectory)
+    s = summarize_text([score_text_only(frames, clip)], FPS)["summary"]
+    assert s["found_rate"] == 1.0 and s["shape_right_rate"] < 0.2
+
+
+def test_moving_average_smooths_and_skips_gaps():
+    from streamer.world.evaluate import moving_average
+
+    y = np.array([0.0, 1.0, 0.0, 1.0, np.nan, 1.0, 0.0])
+    m = moving_average(y, 3)
+    assert m[1] == pytest.approx(1 / 3) and m[4] == pytest.approx(1.0)
+    assert np.isfinite(m).all()

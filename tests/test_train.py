@@ -65,3 +65,72 @@ def test_recipe_and_track_channels_fit_the_model():
     cell = ch[0, :, 0].abs().sum(0)
     iy, ix = np.unravel_index(int(cell.argmax()), cell.shape)
     assert abs(ix * 8 + 4 - x) <= 4 and abs(iy * 8 + 4 - y) <= 4
+
+
+# ---- issue 17: image-start blocks, rollouts, text-only clips -------------------------------------
+def test_uneven_blocks_match_uniform_chunks_and_stay_causal():
+    from streamer.models.wan import block_index
+
+    assert block_index(9, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert block_index(7, (1, 3, 3)).tolist() == [0, 1, 1, 1, 2, 2, 2]
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    model = CausalWanModel(cfg).eval()
+    x, ctx = torch.randn(1, 16, 6, 4, 4), torch.randn(1, 16, 6, 4, 4)
+    t = torch.full((1, 6), 500.0)
+    text = torch.randn(1, cfg.text_len, cfg.text_dim)
+    with torch.no_grad():
+        # the default path: an int and the same blocks listed give the same outputs
+        assert torch.equal(model(x, t, text, chunk_frames=3, clean_x=ctx), model(x, t, text, chunk_frames=(3, 3), clean_x=ctx))
+        # an image start (1, 3, 2): frame 0's block sees nothing later
+        a = model(x, t, text, chunk_frames=(1, 3, 2), clean_x=ctx)
+        x2, ctx2 = x.clone(), ctx.clone()
+        x2[:, :, 1:] += 1.0
+        ctx2[:, :, 1:] += 1.0
+        b = model(x2, t, text, chunk_frames=(1, 3, 2), clean_x=ctx2)
+    assert torch.allclose(a[:, :, :1], b[:, :, :1], atol=1e-5)
+    assert not torch.allclose(a[:, :, 1:4], b[:, :, 1:4], atol=1e-3)
+
+
+def test_rollout_context_replaces_only_the_rolled_out_chunks():
+    from streamer.world.train import rollout_context
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny", track_channels=8)
+    model = CausalWanModel(cfg).eval()
+    x0 = torch.randn(2, 16, 10, 4, 4)
+    text = torch.randn(2, cfg.text_len, cfg.text_dim)
+    tracks = torch.randn(2, 8, 10, 4, 4)
+    ctx = rollout_context(model, x0, text, tracks, (1, 3, 3, 3), 2, {})
+    assert ctx.shape == x0.shape
+    assert torch.equal(ctx[:, :, :1], x0[:, :, :1])      # the image start is the truth
+    assert torch.equal(ctx[:, :, 7:], x0[:, :, 7:])      # chunks past the rollout keep the truth
+    assert (ctx[:, :, 1:7] - x0[:, :, 1:7]).abs().mean() > 0.1  # the model's own samples
+    # a loss with the rollout as history runs and skips the given first frame
+    loss = flow_loss(model, x0, text, tracks, np.random.default_rng(0), {"timestep_shift": 5.0}, (1, 3, 3, 3),
+                     context=ctx, skip_first=True)
+    assert torch.isfinite(loss)
+
+
+def test_text_only_clips_have_no_tracks_and_keep_their_prompt():
+    from streamer.world.train import dit_batch
+
+    class Text:
+        def encode(self, prompts):
+            self.prompts = prompts
+            return torch.zeros(len(prompts), 4, 8)
+
+    class Vae:
+        def encode(self, video):
+            return video[:, :, ::4, ::8, ::8]
+
+    r = {"batch": 3, "paraphrase": False, "text_dropout": 1.0, "track_dropout": 0.0, "text_only": 1.0}
+    text_enc = Text()
+    _, _, tracks = dit_batch(World(), np.random.default_rng(0), r, Vae(), text_enc, TrajectoryEncoder(8), 13, 4, 3,
+                             torch.device("cpu"), blocks=(1, 3))
+    assert tracks.abs().sum() == 0
+    assert all(p.strip() for p in text_enc.prompts)  # text dropout never empties a text-only clip
+    r["text_only"] = 0.0
+    _, _, tracks = dit_batch(World(), np.random.default_rng(0), r, Vae(), text_enc, TrajectoryEncoder(8), 13, 4, 3,
+                             torch.device("cpu"), blocks=(1, 3))
+    assert tracks.abs().sum() > 0

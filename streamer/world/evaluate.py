@@ -14,6 +14,17 @@ its ground-truth trajectory as the track condition. Every frame is scored:
 - motion kept: achieved / requested displacement over 4-frame windows in which the request moves
   (catches the motion stagnation of long autoregressive rollouts).
 
+- border artefacts: the same change in an 8-px band along the edges against the interior;
+- smear: the fraction of a sprite's vacated path (where it was >= 4 frames ago, now far from every
+  sprite) still in its colour;
+- identity (scenes of several sprites): every sprite's colour centroid within its radius of its own
+  track and nearest to it (a swap or a mix of colours fails).
+
+Two more scene sets: "text" streams a one-sprite prompt alone (no tracks) and asks whether its
+sprite is there with the named colour (a blob of at least 35% of its area) and shape (best IoU
+among the world's drawn shapes), and from when; "two" starts two-sprite scenes from their true
+first frame (an image start: the clean latent frame 0 in the cache) with a track on each.
+
 Each metric is a per-second curve and a summary; results go to JSON, a markdown table and PNG plots.
 A reference row runs the ground-truth frames through the autoencoder only: the floor the DiT can reach.
 """
@@ -36,6 +47,15 @@ from streamer.world.scenes import Clip, World, colour_centroid
 
 HELD_OUT_SEEDS = (900_001, 900_002, 900_003, 900_004, 900_005, 900_006, 900_007, 900_008)
 MOTION_WINDOW = 4  # frames over which achieved and requested displacement are compared
+BORDER = 8         # px: the band along the frame's edges scored for border artefacts
+SMEAR_LAG = 4      # frames: a path pixel counts as vacated this long after the sprite left it
+COLOUR_TOL = 70.0  # RGB distance within which a pixel has a sprite's colour (as colour_centroid)
+# Held-out scenes of each set: fixed large seeds the training's generator never drew. The text-only
+# and two-sprite sets take, from these ranges, the first seeds whose scene fits the set.
+TEXT_SEED_BASE, TWO_SEED_BASE = 910_001, 920_001
+
+
+SETS = ("track", "text", "two")  # prompt + tracks from noise; prompt alone; two sprites from their true first frame
 
 
 @dataclass
@@ -47,6 +67,7 @@ class EvalConfig:
     seed: int = 0
     reference: bool = True
     policy_args: dict[str, dict] = field(default_factory=dict)
+    sets: tuple[str, ...] = SETS
 
 
 @dataclass
@@ -60,6 +81,15 @@ class FrameScores:
     bg_change: np.ndarray
     achieved: np.ndarray
     requested: np.ndarray
+    border_change: np.ndarray = None    # mean |frame - frame 0| (0-255) in the border band, far from sprites
+    interior_change: np.ndarray = None  # the same inside the band: a border artefact shows as border > interior
+    smear: np.ndarray = None            # fraction of vacated path pixels still of the sprite's colour
+    identity: np.ndarray = None         # 1 when each sprite's colour sits on its own track (two-sprite scenes)
+
+    def __post_init__(self) -> None:
+        for f in ("border_change", "interior_change", "smear", "identity"):
+            if getattr(self, f) is None:
+                setattr(self, f, np.full(len(self.err), np.nan))
 
 
 def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
@@ -73,6 +103,10 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
     first: list[tuple[np.ndarray, int] | None] = [None] * len(sprites)
     yy, xx = np.mgrid[0:h, 0:w]
     bg_change = np.full(t_len, np.nan)
+    border_c, interior_c, smear, ident = (np.full(t_len, np.nan) for _ in range(4))
+    band = np.zeros((h, w), bool)
+    band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
+    visited = np.zeros((len(sprites), h, w), bool)  # each sprite's path up to SMEAR_LAG frames ago
     ref = frames[0].astype(np.float32)
     for t in range(t_len):
         frame = frames[t]
@@ -80,6 +114,18 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
         for n, sprite in enumerate(sprites):
             x, y = traj.tracks[t, n]
             far &= (xx - x) ** 2 + (yy - y) ** 2 > (sprite.radius * 2.2) ** 2
+        if t >= SMEAR_LAG:
+            for n, sprite in enumerate(sprites):
+                px, py = traj.tracks[t - SMEAR_LAG, n]
+                visited[n] |= (xx - px) ** 2 + (yy - py) ** 2 < (sprite.radius * 0.8) ** 2
+            fr = []
+            for n, sprite in enumerate(sprites):
+                vac = visited[n] & far
+                if vac.sum() >= 20:
+                    fr.append(float(has_colour(frame, sprite.rgb)[vac].mean()))
+            smear[t] = np.mean(fr) if fr else np.nan
+        for n, sprite in enumerate(sprites):
+            x, y = traj.tracks[t, n]
             if not traj.visible[t, n] or not (sprite.radius <= x <= w - sprite.radius and sprite.radius <= y <= h - sprite.radius):
                 continue
             c = colour_centroid(frame, sprite.rgb)
@@ -99,7 +145,12 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
             ref_far = far
         m = far & ref_far
         if m.sum() > 50:
-            bg_change[t] = float(np.abs(frame.astype(np.float32) - ref)[m].mean())
+            diff = np.abs(frame.astype(np.float32) - ref).mean(-1)
+            bg_change[t] = float(diff[m].mean())
+            if (m & band).sum() > 50 and (m & ~band).sum() > 50:
+                border_c[t], interior_c[t] = float(diff[m & band].mean()), float(diff[m & ~band].mean())
+        if len(sprites) > 1:
+            ident[t] = identity_kept(cents[t], traj.tracks[t], [sp.radius for sp in sprites], ok=~np.isnan(miss[t]))
     achieved, requested = np.full(t_len, np.nan), np.full(t_len, np.nan)
     k = MOTION_WINDOW
     for t in range(k, t_len):
@@ -116,7 +167,112 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
         return FrameScores(
             err=_nanmean_rows(err), missing=_nanmean_rows(miss), colour_drift=_nanmean_rows(colour_d),
             area_drift=_nanmean_rows(area_d), bg_change=bg_change, achieved=achieved, requested=requested,
+            border_change=border_c, interior_change=interior_c, smear=smear, identity=ident,
         )
+
+
+def has_colour(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = COLOUR_TOL) -> np.ndarray:
+    """bool [H, W]: pixels within `tol` (RGB distance) of a colour."""
+    return np.linalg.norm(frame.astype(np.float32) - np.asarray(rgb, np.float32), axis=-1) < tol
+
+
+def identity_kept(cents: np.ndarray, tracks: np.ndarray, radii: list[float], ok: np.ndarray) -> float:
+    """1.0 when every scored sprite's colour centroid (cents [N, 2], NaN = not found) lies within its
+    radius of its own track point and nearer to it than to any other track (no swap, no mix), else
+    0.0; NaN when no sprite is scored this frame (ok [N] bool: sprite inside the frame)."""
+    if not ok.any():
+        return float("nan")
+    for n in np.nonzero(ok)[0]:
+        if not np.isfinite(cents[n]).all():
+            return 0.0
+        d = np.linalg.norm(tracks - cents[n], axis=1)
+        if d[n] > radii[n] or d.argmin() != n:
+            return 0.0
+    return 1.0
+
+
+# drawn area of each shape at radius 1 (as World.draw draws them)
+UNIT_AREA = {"circle": math.pi, "square": 4 * 0.81, "diamond": 2 * 1.15**2, "triangle": 3 * math.sqrt(3) / 4 * 1.25**2}
+
+
+def shape_of(mask: np.ndarray, shapes: tuple[str, ...] | None = None) -> str | None:
+    """The world shape whose drawing best overlaps a blob (IoU), drawn at the blob's centroid with
+    the radius that gives the blob's area; None for an empty mask. mask bool [H, W]."""
+    from streamer.world.scenes import SHAPES, Sprite
+
+    area = int(mask.sum())
+    if area == 0:
+        return None
+    ys, xs = np.nonzero(mask)
+    cx, cy = float(xs.mean()), float(ys.mean())
+    best, best_iou = None, -1.0
+    for shape in shapes or SHAPES:
+        img = np.zeros((*mask.shape, 3), np.uint8)
+        World.draw(img, Sprite(shape, "white", math.sqrt(area / UNIT_AREA[shape])), cx, cy)
+        tmpl = img[..., 0] > 127
+        iou = (tmpl & mask).sum() / max((tmpl | mask).sum(), 1)
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best
+
+
+def largest_blob(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = COLOUR_TOL) -> np.ndarray:
+    """bool [H, W]: the largest 8-connected region of a colour (a smear elsewhere is not the sprite)."""
+    import cv2
+
+    mask = has_colour(frame, rgb, tol).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+@dataclass
+class TextScores:
+    """Per-frame arrays [T] of a text-only stream, averaged over the prompt's sprites."""
+
+    found: np.ndarray     # 1 when the sprite's colour forms a blob of at least TEXT_MIN_AREA of its drawn area
+    shape_ok: np.ndarray  # 1 when that blob's best-matching shape is the named one (NaN when not found)
+
+
+TEXT_MIN_AREA = 0.35  # a blob this fraction of the sprite's drawn area counts as the sprite
+
+
+def score_text_only(frames: np.ndarray, clip: Clip) -> TextScores:
+    """frames uint8 [T, H, W, 3] streamed from `clip`'s prompt alone (no tracks): is each named
+    sprite there, with its colour and shape? Its position is free, so only presence is scored."""
+    sprites = clip.scene.sprites
+    found = np.zeros((len(frames), len(sprites)))
+    shape_ok = np.full((len(frames), len(sprites)), np.nan)
+    for t, frame in enumerate(frames):
+        for n, sp in enumerate(sprites):
+            blob = largest_blob(frame, sp.rgb)
+            if blob.sum() >= TEXT_MIN_AREA * UNIT_AREA[sp.shape] * sp.radius**2:
+                found[t, n] = 1.0
+                shape_ok[t, n] = float(shape_of(blob) == sp.shape)
+    with np.errstate(all="ignore"):
+        return TextScores(found=found.mean(1), shape_ok=_nanmean_rows(shape_ok))
+
+
+def summarize_text(scores: list[TextScores], fps: float) -> dict:
+    """Found rate, shape-right rate (of found frames) and the first time each stream shows its sprites."""
+    n_sec = max(1, int(max(len(s.found) for s in scores) // fps))
+    curves: dict[str, list] = {"found": [], "shape_ok": []}
+    for sec in range(n_sec):
+        sl = slice(int(sec * fps), int((sec + 1) * fps))
+        with np.errstate(all="ignore"), _quiet():
+            for k in curves:
+                v = np.concatenate([getattr(s, k)[sl] for s in scores])
+                curves[k].append(_f(np.nanmean(v)) if np.isfinite(v).any() else None)
+    firsts = [(np.argmax(s.found >= 1.0) / fps) if (s.found >= 1.0).any() else None for s in scores]
+    with np.errstate(all="ignore"), _quiet():
+        summary = {
+            "found_rate": _f(np.mean(np.concatenate([s.found for s in scores]))),
+            "found_rate_after_1s": _f(np.mean(np.concatenate([s.found[int(fps):] for s in scores]))),
+            "shape_right_rate": _f(np.nanmean(np.concatenate([s.shape_ok for s in scores]))),
+            "first_found_s": None if any(f is None for f in firsts) else _f(max(firsts)),
+        }
+    return {"summary": summary, "curves": curves}
 
 
 def _nanmean_rows(a: np.ndarray) -> np.ndarray:
@@ -130,11 +286,13 @@ def summarize(scores: list[FrameScores], fps: float) -> dict:
     """Per-second curves and scalar summaries over several streams."""
     cat = {f: np.concatenate([getattr(s, f) for s in scores]) for f in FrameScores.__dataclass_fields__}
     n_sec = max(1, int(max(len(s.err) for s in scores) // fps))
-    curves: dict[str, list] = {k: [] for k in ("err", "missing", "colour_drift", "area_drift", "bg_change", "motion_kept")}
+    per_frame = ("err", "missing", "colour_drift", "area_drift", "bg_change", "border_change", "interior_change",
+                 "smear", "identity")
+    curves: dict[str, list] = {k: [] for k in (*per_frame, "motion_kept")}
     for sec in range(n_sec):
         sl = slice(int(sec * fps), int((sec + 1) * fps))
         with np.errstate(all="ignore"), _quiet():
-            for k in ("err", "missing", "colour_drift", "area_drift", "bg_change"):
+            for k in per_frame:
                 v = np.concatenate([getattr(s, k)[sl] for s in scores])
                 curves[k].append(_f(np.nanmean(v)) if np.isfinite(v).any() else None)
             a = np.concatenate([s.achieved[sl] for s in scores])
@@ -149,6 +307,10 @@ def summarize(scores: list[FrameScores], fps: float) -> dict:
             "area_drift": _f(np.nanmean(cat["area_drift"])),
             "background_change": _f(np.nanmean(cat["bg_change"])),
             "motion_kept": _f(np.nansum(cat["achieved"]) / np.nansum(cat["requested"])) if np.nansum(cat["requested"]) else None,
+            "border_change": _f(np.nanmean(cat["border_change"])),
+            "interior_change": _f(np.nanmean(cat["interior_change"])),
+            "smear": _f(np.nanmean(cat["smear"])),
+            "identity_kept": _f(np.nanmean(cat["identity"])),
         }
     return {"summary": summary, "curves": curves}
 
@@ -170,8 +332,45 @@ def _f(x) -> float | None:
     return round(x, 4) if math.isfinite(x) else None
 
 
-def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, seed: int) -> tuple[np.ndarray, dict]:
-    """Stream the clip's prompt + trajectory; frames [T, H, W, 3] and timing."""
+def text_only_clips(world: World, n: int, num_frames: int) -> list[Clip]:
+    """The first `n` held-out one-sprite scenes from TEXT_SEED_BASE (a prompt naming one sprite)."""
+    out, seed = [], TEXT_SEED_BASE
+    while len(out) < n:
+        if len(world.scene(seed).sprites) == 1:
+            out.append(world.clip(seed, num_frames))
+        seed += 1
+    return out
+
+
+def two_sprite_clips(world: World, n: int, num_frames: int) -> list[Clip]:
+    """The first `n` held-out scenes from TWO_SEED_BASE with exactly two sprites, both whole in the
+    first frame (an image start must show them)."""
+    out, seed = [], TWO_SEED_BASE
+    cfg = world.config
+    while len(out) < n:
+        scene = world.scene(seed)
+        if len(scene.sprites) == 2:
+            tr = world.trajectory(scene, 1).tracks[0]
+            if all(sp.radius <= x <= cfg.width - sp.radius and sp.radius <= y <= cfg.height - sp.radius
+                   for sp, (x, y) in zip(scene.sprites, tr)):
+                out.append(world.clip(seed, num_frames))
+        seed += 1
+    return out
+
+
+def encode_first_frame(pipe, clip: Clip) -> torch.Tensor:
+    """The clip's true first frame as one clean latent frame [1, C, 1, h, w] (an image start)."""
+    video = torch.from_numpy(clip.frames[:1]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.inference_mode():
+        return pipe.decoder.vae.encode(video.to(pipe.decoder.device, pipe.decoder.dtype)).to(pipe.device, pipe.dtype)
+
+
+def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, seed: int,
+                tracks: bool = True, image_start: bool = False) -> tuple[np.ndarray, dict]:
+    """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
+    `image_start`); frames [T, H, W, 3] and timing."""
+    import inspect
+
     from streamer.sampler import SamplerConfig, sampler_for_steps
     from streamer.session import Session, StreamConfig
 
@@ -179,10 +378,17 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, se
     w, h = traj.width, traj.height
     sampler = SamplerConfig() if steps == 4 else sampler_for_steps(steps)
     cfg = StreamConfig(width=w, height=h, sampler=sampler, policy=policy, policy_args=policy_args, seed=seed)
-    session = Session(pipe, clip.prompt, cfg)
-    session.track_condition = pipe.track_condition(traj, w, h)
     out, dit, dec = [], 0.0, 0.0
-    n = 0
+    start = encode_first_frame(pipe, clip) if image_start else None
+    if start is not None and "start_latents" in inspect.signature(Session).parameters:
+        session = Session(pipe, clip.prompt, cfg, start_latents=start)
+    else:
+        session = Session(pipe, clip.prompt, cfg)
+        if start is not None:
+            out.append(_image_start(pipe, session, start))
+    if tracks:
+        session.track_condition = pipe.track_condition(traj, w, h)
+    n = sum(len(f) for f in out)
     while n < traj.num_frames:
         chunk = session.step()
         out.append(chunk.frames)
@@ -191,6 +397,21 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, se
         dec += chunk.decode_seconds
     frames = np.concatenate(out)[: traj.num_frames]
     return frames, {"dit_s": dit, "decode_s": dec, "fps": len(frames) / max(dit + dec, 1e-9)}
+
+
+def _image_start(pipe, session, latents: torch.Tensor) -> np.ndarray:
+    """Until `Session(start_latents=...)` exists: the clean latent frame(s) [1, C, n, h, w] committed
+    as frames 0..n-1 of the cache (at t=0, as a chunk's clean pass), the stream then continues at
+    frame n; returns their decoded frames (which also start the streaming decoder)."""
+    with torch.inference_mode():
+        frames = list(range(latents.shape[2]))
+        session._commit(session._view(frames), latents)
+        for j, f in enumerate(frames):
+            session._latents[f] = latents[:, :, j : j + 1]
+        session._next_frame = len(frames)
+        video = pipe.decode(latents)
+    session._video_frames = len(video)
+    return video
 
 
 def reference_frames(pipe, clip: Clip) -> np.ndarray:
@@ -208,41 +429,73 @@ def reference_frames(pipe, clip: Clip) -> np.ndarray:
     return np.concatenate(frames)
 
 
-def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool = True) -> dict:
+def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool = True,
+             keep_frames: dict | None = None) -> dict:
+    """Every row (the autoencoder reference, then each policy) on every scene set of `cfg.sets`:
+    "track" (results["policies"][row]), "text" (...["text_only"]) and "two" (...["two_sprites"]).
+    keep_frames: a dict that receives the streamed frames, keyed (set, row, scene index)."""
     world = world or World()
     n_frames = 1 + 4 * math.ceil((cfg.seconds * pipe.fps - 1) / 4)
-    clips = [world.clip(s, n_frames) for s in HELD_OUT_SEEDS[: cfg.scenes]]
+    clips = [world.clip(s, n_frames) for s in HELD_OUT_SEEDS[: cfg.scenes]] if "track" in cfg.sets else []
+    text_clips = text_only_clips(world, cfg.scenes, n_frames) if "text" in cfg.sets else []
+    two_clips = two_sprite_clips(world, cfg.scenes, n_frames) if "two" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
                      "size": list(pipe.native_size), "policies": {}}
     rows = ([("reference (autoencoder)", None)] if cfg.reference and hasattr(pipe.decoder, "vae")
             and hasattr(pipe.decoder.vae, "encode") else []) + [(p, p) for p in cfg.policies]
     for name, policy in rows:
-        scores, timing = [], []
-        for clip in tqdm(clips, desc=name, disable=not progress):
-            if policy is None:
-                frames = reference_frames(pipe, clip)
+        res: dict = {}
+        for set_name, set_clips in (("track", clips), ("text", text_clips), ("two", two_clips)):
+            if not set_clips:
+                continue
+            scores, timing = [], []
+            for i, clip in enumerate(tqdm(set_clips, desc=f"{name} / {set_name}", disable=not progress)):
+                if policy is None:
+                    frames = reference_frames(pipe, clip)
+                else:
+                    args = cfg.policy_args.get(policy, {})
+                    frames, t = stream_clip(pipe, clip, policy, args, cfg.steps, cfg.seed,
+                                            tracks=set_name != "text", image_start=set_name == "two")
+                    timing.append(t)
+                if keep_frames is not None:
+                    keep_frames[(set_name, name, i)] = frames
+                scores.append(score_text_only(frames, clip) if set_name == "text" else score_frames(frames, clip))
+            summ = summarize_text if set_name == "text" else summarize
+            part = summ(scores, pipe.fps)
+            if timing:
+                part["summary"]["stream_fps"] = _f(np.mean([t["fps"] for t in timing]))
+            part["prompts"] = [c.prompt for c in set_clips]
+            # per scene too: one- and multi-sprite scenes fail differently, and the mean hides which
+            part["scenes"] = [summ([sc], pipe.fps)["summary"] for sc in scores]
+            if set_name == "track":
+                res.update(part)
             else:
-                args = cfg.policy_args.get(policy, {})
-                frames, t = stream_clip(pipe, clip, policy, args, cfg.steps, cfg.seed)
-                timing.append(t)
-            scores.append(score_frames(frames, clip))
-        res = summarize(scores, pipe.fps)
-        if timing:
-            res["summary"]["stream_fps"] = _f(np.mean([t["fps"] for t in timing]))
-        res["prompts"] = [c.prompt for c in clips]
-        # per scene too: one- and multi-sprite scenes fail differently, and the mean hides which
-        res["scenes"] = [summarize([sc], pipe.fps)["summary"] for sc in scores]
+                res["text_only" if set_name == "text" else "two_sprites"] = part
         results["policies"][name] = res
     return results
 
 
-def markdown_table(results: dict) -> str:
-    cols = [("trajectory_error_px", "traj err px"), ("trajectory_error_px_last10s", "err last 10 s"),
-            ("missing_rate", "missing"), ("colour_drift_rgb", "colour drift"), ("area_drift", "area drift"),
-            ("background_change", "bg change"), ("motion_kept", "motion kept"), ("stream_fps", "FPS")]
+TRACK_COLS = [("trajectory_error_px", "traj err px"), ("trajectory_error_px_last10s", "err last 10 s"),
+              ("missing_rate", "missing"), ("colour_drift_rgb", "colour drift"), ("area_drift", "area drift"),
+              ("background_change", "bg change"), ("border_change", "border change"),
+              ("interior_change", "interior change"), ("smear", "smear"), ("motion_kept", "motion kept"),
+              ("stream_fps", "FPS")]
+TEXT_COLS = [("found_rate", "found"), ("found_rate_after_1s", "found after 1 s"),
+             ("shape_right_rate", "shape right"), ("first_found_s", "first found (s)"), ("stream_fps", "FPS")]
+TWO_COLS = [("trajectory_error_px", "traj err px"), ("identity_kept", "identity kept"), ("missing_rate", "missing"),
+            ("colour_drift_rgb", "colour drift"), ("smear", "smear"), ("border_change", "border change"),
+            ("interior_change", "interior change"), ("motion_kept", "motion kept")]
+
+
+def markdown_table(results: dict, part: str | None = None) -> str:
+    """One row per policy; part None: the track set, "text_only" / "two_sprites": those sets."""
+    cols = {None: TRACK_COLS, "text_only": TEXT_COLS, "two_sprites": TWO_COLS}[part]
     lines = ["| policy | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, res in results["policies"].items():
-        s = res["summary"]
+        r = res if part is None else res.get(part)
+        if not r or "summary" not in r:
+            continue
+        s = r["summary"]
         cells = ["-" if s.get(k) is None else f"{s[k]:.3g}" for k, _ in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -271,30 +524,72 @@ def write_markdown(results: dict, path: Path) -> None:
             f"{results['model']}\n\n{markdown_table(results)}")
     if cfg["scenes"] > 1 and (scenes := scene_table(results)):
         text += f"\nPer scene:\n\n{scenes}"
+    first = next(iter(results["policies"].values()), {})
+    if "text_only" in first:
+        text += (f"\nText only (the prompt, no tracks: {'; '.join(first['text_only']['prompts'])}):\n\n"
+                 f"{markdown_table(results, 'text_only')}")
+    if "two_sprites" in first:
+        text += (f"\nTwo sprites from their true first frame, a track on each "
+                 f"({'; '.join(first['two_sprites']['prompts'])}):\n\n{markdown_table(results, 'two_sprites')}")
     path.write_text(text + "\n![curves](eval.png)\n")
 
 
-def plot(results: dict, path: Path) -> None:
+PANELS = [  # (part, curve, title): one panel per metric
+    (None, "err", "trajectory error (px)"), (None, "motion_kept", "motion kept (achieved / requested)"),
+    (None, "colour_drift", "identity: colour drift (RGB)"), (None, "area_drift", "identity: area drift"),
+    (None, "bg_change", "background change (0-255)"), (None, "missing", "sprite missing rate"),
+    (None, "border_change", f"border band ({BORDER} px) change (0-255)"),
+    (None, "interior_change", "interior change (0-255)"), (None, "smear", "smear: vacated path in sprite colour"),
+    ("text_only", "found", "text only: sprite found"), ("two_sprites", "err", "two sprites: error (px)"),
+    ("two_sprites", "identity", "two sprites: identity kept"),
+]
+
+
+def moving_average(y: np.ndarray, k: int) -> np.ndarray:
+    """Centred moving average over k points that skips NaNs (NaN where the window has no value)."""
+    k = max(1, min(k, len(y)))  # np.convolve's "same" is as long as the longer input
+    ok = np.isfinite(y)
+    num = np.convolve(np.where(ok, y, 0.0), np.ones(k), mode="same")
+    den = np.convolve(ok.astype(float), np.ones(k), mode="same")
+    with np.errstate(all="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1e-9), np.nan)
+
+
+def plot(results: dict, path: Path, smooth_s: int | None = None) -> None:
+    """One panel per metric; each curve a moving average (default: ~1/12 of the stream, at least
+    3 s) drawn over its raw per-second values, faint."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("err", "trajectory error (px)"), ("motion_kept", "motion kept (achieved / requested)"),
-            ("colour_drift", "identity: colour drift (RGB)"), ("area_drift", "identity: area drift"),
-            ("bg_change", "background change (0-255)"), ("missing", "sprite missing rate")]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
-    for ax, (k, title) in zip(axes.flat, keys):
-        for name, res in results["policies"].items():
-            y = np.array([np.nan if v is None else v for v in res["curves"][k]], float)
-            ax.plot(np.arange(len(y)), y, label=name, lw=1.2, ls="--" if name.startswith("reference") else "-")
-        ax.set_title(title)
-        ax.set_xlabel("stream time (s)")
+    panels = [(p, k, t) for p, k, t in PANELS
+              if any((r if p is None else r.get(p, {})).get("curves", {}).get(k) for r in results["policies"].values())]
+    cols = 4
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (part, k, title) in zip(axes.flat, panels):
+        for i, (name, res) in enumerate(results["policies"].items()):
+            r = res if part is None else res.get(part)
+            if not r or not r.get("curves", {}).get(k):
+                continue
+            y = np.array([np.nan if v is None else v for v in r["curves"][k]], float)
+            x = np.arange(len(y))
+            c = colours[i % len(colours)]
+            ax.plot(x, y, color=c, lw=0.8, alpha=0.25)
+            ax.plot(x, moving_average(y, smooth_s or max(3, len(y) // 12)), color=c, lw=2.0,
+                    ls="--" if name.startswith("reference") else "-", label=name)
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("stream time (s)", fontsize=9)
+        ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"streamer eval: {results['model']}", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=9)
+    fig.suptitle(f"streamer eval: {results['model']}  (thick: moving average; faint: per second)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -356,8 +651,11 @@ def cmd_eval(args) -> int:
             raise InputError(f"--policy-arg {item!r} must look like policy:key=value")
         pol, kv = item.split(":", 1)
         policy_args.setdefault(pol, {}).update(parse_policy_args([kv]))
+    sets = tuple(x.strip() for x in args.sets.split(","))
+    if bad := [x for x in sets if x not in SETS]:
+        raise SystemExit(f"--sets {','.join(bad)}: unknown; known: {', '.join(SETS)}")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
-                     reference=not args.no_reference, policy_args=policy_args)
+                     reference=not args.no_reference, policy_args=policy_args, sets=sets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -394,6 +692,9 @@ def register(subparsers) -> None:
     p.add_argument("--policy-arg", action="append", default=[], metavar="POLICY:K=V", help="policy knob, repeatable")
     p.add_argument("--scenes", type=checks.int_in(1, len(HELD_OUT_SEEDS)), default=2, help=f"held-out scenes per policy (at most {len(HELD_OUT_SEEDS)})")
     p.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), default=4, help="denoising steps")
+    p.add_argument("--sets", default=",".join(SETS),
+                   help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
+                        "true first frame, a track on each); default all")
     p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0)
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--no-reference", action="store_true", help="skip the autoencoder-only reference row")

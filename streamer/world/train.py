@@ -145,12 +145,16 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
 
 # ---- stage 2: the DiT --------------------------------------------------------------------------
 def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.device,
-              resume: bool = False) -> None:
+              resume: bool = False, section: str = "dit") -> None:
+    """`section` = "dit": teacher forcing from scratch. "finetune": the [finetune] keys override
+    [dit]; the DiT starts from `init`'s dit.safetensors, and each step is one of: teacher forcing
+    from frame 0 (chunks of 3), an image start (blocks [1, 3, 3, ...], the true first latent frame
+    clean), or an image start whose context chunks are the model's own few-step rollout."""
     from streamer.models.sentence import load_text_encoder
     from streamer.models.trajectory_encoder import TrajectoryEncoder
     from streamer.models.wan import CausalWanModel, count_parameters, get_config
 
-    r = recipe["dit"]
+    r = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
     seed = recipe.get("seed", 0)
     torch.manual_seed(seed)
@@ -163,6 +167,12 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
     start = 0
     ckpt = out / "dit_last.pt"
+    if r.get("init") and not (resume and ckpt.is_file()):
+        from safetensors.torch import load_file
+
+        init = resolve_path(r["init"]) / "dit.safetensors"
+        model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
+        log(f"dit initialised from {init}")
     if resume and ckpt.is_file():
         state = torch.load(ckpt, weights_only=True)
         model.load_state_dict(state["model"])
@@ -178,11 +188,28 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     t0 = time.time()
     ema = None
     bar = tqdm(range(start, r["steps"]), desc="dit", mininterval=5, initial=start, total=r["steps"])
+    counts = {"tf": 0, "image": 0, "rollout": 0}
     for step in bar:
-        x0, text, tracks = dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device)
+        # the step's layout: teacher forcing from frame 0, or an image start (blocks [1, chunk, ...])
+        # (no draws when off: the teacher-forcing stage keeps the clip stream it was trained on)
+        image = r.get("image_start", 0.0) > 0 and rng.random() < r["image_start"]
+        roll = image and r.get("rollout", 0.0) > 0 and rng.random() < r["rollout"]
+        mode = "rollout" if roll else "image" if image else "tf"
+        counts[mode] += 1
+        if image:
+            k = int(r.get("image_chunks", 3))
+            blocks, nl = (1,) + (chunk,) * k, 1 + chunk * k
+        else:
+            blocks, nl = chunk, n_lat
+        x0, text, tracks = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1), nl, chunk, device,
+                                     blocks=blocks)
         # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
-            loss = flow_loss(model, x0, text, tracks, rng, r, chunk)
+            ctx = None
+            if roll:  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
+                ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r)
+            loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx,
+                             skip_first=image)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, r["steps"], r["lr"], r["warmup"])
         opt.zero_grad(set_to_none=True)
@@ -193,48 +220,118 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
         minutes = (time.time() - t0) / 60
         if step % 20 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
-            log(f"dit step {step} loss {loss.item():.4f} ema {ema:.4f} t {minutes * 60:.0f}s")
+            log(f"dit step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
+                f"(steps tf/image/rollout {counts['tf']}/{counts['image']}/{counts['rollout']})")
         done = step == r["steps"] - 1 or minutes > r["max_minutes"]
         if step % r["checkpoint_every"] == 0 or done:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
             stream = dict(recipe.get("stream", {}))
             stream = {"policy": stream.pop("policy", "window"), "policy_args": stream}
-            save_dit(model, out / "dit.safetensors", extra={"step": str(step), "track_dim": str(r["track_dim"]),
-                                                            "text_encoder": r["text_encoder"],
-                                                            "stream": json.dumps(stream)})
+            extra = {"step": str(step), "track_dim": str(r["track_dim"]), "text_encoder": r["text_encoder"],
+                     "stream": json.dumps(stream)}
+            save_dit(model, out / "dit.safetensors", extra=extra)
+            if r.get("keep_every") and step % r["keep_every"] == 0:  # earlier checkpoints, to pick by eval
+                keep = out / f"step{step}"
+                keep.mkdir(exist_ok=True)
+                save_dit(model, keep / "dit.safetensors", extra=extra)
+                shutil.copy(out / "vae.safetensors", keep / "vae.safetensors")
         if done:
             log(f"dit stopped at step {step} after {minutes:.1f} min")
             break
 
 
-def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device):
-    """Latents, text embeddings and track channels of a batch of fresh clips (chunk track dropout)."""
+def resolve_path(p: str | Path) -> Path:
+    """A recipe path: absolute, or relative to the repository (so `init = "streamer/weights"` works from anywhere)."""
+    p = Path(p)
+    if p.is_absolute() or p.exists():
+        return p
+    return Path(__file__).parent.parent.parent / p
+
+
+def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None):
+    """Latents x0 [B, C, n_lat, h, w], text embeddings and track channels [B, C_track, n_lat, h, w] of a
+    batch of fresh clips. Tracks are dropped per block (p = track_dropout) and, with p = text_only,
+    for the whole clip (a prompt alone must make its sprites); text-only clips always keep their prompt."""
+    from streamer.models.wan import block_index
+
     clips = [world.clip(int(rng.integers(1 << 30)), n_video, paraphrase=r["paraphrase"]) for _ in range(r["batch"])]
     with torch.no_grad():
         x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
-    prompts = [c.prompt if rng.random() >= r["text_dropout"] else " " for c in clips]
-    text = text_enc.encode(prompts).to(device)
+    text_only = (rng.random(r["batch"]) < r["text_only"]) if r.get("text_only") else np.zeros(r["batch"], bool)
+    prompts = [c.prompt if (t_only or rng.random() >= r["text_dropout"]) else " " for c, t_only in zip(clips, text_only)]
+    # clone: the text encoder runs in inference mode, and an fp32 (non-autocast) step would save its
+    # output for backward
+    text = text_enc.encode(prompts).to(device).clone()
     h, w = x0.shape[-2:]
     tracks = torch.stack([tracks_enc(c.trajectory, list(range(n_lat)), (h, w))[0] for c in clips]).to(device)
-    keep = torch.from_numpy(rng.random((r["batch"], n_lat // chunk)) >= r["track_dropout"]).float()
-    tracks = tracks * keep.repeat_interleave(chunk, 1)[:, None, :, None, None].to(device)
+    idx = block_index(n_lat, blocks if blocks is not None else chunk)
+    keep = rng.random((r["batch"], int(idx[-1]) + 1)) >= r["track_dropout"]
+    keep[text_only] = False
+    keep = torch.from_numpy(keep).float()[:, idx]
+    tracks = tracks * keep[:, None, :, None, None].to(device)
     return x0, text, tracks
 
 
-def flow_loss(model, x0, text, tracks, rng, r, chunk) -> torch.Tensor:
-    """Flow matching on the teacher-forcing shape: one noise level per chunk (as the sampler sees),
-    timesteps drawn uniformly and warped by the schedule shift, so the few high-noise steps train most."""
+def sigma_per_block(rng, b: int, blocks, n: int, shift: float) -> torch.Tensor:
+    """One noise level per block [B, F]: uniform draws warped by the schedule shift (as the sampler's)."""
+    from streamer.models.wan import block_index
+
+    idx = block_index(n, blocks)
+    u = torch.from_numpy(rng.random((b, int(idx[-1]) + 1))).float()
+    return (shift * u / (1 + (shift - 1) * u))[:, idx]
+
+
+def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: bool = False) -> torch.Tensor:
+    """Flow matching on the teacher-forcing shape: one noise level per block (as the sampler sees),
+    timesteps drawn uniformly and warped by the schedule shift, so the few high-noise steps train most.
+
+    chunk: chunk length, or block sizes (e.g. (1, 3, 3) for an image start). context: the clean
+    history [B, C, F, h, w] the noisy blocks see (default: the true x0; a rollout for Self-Forcing
+    against the truth). skip_first: no loss on the first block (an image start's given frame)."""
     b, _, n, _, _ = x0.shape
-    u = torch.from_numpy(rng.random((b, n // chunk))).float()
-    s = r["timestep_shift"]
-    sigma = (s * u / (1 + (s - 1) * u)).repeat_interleave(chunk, 1).to(x0.device)  # [B, F]
+    sigma = sigma_per_block(rng, b, chunk, n, r["timestep_shift"]).to(x0.device)  # [B, F]
     eps = torch.randn_like(x0)
     sig = sigma[:, None, :, None, None]
     xt = (1 - sig) * x0 + sig * eps
     # a little noise on the clean context: at inference the history is the model's own (imperfect) output
-    ctx = x0 + r.get("context_noise", 0.0) * torch.rand(b, 1, 1, 1, 1, device=x0.device) * torch.randn_like(x0)
+    base = x0 if context is None else context
+    ctx = base + r.get("context_noise", 0.0) * torch.rand(b, 1, 1, 1, 1, device=x0.device) * torch.randn_like(x0)
     v = model(xt, sigma * 1000, text, chunk_frames=chunk, clean_x=ctx, tracks=tracks, clean_tracks=tracks)
-    return F.mse_loss(v.float(), eps - x0)
+    err = (v.float() - (eps - x0)) ** 2
+    if skip_first:
+        first = chunk if isinstance(chunk, int) else chunk[0]
+        err = err[:, :, first:]
+    return err.mean()
+
+
+@torch.no_grad()
+def rollout_context(model, x0, text, tracks, blocks, n_chunks: int, r: dict) -> torch.Tensor:
+    """The model's own few-step rollout as clean history: block 0 (the image start) is the truth,
+    blocks 1..n_chunks are sampled one after another by the sampler of streamer/sampler.py (4 steps,
+    shift 5), each attending block-causally to the clean history at t=0 (what the KV cache holds);
+    later blocks keep the truth (no noisy block attends to them). x0 [B, C, F, h, w] -> same shape."""
+    from streamer.sampler import SamplerConfig, denoise
+
+    sizes = [blocks] * (x0.shape[2] // blocks) if isinstance(blocks, int) else list(blocks)
+    ctx = x0.clone()
+    text_ctx = model.encode_text(text)
+    times = SamplerConfig(**({"steps": tuple(r["rollout_steps"])} if r.get("rollout_steps") else {})).timesteps()
+    start = sizes[0]
+    for k in range(1, min(n_chunks, len(sizes) - 1) + 1):
+        end = start + sizes[k]
+        hist = ctx[:, :, :start]
+        tr = tracks[:, :, :end]
+
+        def flow(x, t, hist=hist, tr=tr, start=start):
+            tt = torch.zeros(x.shape[0], start + x.shape[2], device=x.device)
+            tt[:, start:] = t
+            out = model(torch.cat([hist, x], 2), tt, text_ctx, chunk_frames=tuple(sizes[: k + 1]), tracks=tr)
+            return out[:, :, start:].float()
+
+        noise = torch.randn_like(x0[:, :, start:end])
+        ctx[:, :, start:end] = denoise(flow, noise, times, None).to(ctx.dtype)
+        start = end
+    return ctx
 
 
 def save_dit(model, path: Path, half: bool = False, extra: dict | None = None) -> None:
@@ -270,15 +367,30 @@ def cmd_train(args) -> int:
     shutil.copy(args.recipe, out / "recipe.toml")
     log = Log(out / "train.log", echo=not args.quiet)
     t0 = time.time()
-    if args.stage in ("all", "vae"):
+    if args.stage == "finetune":
+        # the autoencoder stays the one the init DiT was trained on (same latents)
+        init = resolve_path(recipe["finetune"]["init"])
+        if not (out / "vae.safetensors").is_file():
+            shutil.copy(init / "vae.safetensors", out / "vae.safetensors")
+        vae = TinyVAE.from_file(out / "vae.safetensors", device=device)
+        train_dit(recipe, vae, out, log, device, resume=args.resume, section="finetune")
+    elif args.stage in ("all", "vae"):
         vae = train_vae(recipe, out, log, device, resume=args.resume)
     else:
         vae = TinyVAE.from_file(out / "vae.safetensors", device=device)
     if args.stage in ("all", "dit"):
         train_dit(recipe, vae, out, log, device, resume=args.resume)
+    if args.stage == "all" and "finetune" in recipe:
+        # from scratch, the fine-tune starts from this run's DiT (not the shipped one); its own folder
+        ft = out / "finetune"
+        ft.mkdir(exist_ok=True)
+        shutil.copy(out / "vae.safetensors", ft / "vae.safetensors")
+        recipe = {**recipe, "finetune": {**recipe["finetune"], "init": str(out.resolve())}}
+        train_dit(recipe, vae, ft, log, device, resume=args.resume, section="finetune")
+        out = ft
     log(f"training wall time {(time.time() - t0) / 60:.1f} min")
     if args.ship:
-        ship(out)
+        ship(out)  # the run's last stage
         log(f"shipped weights to {WEIGHTS_DIR}")
     return 0
 
@@ -288,7 +400,8 @@ def register(subparsers) -> None:
                               description="Reproduce the shipped default model (autoencoder, then DiT) from a recipe.")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe .toml (default: recipes/default.toml)")
     p.add_argument("--out", default="runs/default", help="output folder (checkpoints, train.log)")
-    p.add_argument("--stage", choices=["all", "vae", "dit"], default="all")
+    p.add_argument("--stage", choices=["all", "vae", "dit", "finetune"], default="all",
+                   help="finetune: the recipe's [finetune] section, from its init weights (autoencoder kept)")
     p.add_argument("--resume", action="store_true",
                    help="continue: skip finished autoencoder phases, continue the DiT from <out>/dit_last.pt")
     p.add_argument("--ship", action="store_true", help="copy the final weights into streamer/weights/")
