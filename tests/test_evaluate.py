@@ -186,3 +186,18 @@ def test_moving_average_smooths_and_skips_gaps():
     m = moving_average(y, 3)
     assert m[1] == pytest.approx(1 / 3) and m[4] == pytest.approx(1.0)
     assert np.isfinite(m).all()
+
+
+def test_contact_sheet_has_one_tile_per_row_and_time(tmp_path):
+    import cv2
+
+    from streamer.world.evaluate import contact_frames, contact_sheet
+
+    frames = np.zeros((40, 16, 16, 3), np.uint8)
+    frames[16:] = 200  # from 1 s on
+    keep = {("text", "window", 0): frames, ("two", "window", 0): frames}
+    found = contact_frames(keep, "window", FPS, (0.0, 1.0, 60.0))
+    assert set(found) == {"text", "two"} and found["text"][1].mean() == 200 and found["two"][2].mean() == 200
+    contact_sheet([("text only", found["text"]), ("two", found["two"])], (0.0, 1.0, 60.0), tmp_path / "c.png")
+    img = cv2.imread(str(tmp_path / "c.png"))
+    assert img.shape == (2 * (32 + 18 + 4), 3 * (32 + 4), 3)

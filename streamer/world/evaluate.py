@@ -593,6 +593,40 @@ def plot(results: dict, path: Path, smooth_s: int | None = None) -> None:
     plt.close(fig)
 
 
+CONTACT_ROWS = (("text", "text only"), ("track", "one track"), ("two", "two tracks, image start"))
+
+
+def contact_frames(keep: dict, row: str, fps: float, times: tuple[float, ...]) -> dict[str, list[np.ndarray]]:
+    """From run_eval's keep_frames: for each set's first scene (the "track" set: its first one-sprite
+    scene), the frames at `times` (s; the last frame where the stream is shorter). {set: [frames]}"""
+    out = {}
+    for set_name, _ in CONTACT_ROWS:
+        frames = keep.get((set_name, row, 0))
+        if frames is not None:
+            out[set_name] = [frames[min(int(round(t * fps)), len(frames) - 1)] for t in times]
+    return out
+
+
+def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], times: tuple[float, ...], path: Path,
+                  scale: int = 2) -> None:
+    """A PNG grid: one labelled row per (label, frames uint8 [H, W, 3]), one column per time (s)."""
+    import cv2
+
+    def label(img: np.ndarray, text: str) -> np.ndarray:
+        bar = np.full((18, img.shape[1], 3), 255, np.uint8)
+        cv2.putText(bar, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        return np.concatenate([bar, img], 0)
+
+    grid = []
+    for name, frames in rows:
+        tiles = [np.kron(f, np.ones((scale, scale, 1), np.uint8)) for f in frames]
+        cells = [label(tile, f"{name}, {t:g} s") for tile, t in zip(tiles, times)]
+        grid.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cells], 1))
+    width = max(g.shape[1] for g in grid)
+    grid = [np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)), constant_values=255) for g in grid]
+    cv2.imwrite(str(path), np.concatenate(grid, 0)[..., ::-1])
+
+
 def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "window",
                   policy_args: dict | None = None, seed: int = 0) -> dict:
     """End-to-end speed of one stream (DiT + decode, trajectory channels included): the time from
@@ -659,8 +693,16 @@ def cmd_eval(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results = run_eval(pipe, cfg, progress=not args.quiet)
+    keep: dict | None = {} if args.contact else None
+    results = run_eval(pipe, cfg, progress=not args.quiet, keep_frames=keep)
     results["wall_seconds"] = round(time.time() - t0, 1)
+    if keep:
+        times = tuple(t for t in (0.0, 10.0, 60.0, 600.0) if t <= args.seconds)
+        for policy in cfg.policies[:1]:
+            found = contact_frames(keep, policy, pipe.fps, times)
+            np.savez_compressed(out / "contact.npz", times=np.array(times),
+                                **{k: np.stack(v) for k, v in found.items()})
+            contact_sheet([(label, found[k]) for k, label in CONTACT_ROWS if k in found], times, out / "contact.png")
     (out / "eval.json").write_text(json.dumps(results, indent=1))
     table = markdown_table(results)
     write_markdown(results, out / "eval.md")
@@ -698,6 +740,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0)
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--no-reference", action="store_true", help="skip the autoencoder-only reference row")
+    p.add_argument("--contact", action="store_true",
+                   help="also write contact.png (+ contact.npz): each set's first stream at 0 s, 10 s, 1 min, 10 min")
     p.add_argument("--weights", metavar="DIR",
                    help="world-model folder with dit.safetensors + vae.safetensors, e.g. a `streamer train --out` "
                         "run (default: the shipped weights)")
