@@ -369,26 +369,16 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, se
                 tracks: bool = True, image_start: bool = False) -> tuple[np.ndarray, dict]:
     """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
     `image_start`); frames [T, H, W, 3] and timing."""
-    import inspect
 
-    from streamer.sampler import SamplerConfig, sampler_for_steps
-    from streamer.session import Session, StreamConfig
+    from streamer.session import Session
 
     traj = clip.trajectory
     w, h = traj.width, traj.height
-    sampler = SamplerConfig() if steps == 4 else sampler_for_steps(steps)
-    cfg = StreamConfig(width=w, height=h, sampler=sampler, policy=policy, policy_args=policy_args, seed=seed)
+    cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed)
     out, dit, dec = [], 0.0, 0.0
     start = encode_first_frame(pipe, clip) if image_start else None
-    if start is not None and "start_latents" in inspect.signature(Session).parameters:
-        session = Session(pipe, clip.prompt, cfg, start_latents=start)
-    else:
-        session = Session(pipe, clip.prompt, cfg)
-        if start is not None:
-            out.append(_image_start(pipe, session, start))
-    if tracks:
-        session.track_condition = pipe.track_condition(traj, w, h)
-    n = sum(len(f) for f in out)
+    session = Session(pipe, clip.prompt, cfg, tracks=traj if tracks else None, start_latents=start)
+    n = 0
     while n < traj.num_frames:
         chunk = session.step()
         out.append(chunk.frames)
@@ -399,21 +389,6 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, se
     return frames, {"dit_s": dit, "decode_s": dec, "fps": len(frames) / max(dit + dec, 1e-9)}
 
 
-def _image_start(pipe, session, latents: torch.Tensor) -> np.ndarray:
-    """Until `Session(start_latents=...)` exists: the clean latent frame(s) [1, C, n, h, w] committed
-    as frames 0..n-1 of the cache (at t=0, as a chunk's clean pass), the stream then continues at
-    frame n; returns their decoded frames (which also start the streaming decoder)."""
-    with torch.inference_mode():
-        frames = list(range(latents.shape[2]))
-        session._commit(session._view(frames), latents)
-        for j, f in enumerate(frames):
-            session._latents[f] = latents[:, :, j : j + 1]
-        session._next_frame = len(frames)
-        video = pipe.decode(latents)
-    session._video_frames = len(video)
-    return video
-
-
 def reference_frames(pipe, clip: Clip) -> np.ndarray:
     """Ground-truth frames through the autoencoder only (what a perfect DiT would give)."""
     from streamer.models.vae import video_to_uint8
@@ -422,10 +397,10 @@ def reference_frames(pipe, clip: Clip) -> np.ndarray:
     video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     n = (video.shape[2] - 1) // 4 * 4 + 1
     with torch.inference_mode():
-        pipe.decoder.reset()
         lat = vae.encode(video[:, :, :n].to(pipe.decoder.device, pipe.decoder.dtype))
-        frames = [video_to_uint8(pipe.decoder.decode(lat[:, :, i : i + 12]))[0] for i in range(0, lat.shape[2], 12)]
-        pipe.decoder.reset()
+        state = pipe.decoder.new_state()
+        frames = [video_to_uint8(pipe.decoder.decode(lat[:, :, i : i + 12], state))[0]
+                  for i in range(0, lat.shape[2], 12)]
     return np.concatenate(frames)
 
 
@@ -631,16 +606,14 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "wi
                   policy_args: dict | None = None, seed: int = 0) -> dict:
     """End-to-end speed of one stream (DiT + decode, trajectory channels included): the time from
     `Session(...)` (prompt encoding included) to the first frames, and the steady frames per second."""
-    from streamer.sampler import SamplerConfig, sampler_for_steps
-    from streamer.session import Session, StreamConfig
+    from streamer.session import Session
 
     clip = World().clip(HELD_OUT_SEEDS[0], 1 + 4 * math.ceil((seconds * pipe.fps - 1) / 4))
     w, h = pipe.native_size
-    sampler = SamplerConfig() if steps == 4 else sampler_for_steps(steps)
-    cfg = StreamConfig(width=w, height=h, sampler=sampler, policy=policy, policy_args=policy_args or {}, seed=seed)
+    cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed)
     t0 = time.perf_counter()
     session = Session(pipe, clip.prompt + f" #{seed}", cfg)  # a new prompt: the text encoder runs
-    session.track_condition = pipe.track_condition(clip.trajectory, w, h)
+    session.set_tracks(clip.trajectory)
     first = session.step()
     first_s = time.perf_counter() - t0
     n, dit, dec = 0, 0.0, 0.0
@@ -656,14 +629,16 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "wi
 
 
 def cmd_eval(args) -> int:
-    from streamer.pipeline import Pipeline, default_device
+    from streamer.device import default_device, default_dtype
+    from streamer.pipeline import Pipeline
     from streamer.policies import POLICIES, parse_policy_args
 
     torch.set_num_threads(args.threads)
     if args.weights is None:
         pipe = Pipeline.load(device=args.device)
     else:  # a `streamer train` run folder: score a checkpoint before (or instead of) shipping it
-        pipe = Pipeline.load_default(args.weights, device=args.device or default_device(), dtype=torch.bfloat16)
+        device = torch.device(args.device) if args.device else default_device()
+        pipe = Pipeline.load_default(args.weights, device=device, dtype=default_dtype(device))
     if args.speed:
         defaults = pipe.stream_defaults or {}
         res = measure_speed(pipe, args.seconds if args.seconds != 60.0 else 10.0, args.steps,
@@ -687,7 +662,7 @@ def cmd_eval(args) -> int:
         policy_args.setdefault(pol, {}).update(parse_policy_args([kv]))
     sets = tuple(x.strip() for x in args.sets.split(","))
     if bad := [x for x in sets if x not in SETS]:
-        raise SystemExit(f"--sets {','.join(bad)}: unknown; known: {', '.join(SETS)}")
+        raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(SETS)}")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
                      reference=not args.no_reference, policy_args=policy_args, sets=sets)
     out = Path(args.out)
