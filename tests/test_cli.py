@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from streamer.cli import latent_frames_for, main
@@ -85,7 +86,7 @@ def _wait_for_frames(out, n, proc, timeout=120):
     raise TimeoutError
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_interrupted_run_keeps_a_playable_file(tmp_path, sig):
     out = tmp_path / "long.mp4"
     proc = _start(out)
@@ -95,7 +96,8 @@ def test_interrupted_run_keeps_a_playable_file(tmp_path, sig):
     info = probe_mp4(out)
     assert info["frames"] >= 20 and (info["width"], info["height"]) == (64, 64)
     if sig != signal.SIGKILL:
-        assert proc.returncode == 130 and "keeps every frame" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert proc.returncode == 130 and "frames made so far" in err and "Traceback" not in err
 
 
 def test_prompt_file_under_accelerate_launch_shards_across_processes(tmp_path):
@@ -163,6 +165,51 @@ def test_tracks_shorter_than_the_video_are_noted_or_looped(tmp_path, capsys, mon
     assert seen[-1].num_frames == 10
     assert main([*args, "--loop-tracks"]) == 0
     assert "tracks cover" not in capsys.readouterr().err
-    looped = seen[-1]
-    assert looped.num_frames == 25 and np.array_equal(looped.tracks[10:20], looped.tracks[:10])
+    looped = seen[-1]  # one pass stored, repeated per frame on demand (no copy of the whole video)
+    assert looped.loop and looped.num_frames == 10
+    for f in (3, 13, 23, 10**9 + 3):
+        assert np.array_equal(looped.frame(f)[0], looped.tracks[3]) and looped.frame(f)[1].all()
     assert probe_mp4(out)["frames"] == 25
+
+
+def test_loop_tracks_cost_no_memory_per_video_frame(tmp_path, capsys, monkeypatch):
+    """A looped path for a stream of 10^9 frames is not built up front (issue 14: it took 7.45 GiB)."""
+    from streamer.trajectory import Trajectory
+
+    traj = Trajectory(np.zeros((10, 2, 2), np.float32) + 5, np.ones((10, 2), bool), fps=16, width=64, height=64)
+    looping = traj.looping()
+    assert looping.tracks.nbytes == traj.tracks.nbytes
+    assert np.array_equal(looping.resized(128, 128).frame(10**9 + 1)[0], traj.tracks[1] * 2)
+
+
+def test_track_fps_is_resampled_like_the_browser_import(tmp_path, capsys, monkeypatch):
+    """A track file at 8 fps drives a 16 fps video at the same speed, the way the browser's import
+    does it (ui/strokes.py: timed strokes sampled at the stream's fps), not frame for frame."""
+    from streamer.pipeline import Pipeline
+    from streamer.trajectory import Trajectory
+    from streamer.ui.strokes import parse_strokes, strokes_to_trajectory, trajectory_to_strokes
+
+    t = np.arange(9, dtype=np.float32)
+    path_xy = np.stack([10 + 5 * t, 20 + 0.25 * t**2], 1)
+    traj = Trajectory(np.stack([path_xy, path_xy[::-1]], 1), np.ones((9, 2), bool), fps=8, width=64, height=64)
+    mine = traj.resampled(16)
+    assert mine.fps == 16 and mine.num_frames == 17  # 1 s of motion either way
+    canvas = (64.0, 64.0)
+    browser = strokes_to_trajectory(parse_strokes(trajectory_to_strokes(traj, canvas), canvas), canvas, (64, 64),
+                                    16, mine.num_frames)
+    np.testing.assert_allclose(mine.tracks, browser.tracks, atol=0.02)
+    assert np.array_equal(mine.tracks[::2], traj.tracks)
+
+    if not Pipeline.load(device="cpu").model.config.track_channels:
+        pytest.skip("needs the shipped model (trajectory channels)")
+    file = tmp_path / "slow.json"
+    traj.save(file)
+    seen = []
+    original = Pipeline.track_condition
+    monkeypatch.setattr(Pipeline, "track_condition",
+                        lambda self, tr, w, h: seen.append(tr) or original(self, tr, w, h))
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--prompt", "a red circle", "--frames", "9", "--tracks", str(file), "--out", str(out),
+                 *SMALL]) == 0
+    assert "resampled" in capsys.readouterr().err
+    assert seen[-1].fps == 16 and np.allclose(seen[-1].tracks, mine.tracks)
