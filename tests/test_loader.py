@@ -263,3 +263,133 @@ def test_wan_1_3b_size_on_meta():
         model = CausalWanModel(get_config("wan2.1-1.3b"))
     assert count_parameters(model) == 1_418_996_800
     assert len(model.state_dict()) == 825
+
+
+# ---- which weights, LoRA (issue 14) ------------------------------------------------------------
+def test_weights_key_picks_the_generator_and_says_so(tmp_path):
+    ema, online = random_state(WIDE, seed=0), random_state(WIDE, seed=1)
+    torch.save({"generator_ema": to_original(ema), "generator": to_original(online)}, tmp_path / "sf.pt")
+    default = load_model(tmp_path / "sf.pt")
+    assert_same(default.state_dict(), ema)
+    assert any("loaded generator_ema" in n and "--weights-key generator" in n for n in default.load_notes)
+    chosen = load_model(tmp_path / "sf.pt", weights_key="generator")
+    assert_same(chosen.state_dict(), online)
+    assert any("loaded the generator weights" in n for n in chosen.load_notes)
+    torch.save({"generator": to_original(online)}, tmp_path / "causvid.pt")
+    assert "holds only generator" in str(pytest.raises(CheckpointError, load_model, tmp_path / "causvid.pt",
+                                                       weights_key="generator_ema").value)
+
+
+def _original_layout(model: CausalWanModel) -> torch.nn.Module:
+    """The Linear layers of the DiT's blocks under Wan's original names (blocks.i.self_attn.q, ...,
+    ffn.0 / ffn.2), sharing the model's weights: the module tree LongLive puts its LoRA on."""
+    lin = torch.nn.Linear
+    blocks = torch.nn.ModuleList()
+    for blk in model.blocks:
+        b = torch.nn.Module()
+        for orig, ours in (("self_attn", blk.attn1), ("cross_attn", blk.attn2)):
+            m = torch.nn.Module()
+            for name, layer in (("q", ours.to_q), ("k", ours.to_k), ("v", ours.to_v), ("o", ours.to_out[0])):
+                copy = lin(layer.in_features, layer.out_features)
+                copy.load_state_dict(layer.state_dict())
+                setattr(m, name, copy)
+            setattr(b, orig, m)
+        f0, f2 = blk.ffn.net[0].proj, blk.ffn.net[2]
+        b.ffn = torch.nn.Sequential(lin(f0.in_features, f0.out_features), torch.nn.GELU(), lin(f2.in_features, f2.out_features))
+        b.ffn[0].load_state_dict(f0.state_dict())
+        b.ffn[2].load_state_dict(f2.state_dict())
+        blocks.append(b)
+    root = torch.nn.Module()
+    root.blocks = blocks
+    return root
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_lora_merge_matches_peft_forward(tmp_path, scale):
+    """LongLive's lora.pt ({"generator_lora": PEFT state dict over every Linear of the attention
+    blocks, original Wan names}) merged at load equals peft's own LoRA layers' forward."""
+    peft = pytest.importorskip("peft")
+    base = random_state(WIDE, seed=0)
+    save_file(base, tmp_path / "base.safetensors")
+    reference = CausalWanModel(WIDE)
+    reference.load_state_dict(base)
+    targets = ["q", "k", "v", "o", "ffn.0", "ffn.2"]
+    torch.manual_seed(3)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    peft_model = peft.get_peft_model(_original_layout(reference), cfg)
+    lora_state = peft.get_peft_model_state_dict(peft_model)
+    assert all(k.startswith("base_model.model.blocks.") and ".lora_" in k for k in lora_state)
+    torch.save({"generator_lora": lora_state, "critic_lora": {}}, tmp_path / "lora.pt")
+
+    merged = load_model(tmp_path / "base.safetensors", lora=tmp_path / "lora.pt", lora_scale=scale, lora_alpha=8)
+    assert any("merged LoRA lora.pt into 20 layers (rank 4" in n for n in merged.load_notes)
+    for module in peft_model.modules():
+        if isinstance(module, peft.tuners.lora.LoraLayer):
+            module.scaling["default"] *= scale  # what --lora-scale multiplies
+    pairs = {"self_attn.q": "attn1.to_q", "self_attn.o": "attn1.to_out.0", "cross_attn.v": "attn2.to_v",
+             "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
+    ours, theirs = dict(merged.named_modules()), dict(peft_model.base_model.model.named_modules())
+    for i in range(WIDE.num_layers):
+        for orig, name in pairs.items():
+            layer = ours[f"blocks.{i}.{name}"]
+            x = torch.randn(5, layer.in_features)
+            with torch.no_grad():
+                torch.testing.assert_close(layer(x), theirs[f"blocks.{i}.{orig}"](x), atol=1e-5, rtol=1e-5)
+            untouched = dict(reference.named_modules())[f"blocks.{i}.{name}"]
+            assert not torch.allclose(layer.weight, untouched.weight)  # the LoRA changed it
+
+
+def test_bad_lora_files_are_one_line(tmp_path):
+    save_file(random_state(WIDE), tmp_path / "base.safetensors")
+    a = torch.randn(4, 256)
+    cases = {
+        "not LoRA": ({"blocks.0.attn1.to_q.weight": a}, "not a LoRA weight"),
+        "half": ({"blocks.0.attn1.to_q.lora_A.weight": a}, "only lora_A"),
+        "shape": ({"blocks.0.attn1.to_q.lora_A.weight": a, "blocks.0.attn1.to_q.lora_B.weight": torch.randn(7, 4)},
+                  "do not fit"),
+        "missing module": ({"blocks.9.attn1.to_q.lora_A.weight": a, "blocks.9.attn1.to_q.lora_B.weight": torch.randn(256, 4)},
+                           "not a Linear layer"),
+        "nan": ({"blocks.0.attn1.to_q.lora_A.weight": a * float("nan"),
+                 "blocks.0.attn1.to_q.lora_B.weight": torch.randn(256, 4)}, "finite"),
+    }
+    for name, (state, message) in cases.items():
+        save_file(state, tmp_path / f"{name}.safetensors")
+        with pytest.raises(CheckpointError, match=message):
+            load_model(tmp_path / "base.safetensors", lora=tmp_path / f"{name}.safetensors")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_attention_heads", 0, "num_attention_heads"), ("num_attention_heads", "16", "num_attention_heads"),
+    ("num_attention_heads", -16, "num_attention_heads"), ("num_attention_heads", None, "num_attention_heads"),
+    ("patch_size", 2, "patch_size"), ("num_layers", 10**7, "num_layers"), ("num_layers", 3, "3 but the weights hold 2"),
+    ("eps", "tiny", "eps"),
+])
+def test_malformed_diffusers_configs_are_refused(tmp_path, field, value, message):
+    import json
+
+    save_file(random_state(TINY), tmp_path / "diffusion_pytorch_model.safetensors")
+    cfg = {**TINY.to_diffusers(), "patch_size": [1, 2, 2], field: value}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert message in load_error(tmp_path)
+
+
+def test_shard_paths_stay_inside_the_folder(tmp_path):
+    import json
+
+    save_file(random_state(TINY), tmp_path / "shard.safetensors")
+    for entry, message in ((7, "must be a shard file name"), (["a"], "must be a shard file name"),
+                           ("../../../../etc/passwd", "outside the checkpoint folder"),
+                           ("/etc/passwd", "outside the checkpoint folder")):
+        (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"proj_out.weight": "shard.safetensors", "x": entry}}))
+        assert message in load_error(tmp_path)
+
+
+@pytest.mark.parametrize("dtype,message", [(torch.int8, "int8"), (torch.bool, "bool"), (None, "non-finite")])
+def test_weights_that_cannot_be_the_model_are_refused(tmp_path, dtype, message):
+    state = random_state(WIDE)
+    key = "blocks.1.attn1.to_k.weight"
+    state[key] = state[key].to(dtype) if dtype is not None else torch.full_like(state[key], float("nan"))
+    save_file(state, tmp_path / "w.safetensors")
+    assert message in load_error(tmp_path / "w.safetensors")
+    assert message in load_error(tmp_path / "w.safetensors", CausalWanModel(WIDE))
