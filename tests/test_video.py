@@ -175,3 +175,58 @@ def test_ctrl_c_finalises_with_every_frame(tmp_path):
     assert final >= reported
     assert probe_mp4(path)["frames"] == final
     assert top_level_boxes(path)[-1] == "mfra"
+
+
+# ---- output errors (issue 14) -------------------------------------------------------------------
+def test_full_disk_mid_run_keeps_what_was_written_and_says_so(tmp_path):
+    import errno
+
+    from streamer.errors import OutputError
+
+    out = tmp_path / "full.mp4"
+    writer = Mp4Writer(out, fps=16, width=64, height=64)
+    real = writer._container
+
+    class FillsUp:  # the disk fills while the 11th frame is muxed
+        def __init__(self):
+            self.calls = 0
+
+        def mux(self, packets):
+            self.calls += 1
+            if self.calls > 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real.mux(packets)
+
+        def close(self):
+            real.close()
+
+    writer._container = FillsUp()
+    frames = np.random.default_rng(0).integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
+    with pytest.raises(OutputError, match="No space left on device.*keeps the 10 frames"):
+        with writer:
+            writer.write(frames)
+    assert writer.frames_written == 10 and probe_mp4(out)["frames"] == 10
+
+
+@pytest.mark.parametrize("where", ["folder", "parent is a file", "read-only"])
+def test_unwritable_paths_are_one_line(tmp_path, where):
+    from streamer.errors import OutputError
+
+    (tmp_path / "file").write_text("x")
+    path = {"folder": tmp_path, "parent is a file": tmp_path / "file" / "v.mp4",
+            "read-only": Path("/proc/streamer-test.mp4")}[where]
+    with pytest.raises(OutputError) as info:  # at open, or at the first write where the muxer opens late
+        with Mp4Writer(path, fps=16, width=64, height=64) as writer:
+            writer.write(np.zeros((2, 64, 64, 3), np.uint8))
+    assert "\n" not in str(info.value) and str(path.parent if where != "folder" else path) in str(info.value)
+    assert not path.is_file()
+
+
+def test_dev_full_says_no_frame_was_written(tmp_path):
+    from streamer.errors import OutputError
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    with pytest.raises(OutputError, match="no frame was written"):
+        with Mp4Writer("/dev/full", fps=16, width=64, height=64) as writer:
+            writer.write(np.zeros((3, 64, 64, 3), np.uint8))
