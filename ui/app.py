@@ -537,7 +537,11 @@ def serve(args: argparse.Namespace) -> int:
     common = {"device": args.device} if args.device else {}
     models = {"default": dict(common), "tiny (random)": dict(common, preset="tiny")}
     for ckpt in args.checkpoint:
-        models[Path(ckpt).name] = dict(common, checkpoint=ckpt, vae=args.vae, text_encoder=args.text_encoder)
+        options = {k: v for k, v in (("weights_key", getattr(args, "weights_key", None)), ("lora", getattr(args, "lora", None)),
+                                     ("lora_scale", getattr(args, "lora_scale", None)),
+                                     ("lora_alpha", getattr(args, "lora_alpha", None))) if v is not None}
+        models[Path(ckpt).name] = dict(common, checkpoint=ckpt, vae=args.vae, text_encoder=args.text_encoder,
+                                       checkpoint_options=options or None)
     size = None
     if args.size:
         try:

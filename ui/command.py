@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from streamer import checks
+
 
 def register(subparsers) -> None:
     """Add `streamer serve` to the CLI."""
@@ -18,7 +20,12 @@ def register(subparsers) -> None:
                    help="extra model choice: DiT weights (repeatable); loaded with --vae / --text-encoder")
     p.add_argument("--vae", help="Wan VAE for --checkpoint models")
     p.add_argument("--text-encoder", help="umT5 folder for --checkpoint models")
-    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--weights-key", choices=["generator_ema", "generator"],
+                   help="which weights of a Self-Forcing .pt holding both (default generator_ema)")
+    p.add_argument("--lora", metavar="FILE", help="LoRA merged into each --checkpoint at load (LongLive's lora.pt)")
+    p.add_argument("--lora-scale", type=checks.finite_float, default=1.0, help="multiplier of the LoRA update")
+    p.add_argument("--lora-alpha", type=checks.finite_float, help="LoRA alpha (default: the rank)")
+    p.add_argument("--device", type=checks.device, help="cuda / cpu (default: cuda when available)")
     p.set_defaults(func=serve)
 
 
