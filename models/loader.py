@@ -253,7 +253,7 @@ def infer_config(state: StateDict, diffusers_config: dict | None = None) -> WanC
     if dim % WAN_HEAD_DIM:
         raise CheckpointError(
             f"cannot infer the head count: dim {dim} is not a multiple of Wan's head dim {WAN_HEAD_DIM}; "
-            "build the model from an explicit config and use load_checkpoint"
+            "pass the architecture explicitly: load_model(path, config=WanConfig(...))"
         )
     track_channels = 0
     if in_channels > LATENT_CHANNELS and out_channels == LATENT_CHANNELS:
@@ -367,10 +367,13 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     weights_key: str | None = None, lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
-    lora_alpha: float | None = None,
+    lora_alpha: float | None = None, config: WanConfig | None = None,
 ) -> CausalWanModel:
     """Build the model a checkpoint describes and load it; weights are allocated once, on `device`.
 
+    config: the architecture, given explicitly (e.g. `get_config("tiny")` or a WanConfig with head_dim
+    other than Wan's 128, which shapes alone cannot reveal); None: from the checkpoint's config.json,
+    else inferred from the tensor shapes. The weights must then fit it exactly (CheckpointError if not).
     weights_key: generator_ema / generator of a Self-Forcing .pt (None: the EMA weights).
     lora: a LoRA file merged into the weights (`merge_lora`; LongLive = base .pt + lora.pt).
     `model.load_notes` holds one line per choice made (which weights, which LoRA).
@@ -379,7 +382,7 @@ def load_model(
     notes: list[str] = []
     state, diffusers_config = load_state_dict(path, weights_key=weights_key, notes=notes)
     try:
-        config = infer_config(state, diffusers_config)
+        config = _checked_config(config, state) if config is not None else infer_config(state, diffusers_config)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (ValueError, TypeError) as e:  # WanConfig's own checks (dim divisible by heads, even head_dim)

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from streamer.models.frames import FrameRule
+
 
 @dataclass(frozen=True)
 class TinyVAEConfig:
@@ -162,13 +164,23 @@ class TinyVAE(nn.Module):
         save_file(sd, str(path), metadata={"config": json.dumps(self.config.to_dict()), "kind": "tiny-vae"})
 
 
+@dataclass
+class TinyDecoderState:
+    """One stream's decoder state: each MemBlock's memory of the previous latent frame, and how
+    many latent frames the stream has decoded."""
+
+    memory: list[torch.Tensor] | None = None
+    latent_frames: int = 0
+
+
 class TinyStreamingDecoder:
-    """`StreamingWanDecoder`'s interface over the tiny decoder: reset() / decode(latents) in [-1, 1],
-    memory carried across calls (each latent decoded once)."""
+    """`StreamingWanDecoder`'s interface over the tiny decoder: `new_state()` per stream, then
+    `decode(latents, state)` in [-1, 1] with the memory carried in the state (each latent decoded
+    once). Holds weights only, so streams share it."""
 
     def __init__(self, vae: TinyVAE):
         self.vae = vae.eval().requires_grad_(False)
-        self.reset()
+        self.frames = FrameRule(vae.config.temporal)
 
     @property
     def device(self) -> torch.device:
@@ -182,21 +194,17 @@ class TinyStreamingDecoder:
     def spatial_stride(self) -> int:
         return 2 ** len(self.vae.config.enc)
 
-    @property
-    def temporal_stride(self) -> int:
-        return self.vae.config.temporal
-
-    def reset(self) -> None:
-        self._state: list[torch.Tensor] | None = None
-        self.latent_frames = 0
+    def new_state(self) -> TinyDecoderState:
+        return TinyDecoderState()
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents [B, 16, F, h, w] (normalised) -> video [B, 3, N, H, W] float32 in [-1, 1];
-        N = 4F, or 4F - 3 when this call holds the stream's first latent frame."""
+    def decode(self, latents: torch.Tensor, state: TinyDecoderState) -> torch.Tensor:
+        """latents [B, 16, F, h, w] (normalised) -> video [B, 3, N, H, W] float32 in [-1, 1], `state`
+        carried forward in place; N = 4F, or 4F - 3 when this call holds the stream's first latent
+        frame (`frames`). Raises ValueError for latents of the wrong shape."""
         if latents.ndim != 5 or latents.shape[1] != self.vae.config.z_dim or latents.shape[2] == 0:
             raise ValueError(f"expected latents [B, {self.vae.config.z_dim}, F>0, h, w], got {tuple(latents.shape)}")
         z = self.vae.denormalize(latents.to(device=self.device, dtype=self.dtype))
-        out, self._state = self.vae.decoder(z, self._state, first=self.latent_frames == 0)
-        self.latent_frames += latents.shape[2]
+        out, state.memory = self.vae.decoder(z, state.memory, first=state.latent_frames == 0)
+        state.latent_frames += latents.shape[2]
         return out.clamp(-1.0, 1.0).float()

@@ -12,11 +12,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from streamer.trajectory import Trajectory
+from streamer.models.frames import FrameRule
+
+
+class Tracks(Protocol):
+    """What the encoder reads of a trajectory (the engine's `streamer.trajectory.Trajectory` is one):
+    `num_tracks`, the frame size in pixels, and per video frame the points [N, 2] (pixels) and
+    their visibility [N] (bool)."""
+
+    num_tracks: int
+    width: int
+    height: int
+
+    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def track_id_embedding(n: int, dim: int = 64) -> np.ndarray:
@@ -27,15 +40,11 @@ def track_id_embedding(n: int, dim: int = 64) -> np.ndarray:
     return np.concatenate([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
 
 
-def video_frames_of(latent_frame: int, temporal: int = 4) -> list[int]:
-    return [0] if latent_frame == 0 else list(range(temporal * latent_frame - temporal + 1, temporal * latent_frame + 1))
-
-
 class TrajectoryEncoder:
     def __init__(self, dim: int = 64, temporal: int = 4):
         self.dim, self.temporal = dim, temporal
 
-    def __call__(self, traj: Trajectory | None, latent_frames: list[int], latent_hw: tuple[int, int]) -> torch.Tensor:
+    def __call__(self, traj: Tracks | None, latent_frames: list[int], latent_hw: tuple[int, int]) -> torch.Tensor:
         """-> [1, dim, len(latent_frames), h, w] float32 (zeros where nothing is visible)."""
         h, w = latent_hw
         out = np.zeros((len(latent_frames), h, w, self.dim), np.float32)
@@ -44,7 +53,7 @@ class TrajectoryEncoder:
         emb = track_id_embedding(traj.num_tracks, self.dim)
         sx, sy = w / traj.width, h / traj.height  # pixels -> latent cells
         for j, lf in enumerate(latent_frames):
-            frames = video_frames_of(lf, self.temporal)
+            frames = FrameRule(self.temporal).video_frames_of(lf)
             for f in frames:
                 pts, vis = traj.frame(f)
                 for n in np.nonzero(vis)[0]:
@@ -60,7 +69,7 @@ class TrajectoryEncoder:
         return torch.from_numpy(out).permute(3, 0, 1, 2)[None]
 
 
-def make_track_condition(traj: Trajectory | None, latent_hw: tuple[int, int], dim: int = 64,
+def make_track_condition(traj: Tracks | None, latent_hw: tuple[int, int], dim: int = 64,
                          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
                          ) -> Callable[[list[int]], torch.Tensor | None]:
     """A function for `Session.track_condition`: latent frame indices -> track channels (None: no drag)."""

@@ -8,13 +8,15 @@ once and the result is bit-identical to decoding the whole video in one go.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+from streamer.models.frames import FrameRule, video_to_uint8  # noqa: F401 (part of this module's API)
 
 
 class VAELoadError(ValueError):
@@ -82,12 +84,23 @@ def _move(vae: AutoencoderKLWan, device: str | torch.device, dtype: torch.dtype)
     return torch.nn.Module.to(vae, device=device, dtype=dtype)
 
 
+@dataclass
+class WanDecoderState:
+    """One stream's decoder state: the causal convs' feature cache (diffusers' `feat_cache` list, one
+    entry per causal conv) and how many latent frames the stream has decoded."""
+
+    feat_cache: list = field(default_factory=list)
+    latent_frames: int = 0
+
+
 class StreamingWanDecoder:
     """Decodes a stream of latent chunks, one latent frame at a time, never re-decoding a latent.
 
-    The stream's first latent frame yields 1 video frame, each later one 4 (81 frames = 21 latents).
-    Latents come in the DiT's normalised space; the VAE config's `latents_mean`/`latents_std`
-    undo that here, as diffusers' WanPipeline does before `vae.decode`.
+    The stream's first latent frame yields 1 video frame, each later one 4 (81 frames = 21 latents;
+    `frames` has the rule). Latents come in the DiT's normalised space; the VAE config's
+    `latents_mean`/`latents_std` undo that here, as diffusers' WanPipeline does before `vae.decode`.
+    The decoder holds weights only: each stream brings its own `new_state()`, so any number of
+    streams can share it, interleaved in any order.
     """
 
     def __init__(self, vae: AutoencoderKLWan):
@@ -97,7 +110,9 @@ class StreamingWanDecoder:
         # WanPipeline divides by 1/std rather than multiplying by std; keep its exact arithmetic.
         self._mean = torch.tensor(vae.config.latents_mean, dtype=p.dtype, device=p.device).view(1, z, 1, 1, 1)
         self._inv_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=p.dtype, device=p.device).view(1, z, 1, 1, 1)
-        self.reset()
+        vae.clear_cache()  # counts the decoder's causal convs (diffusers' own bookkeeping)
+        self._num_convs = len(vae._feat_map)
+        self.frames = FrameRule(2 ** sum(vae.temperal_downsample))
 
     @classmethod
     def from_pretrained(
@@ -127,20 +142,17 @@ class StreamingWanDecoder:
     def spatial_stride(self) -> int:
         return self.vae.spatial_compression_ratio
 
-    @property
-    def temporal_stride(self) -> int:
-        return 2 ** sum(self.vae.temperal_downsample)
-
-    def reset(self) -> None:
-        """Start a new stream: forget the causal conv cache."""
-        self.vae.clear_cache()
-        self.latent_frames = 0  # latent frames decoded in this stream
+    def new_state(self) -> WanDecoderState:
+        """The state of a new stream (empty feature cache)."""
+        return WanDecoderState(feat_cache=[None] * self._num_convs)
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents [B, z, F, h, w] (normalised) -> video [B, 3, N, H, W] float32 in [-1, 1].
+    def decode(self, latents: torch.Tensor, state: WanDecoderState) -> torch.Tensor:
+        """latents [B, z, F, h, w] (normalised) -> video [B, 3, N, H, W] float32 in [-1, 1]; `state`
+        (the stream's, from `new_state()`) is carried forward in place.
 
-        N = 4F, or 4F - 3 when this call holds the stream's first latent frame.
+        N = `frames.video_frames(F, first=...)`: 4F, or 4F - 3 when this call holds the stream's first
+        latent frame. Raises ValueError for latents of the wrong shape.
         """
         if latents.ndim != 5 or latents.shape[1] != self.vae.config.z_dim or latents.shape[2] == 0:
             raise ValueError(f"expected latents [B, {self.vae.config.z_dim}, F>0, h, w], got {tuple(latents.shape)}")
@@ -150,22 +162,11 @@ class StreamingWanDecoder:
         x = vae.post_quant_conv(z)
         frames = []
         for i in range(x.shape[2]):
-            vae._conv_idx = [0]  # each frame walks the cache from its first conv, as `_decode` does
-            frames.append(
-                vae.decoder(
-                    x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                    first_chunk=self.latent_frames == 0,
-                )
-            )
-            self.latent_frames += 1
+            # each frame walks the cache from its first conv, as diffusers' `_decode` does
+            frames.append(vae.decoder(x[:, :, i : i + 1], feat_cache=state.feat_cache, feat_idx=[0],
+                                      first_chunk=state.latent_frames == 0))
+            state.latent_frames += 1
         out = torch.cat(frames, dim=2)
         if vae.config.patch_size is not None:
             out = unpatchify(out, patch_size=vae.config.patch_size)
         return out.clamp(-1.0, 1.0).float()
-
-
-def video_to_uint8(video: torch.Tensor) -> np.ndarray:
-    """video [B, 3, N, H, W] in [-1, 1] -> uint8 [B, N, H, W, 3] (converted on the video's device,
-    so only bytes cross to the host)."""
-    pixels = ((video.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()

@@ -270,8 +270,19 @@ class CausalWanModel(nn.Module):
 
     # ---- conditioning -------------------------------------------------------------------------
     def encode_text(self, text_emb: torch.Tensor) -> TextContext:
-        """text_emb [B, L, text_dim] (umT5 output, zero-padded) -> per-layer cross-attention K/V."""
+        """text_emb [B, L, text_dim] (umT5 output) -> per-layer cross-attention K/V.
+
+        Embeddings shorter than the model's `text_len` are zero-padded to it, as Wan's own pipeline
+        does (padding rows are attended, not masked: they shift the softmax, so a 5-token embedding
+        gives exactly what the same embedding zero-padded to 512 gives). Longer ones raise ValueError."""
         p = self.patch_embedding.weight
+        if text_emb.ndim != 3 or text_emb.shape[2] != self.config.text_dim:
+            raise ValueError(f"text embeddings must be [B, L, {self.config.text_dim}]; got {tuple(text_emb.shape)}")
+        n, want = text_emb.shape[1], self.config.text_len
+        if n > want:
+            raise ValueError(f"text embeddings of {n} tokens exceed the model's text_len {want}")
+        if n < want:
+            text_emb = F.pad(text_emb, (0, 0, 0, want - n))
         text = self.condition_embedder.text_embedder(text_emb.to(device=p.device, dtype=p.dtype))
         return TextContext(kv=[blk.attn2.text_kv(text) for blk in self.blocks])
 

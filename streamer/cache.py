@@ -84,6 +84,19 @@ class KVCache:
         self.slot_frame = [None] * self.num_slots
         self.c_count = 0
 
+    def grow(self, extra_slots: int) -> None:
+        """Add `extra_slots` free frame slots to every layer (an unbounded policy's cache grows in
+        blocks: one copy per block of frames, not per chunk). Occupied slots keep their index."""
+        def grown(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            pad = t.new_zeros(t.shape[0], t.shape[1], extra_slots, *t.shape[3:])
+            return torch.cat([t, pad], dim=2)
+
+        self.k, self.v, self.q = grown(self.k), grown(self.v), grown(self.q)
+        self.slot_frame += [None] * extra_slots
+        self.num_slots += extra_slots
+
 
 @dataclass
 class Compression:

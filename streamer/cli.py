@@ -18,11 +18,15 @@ from streamer.policies import POLICIES, PolicyError, parse_policy_args
 _size = checks.video_size  # WxH, both in 1..65536
 
 
-def latent_frames_for(video_frames: int, chunk: int) -> int:
-    """Latent frames (a whole number of chunks) whose decode covers `video_frames` frames:
-    the first latent frame decodes to 1 video frame, each later one to 4."""
-    latents = 1 + math.ceil(max(video_frames - 1, 0) / 4)
-    return chunk * math.ceil(latents / chunk)
+def latent_frames_for(video_frames: int, chunk: int, rule=None) -> int:
+    """Latent frames (a whole number of chunks) whose decode covers `video_frames` frames, by the
+    decoder's frame rule (`decoder.frames`; default Wan's: 1 video frame from the first latent
+    frame, 4 from each later one)."""
+    if rule is None:
+        from streamer.models.frames import FrameRule
+
+        rule = FrameRule()
+    return chunk * math.ceil(max(rule.latent_frames(video_frames), 1) / chunk)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -142,14 +146,8 @@ def checkpoint_companions(args) -> tuple[str | None, str | None]:
 
 
 def _stream_config(args, pipe):
-    from streamer.sampler import SamplerConfig, sampler_for_steps
-    from streamer.session import StreamConfig
-
-    width, height = args.size or pipe.native_size
-    sampler = sampler_for_steps(args.steps) if args.steps else SamplerConfig()
-    policy = args.policy or (pipe.stream_defaults or {}).get("policy", "window")
-    return StreamConfig(width=width, height=height, chunk_frames=args.chunk, sampler=sampler, policy=policy,
-                        policy_args=parse_policy_args(args.policy_arg), seed=args.seed)
+    return pipe.stream_config(size=args.size, policy=args.policy, policy_args=parse_policy_args(args.policy_arg),
+                              steps=args.steps, chunk_frames=args.chunk, seed=args.seed)
 
 
 def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, progress: bool = True,
@@ -161,15 +159,13 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
     from streamer.session import Session
     from streamer.video import Mp4Writer
 
-    session = Session(pipe, prompt, config)
-    if trajectory is not None:
-        session.track_condition = pipe.track_condition(trajectory, config.width, config.height)
+    session = Session(pipe, prompt, config, tracks=trajectory)
     bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True)
     written = 0
     writer = None
     try:
         with Mp4Writer(out, fps=pipe.fps, width=config.width, height=config.height) as writer:
-            for chunk in session.stream(latent_frames_for(video_frames, config.chunk_frames)):
+            for chunk in session.stream(latent_frames_for(video_frames, config.chunk_frames, pipe.decoder.frames)):
                 frames = chunk.frames[: video_frames - written]
                 writer.write(frames)
                 written += len(frames)

@@ -12,28 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from streamer.models.text import CachedTextEncoder, HashTextEncoder, UMT5TextEncoder
-from streamer.models.vae import StreamingWanDecoder, video_to_uint8
+from streamer.device import configure_threads, default_device, default_dtype  # noqa: F401 (re-exported)
+from streamer.models.text import CachedTextEncoder, HashTextEncoder
 from streamer.models.wan import CausalWanModel, WanConfig, get_config
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 @dataclass
 class Pipeline:
+    """Shared, read-only parts of a streamer: DiT, streaming decoder and text encoder weights on one
+    device. Holds no per-stream state (a `Session` carries its own cache, noise, conditioning and
+    decoder state), so many sessions can run on one pipeline."""
+
     model: CausalWanModel
-    decoder: StreamingWanDecoder
+    decoder: object  # StreamingWanDecoder or TinyStreamingDecoder: new_state(), decode(latents, state), frames
     text_encoder: CachedTextEncoder
     device: torch.device
     dtype: torch.dtype
@@ -41,13 +36,33 @@ class Pipeline:
     native_size: tuple[int, int] = (832, 480)  # (width, height) the model was trained at
     description: str = ""
     is_random: bool = False
-    # Trajectory conditioning (models with track channels): Trajectory -> session.track_condition.
     trajectory_encoder: object | None = None
-    # Stream settings the model was trained for (e.g. the cache window): defaults for CLI / UI.
+    # Stream settings the model was trained for ({"policy": ..., "policy_args": {...}}): see stream_config.
     stream_defaults: dict | None = None
 
+    def stream_config(self, *, size: tuple[int, int] | None = None, policy: str | None = None,
+                      policy_args: dict | None = None, steps: int | None = None, chunk_frames: int = 3,
+                      seed: int = 0, noise=None):
+        """A `StreamConfig` with this model's defaults under the given overrides: the one place stream
+        defaults are decided (CLI, UI, eval and bench all come here). size (width, height) in pixels,
+        default the model's native size; policy default the model's trained one, else "window"; knobs
+        default the model's trained knobs when the policy is the one it was trained with, else the
+        paper's; steps default Self-Forcing's 4."""
+        from streamer.sampler import SamplerConfig, sampler_for_steps
+        from streamer.session import StreamConfig
+
+        width, height = size or self.native_size
+        trained = self.stream_defaults or {}
+        policy = policy or trained.get("policy", "window")
+        if not policy_args and trained.get("policy") == policy:
+            policy_args = trained.get("policy_args", {})
+        sampler = sampler_for_steps(steps) if steps else SamplerConfig()
+        return StreamConfig(width=width, height=height, chunk_frames=chunk_frames, sampler=sampler, policy=policy,
+                            policy_args=dict(policy_args or {}), seed=seed, noise=noise)
+
     def track_condition(self, trajectory, width: int, height: int):
-        """`Session.track_condition` for a trajectory at a stream size (None: no trajectory channels)."""
+        """latent frame indices -> track channels [1, C, n, h, w] for a trajectory drawn at any size,
+        used at a width x height stream (None: the model has no trajectory channels). Stateless."""
         if not self.model.config.track_channels:
             return None
         from streamer.models.trajectory_encoder import make_track_condition
@@ -57,25 +72,55 @@ class Pipeline:
         return make_track_condition(traj, (height // sh, width // sw), self.model.config.track_channels,
                                     device=self.device, dtype=self.dtype)
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Clean latents of one chunk -> uint8 frames [N, H, W, 3] (streaming: state carried over)."""
-        return video_to_uint8(self.decoder.decode(latents))[0]
-
     @classmethod
     def load(
         cls, checkpoint: str | Path | None = None, vae: str | Path | None = None,
         text_encoder: str | Path | None = None, device: str | torch.device | None = None,
         dtype: torch.dtype | None = None, preset: str | None = None, seed: int = 0,
-        checkpoint_options: dict | None = None,
+        checkpoint_options: dict | None = None, decoder: str | None = None, compile: bool = False,
     ) -> Pipeline:
-        """checkpoint_options: keyword arguments of `models.loader.load_model` (weights_key, lora,
-        lora_scale, lora_alpha)."""
+        """Load a pipeline. With nothing given: the shipped default model. `preset` (e.g. "tiny",
+        "wan2.1-1.3b"): a random DiT of that size (timing, tests). `checkpoint` / `vae` /
+        `text_encoder`: real weights. dtype default `device.default_dtype` (bf16 on CUDA; on CPU bf16
+        only where it runs natively). `decoder`: "full" (a random full-size Wan VAE) or "tiny" (a random
+        TAEHV-size decoder) in place of the model's own, for timing a decoder without its weights.
+        `compile`: torch.compile each block (dynamic shapes). checkpoint_options: keyword arguments of
+        `models.loader.load_model` (weights_key, lora, lora_scale, lora_alpha, config)."""
         device = torch.device(device) if device is not None else default_device()
-        if checkpoint is None and vae is None and text_encoder is None and preset is None:
-            if (WEIGHTS_DIR / "dit.safetensors").is_file():
-                # bf16 by default even on CPU: the small DiT runs ~1.6x faster (AVX512-BF16 / AMX)
-                return cls.load_default(device=device, dtype=dtype or torch.bfloat16)
+        if device.type == "cpu":
+            configure_threads()
         dtype = dtype or default_dtype(device)
+        if decoder not in (None, "model", "full", "tiny"):
+            raise ValueError(f"decoder {decoder!r}: choose model, full or tiny")
+        if checkpoint is None and vae is None and text_encoder is None and preset is None \
+                and (WEIGHTS_DIR / "dit.safetensors").is_file():
+            pipe = cls.load_default(device=device, dtype=dtype)
+        else:
+            pipe = cls._load_parts(checkpoint, vae, text_encoder, device, dtype, preset, seed, checkpoint_options)
+        if decoder == "full":
+            from diffusers import AutoencoderKLWan
+
+            from streamer.models.vae import StreamingWanDecoder
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                pipe.decoder = StreamingWanDecoder(torch.nn.Module.to(AutoencoderKLWan(), device=device, dtype=dtype))
+            pipe.description += "; random full-size Wan VAE"
+        elif decoder == "tiny":
+            from streamer.models.tiny_vae import TinyStreamingDecoder, TinyVAE
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + 1)
+                pipe.decoder = TinyStreamingDecoder(TinyVAE().to(device=device, dtype=dtype))
+            pipe.description += "; random tiny decoder"
+        if compile:
+            for blk in pipe.model.blocks:
+                blk.forward = torch.compile(blk.forward, dynamic=True)
+        return pipe
+
+    @classmethod
+    def _load_parts(cls, checkpoint, vae, text_encoder, device: torch.device, dtype: torch.dtype,
+                    preset: str | None, seed: int, checkpoint_options: dict | None) -> Pipeline:
         preset = preset or "tiny"
         notes = []
         if checkpoint is not None:
@@ -89,6 +134,7 @@ class Pipeline:
             notes.append(f"random {preset} DiT (no trained weights)")
         model.eval().requires_grad_(False)
         cfg = model.config
+        from streamer.models.vae import StreamingWanDecoder
 
         if vae is not None:
             decoder = StreamingWanDecoder.from_pretrained(vae, device=device, dtype=dtype)
@@ -96,8 +142,9 @@ class Pipeline:
         else:
             decoder = StreamingWanDecoder.random_tiny(seed=seed + 1, device=device, dtype=dtype)
             notes.append("random tiny VAE")
-
         if text_encoder is not None:
+            from streamer.models.text import UMT5TextEncoder
+
             enc = UMT5TextEncoder.from_pretrained(text_encoder, device=device, dtype=dtype)
             notes.append(f"umT5 {text_encoder}")
         else:
@@ -105,10 +152,10 @@ class Pipeline:
             notes.append("hash text encoder (prompts carry no meaning)")
         if getattr(enc, "dim", cfg.text_dim) != cfg.text_dim:
             raise ValueError(f"text encoder width {enc.dim} does not match the DiT's text_dim {cfg.text_dim}")
-        random = checkpoint is None
+        # a random preset the size of a real model streams at that model's size
+        native = (320, 192) if checkpoint is None and preset == "tiny" else (832, 480)
         return cls(model=model, decoder=decoder, text_encoder=CachedTextEncoder(enc), device=device, dtype=dtype,
-                   description="; ".join(notes), is_random=random,
-                   native_size=(832, 480) if checkpoint is not None else (320, 192))
+                   description="; ".join(notes), is_random=checkpoint is None, native_size=native)
 
     @classmethod
     def load_default(cls, weights: str | Path = WEIGHTS_DIR, device: str | torch.device = "cpu",
@@ -147,9 +194,8 @@ class Pipeline:
                    fps=16.0, native_size=(128, 128), is_random=False,
                    description=f"default world-128 model ({source}; step {meta.get('step', '?')})",
                    trajectory_encoder=TrajectoryEncoder(cfg.track_channels),
-                   stream_defaults=json.loads(meta.get("stream", '{"policy": "window", "policy_args": {"window": 12}}')))
+                   stream_defaults=json.loads(meta["stream"]) if "stream" in meta else None)
         if warmup:  # first calls into oneDNN convs/matmuls are slow: pay that at load, not at the first frame
             with torch.inference_mode():
-                pipe.decoder.decode(torch.zeros(1, 16, 1, 16, 16, device=device))
-                pipe.decoder.reset()
+                pipe.decoder.decode(torch.zeros(1, 16, 1, 16, 16, device=device), pipe.decoder.new_state())
         return pipe

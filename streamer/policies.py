@@ -256,10 +256,43 @@ class RollingSinkPolicy(CachePolicy):
         )
 
 
+@dataclass
+class GlobalPolicy(CachePolicy):
+    """Every earlier frame, at its absolute position: Self-Forcing's `local_attn_size=-1` (the
+    block-causal attention these models are trained with). Unbounded: the cache starts with
+    `grow_frames` slots and grows by as many whenever it is full, so memory and per-chunk time grow
+    with the stream (use it for short clips and for reference runs, a window policy for live streams)."""
+
+    name: ClassVar[str] = "global"
+    summary: ClassVar[str] = "every earlier frame, unbounded (Self-Forcing local_attn_size=-1)"
+    grow_frames: int = 24
+
+    def validate(self, chunk: int) -> None:
+        if self.grow_frames < chunk:
+            raise PolicyError(f"grow_frames={self.grow_frames} must hold at least one chunk of {chunk} frames")
+
+    def num_slots(self, chunk: int) -> int:
+        return self.grow_frames
+
+    def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
+        held = cache.frames()
+        free = cache.num_slots - len(held)
+        if free < len(frames):
+            cache.grow(self.grow_frames * -(-(len(frames) - free) // self.grow_frames))
+        write_slots = cache.allocate(frames)
+        return ChunkPlan(
+            frames=list(frames), positions=[float(f) for f in frames], history_slots=[s for _, s in held],
+            history_positions=[float(f) for f, _ in held], write_slots=write_slots,
+            history_kinds=["window"] * len(held),
+        )
+
+
 POLICIES: dict[str, type[CachePolicy]] = {
     p.name: p for p in (SinkWindowPolicy, FrameSinkPolicy, DeepSinkPolicy, DeepForcingPolicy, EmaSinkPolicy,
-                        RollingSinkPolicy)
+                        RollingSinkPolicy, GlobalPolicy)
 }
+# constant memory and per-chunk work however long the stream: what live streams and long evals use
+BOUNDED_POLICIES: tuple[str, ...] = tuple(n for n in POLICIES if n != GlobalPolicy.name)
 
 
 def policy_knobs(name: str) -> dict[str, object]:

@@ -9,8 +9,9 @@ x0 with fresh Gaussian noise drawn from the caller's generator. Timesteps stay f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -61,14 +62,78 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x.device, x.dtype)
 
 
+class NoiseSource(Protocol):
+    """Where a stream's Gaussian draws come from: called with a shape, returns a float32 tensor of
+    that shape (any device; the caller moves it). A stream calls it once per chunk for the initial
+    noise, then once per re-noise between denoising steps, in that order. One instance per stream."""
+
+    def __call__(self, shape: Sequence[int]) -> torch.Tensor: ...
+
+
+class SeededNoise:
+    """The default source: a CPU `torch.Generator` seeded once, so a seed gives the same draws on
+    every machine (the stream Self-Forcing's seeded inference draws, in the same order)."""
+
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+
+    def __call__(self, shape: Sequence[int]) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32)
+
+
+class RecordingNoise:
+    """Passes another source's draws through and keeps a copy of each (`draws`), to replay a run
+    later with `RecordedNoise` or to hand to another implementation."""
+
+    def __init__(self, source: NoiseSource):
+        self.source, self.draws = source, []
+
+    def __call__(self, shape: Sequence[int]) -> torch.Tensor:
+        x = self.source(shape)
+        self.draws.append(x.detach().cpu().clone())
+        return x
+
+    def save(self, path) -> None:
+        """The draws as one safetensors file (`draw_00000`, ...), readable by any framework."""
+        from safetensors.torch import save_file
+
+        save_file({f"draw_{i:05d}": x.contiguous() for i, x in enumerate(self.draws)}, str(path))
+
+
+class RecordedNoise:
+    """Replays recorded draws in order (e.g. another implementation's, or a `RecordingNoise`'s).
+    Raises ValueError when a draw's shape differs from the one asked for or the record runs out."""
+
+    def __init__(self, draws: Sequence[torch.Tensor]):
+        self.draws, self.used = list(draws), 0
+
+    @classmethod
+    def load(cls, path) -> RecordedNoise:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        return cls([tensors[k] for k in sorted(tensors)])
+
+    def __call__(self, shape: Sequence[int]) -> torch.Tensor:
+        if self.used >= len(self.draws):
+            raise ValueError(f"recorded noise exhausted after {self.used} draws")
+        x = self.draws[self.used]
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f"recorded noise draw {self.used} has shape {tuple(x.shape)}, the stream asks {tuple(shape)}")
+        self.used += 1
+        return x.float()
+
+
 FlowFn = Callable[[torch.Tensor, float], torch.Tensor]  # (x_t, t) -> predicted flow v
 
 
 def denoise(
-    flow: FlowFn, noise: torch.Tensor, timesteps: list[float], generator: torch.Generator | None,
-    num_train_timesteps: int = 1000,
+    flow: FlowFn, noise: torch.Tensor, timesteps: list[float],
+    draw: NoiseSource | torch.Generator | None, num_train_timesteps: int = 1000,
 ) -> torch.Tensor:
-    """Run the few-step sampler on one chunk, starting from pure noise; returns the clean x0."""
+    """Run the few-step sampler on one chunk [B, C, F, h, w], starting from pure noise; returns the
+    clean x0 in the noise's dtype. Re-noise draws come from `draw`: a `NoiseSource`, or a generator
+    (None: the global RNG) as in `randn_like`."""
     x = noise
     for i, t in enumerate(timesteps):
         sigma = t / num_train_timesteps
@@ -77,6 +142,6 @@ def denoise(
         if i + 1 == len(timesteps):
             return x0
         nxt = timesteps[i + 1] / num_train_timesteps
-        eps = randn_like(x0, generator)
+        eps = draw(x0.shape).to(x0.device, x0.dtype) if callable(draw) else randn_like(x0, draw)
         x = (1 - nxt) * x0 + nxt * eps
     raise ValueError("no timesteps")

@@ -2,9 +2,14 @@
 
 Per chunk of F latent frames: noise -> few-step sampler (each step attends to the cached history
 through a CacheView) -> clean pass at t=0 that writes the chunk's K/V -> policy bookkeeping ->
-streaming VAE decode -> uint8 frames. A new prompt mid-stream takes effect at the next chunk
+streaming decode -> uint8 frames. A new prompt mid-stream takes effect at the next chunk
 boundary with LongLive's re-cache: the retained frames are re-run at t=0 under the new prompt, so
 the self-attention cache no longer carries the old prompt.
+
+A Session owns everything about its stream: KV cache, policy state, noise source, text and track
+conditioning, the decoder's state and the clean latents it may re-cache. The `Pipeline` it runs on
+(model, decoder and text-encoder weights) holds no per-stream state, so any number of sessions
+can share one pipeline and be stepped in any interleaving, each giving exactly what it gives alone.
 """
 
 from __future__ import annotations
@@ -18,22 +23,28 @@ import torch
 
 from streamer.cache import CacheView, ChunkPlan, KVCache
 from streamer.memory import admit_stream
+from streamer.models.frames import video_to_uint8
 from streamer.pipeline import Pipeline
 from streamer.policies import CachePolicy, make_policy
-from streamer.sampler import SamplerConfig, denoise, randn_like
+from streamer.sampler import NoiseSource, SamplerConfig, SeededNoise, denoise
 
 
 @dataclass
 class StreamConfig:
-    width: int = 832
-    height: int = 480
-    chunk_frames: int = 3  # latent frames per chunk (3 -> 12 video frames)
+    """One stream's settings. `Pipeline.stream_config(**overrides)` fills in a model's own defaults
+    (native size, its trained cache policy and knobs); a StreamConfig built by hand is taken literally.
+
+    `noise`: where the initial noise and every re-noise draw come from (a `NoiseSource`, one per
+    stream); None draws from a CPU generator seeded with `seed` (the same on every machine)."""
+
+    width: int = 832           # pixels
+    height: int = 480          # pixels
+    chunk_frames: int = 3      # latent frames per chunk (3 -> 12 video frames)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     policy: str = "window"
-    # Knobs of the policy. Left empty, a model's own trained settings for that policy apply
-    # (`Pipeline.stream_defaults`, e.g. the default model's 9-frame window), else the paper's.
-    policy_args: dict[str, object] = field(default_factory=dict)
+    policy_args: dict[str, object] = field(default_factory=dict)  # knobs; empty: the policy's paper defaults
     seed: int = 0
+    noise: NoiseSource | None = None
 
 
 @dataclass
@@ -42,15 +53,18 @@ class StreamChunk:
     latent_frames: list[int]   # latent frame indices generated
     frames: np.ndarray         # uint8 [N, H, W, 3] video frames decoded from this chunk
     first_video_frame: int     # index of frames[0] in the whole video
-    dit_seconds: float         # sampler + clean pass
+    dit_seconds: float         # sampler + clean pass (or the start latents' clean pass)
     decode_seconds: float
     prompt: str
+    latents: torch.Tensor | None = None           # the chunk's clean latents [1, C, n, h, w] (normalised)
     plan: ChunkPlan | None = None                 # what the chunk attended to, and at which positions
     attention_mass: torch.Tensor | None = None    # [layers, len(plan.labels)] when record_attention
+    tracks: torch.Tensor | None = None            # track channels [1, C_track, n, h, w] the chunk used
 
 
 def latent_size(pipe: Pipeline, width: int, height: int) -> tuple[int, int]:
-    """Latent (h, w) for a video size; refuses sizes the VAE and patching cannot tile exactly."""
+    """Latent (h, w) for a video size in pixels; raises ValueError for sizes the VAE stride and the
+    patch size cannot tile exactly."""
     _, sh, sw = pipe.model.config.vae_stride
     _, ph, pw = pipe.model.config.patch_size
     if width <= 0 or height <= 0 or width % (sw * pw) or height % (sh * ph):
@@ -61,24 +75,42 @@ def latent_size(pipe: Pipeline, width: int, height: int) -> tuple[int, int]:
 
 
 class Session:
+    """One stream on a shared `Pipeline`.
+
+    Args:
+        pipe: the loaded model, decoder and text encoder (shared, never modified).
+        prompt: the text prompt.
+        config: the stream's settings; None: `pipe.stream_config()` (the model's own defaults).
+        policy: a ready cache policy (else built from `config.policy` / `config.policy_args`).
+        tracks: a trajectory (`streamer.trajectory.Trajectory`, pixels of this stream's frame) the
+            objects follow, or None; change it later with `set_tracks`.
+        start_latents: clean latent frames [1, C, n, h, w] that begin the stream (an encoded image:
+            n = 1; the last frames of a video being continued). The first `step()` writes them into
+            the KV cache with a clean pass and returns their decoded frames; generation goes on
+            from latent frame n. CausVid-style image-to-video: no new weights needed.
+
+    Raises ValueError (PolicyError) for an impossible size, policy or knob, an empty prompt, tracks
+    on a model without trajectory channels, or start latents of the wrong shape.
+    """
+
     def __init__(self, pipe: Pipeline, prompt: str, config: StreamConfig | None = None,
-                 policy: CachePolicy | None = None):
+                 policy: CachePolicy | None = None, tracks=None, start_latents: torch.Tensor | None = None):
         self.pipe = pipe
-        self.config = cfg = config or StreamConfig()
+        self.config = cfg = config if config is not None else pipe.stream_config()
         self.latent_h, self.latent_w = latent_size(pipe, cfg.width, cfg.height)
         self.grid = pipe.model.grid(self.latent_h, self.latent_w)
-        policy_args = cfg.policy_args
-        trained = pipe.stream_defaults or {}
-        if not policy_args and trained.get("policy") == cfg.policy:
-            policy_args = trained.get("policy_args", {})
-        self.policy = policy or make_policy(cfg.policy, policy_args, chunk=cfg.chunk_frames)
+        if cfg.chunk_frames < 1:
+            raise ValueError(f"chunk_frames={cfg.chunk_frames} must be >= 1")
+        self.policy = policy or make_policy(cfg.policy, cfg.policy_args, chunk=cfg.chunk_frames)
         self.policy.validate(cfg.chunk_frames)
         mcfg = pipe.model.config
         tokens_per_frame = self.grid[0] * self.grid[1]
-        # refuse, in a second and with what to lower, a stream that cannot fit (issue 14; streamer/memory.py)
-        admit_stream(mcfg, tokens_per_frame, self.policy.num_slots(cfg.chunk_frames), pipe.dtype, pipe.device,
-                     self.policy.needs_queries, self.policy.compressed_tokens(tokens_per_frame), cfg.chunk_frames,
-                     cfg.width * cfg.height, what=f"{cfg.width}x{cfg.height}, policy {cfg.policy}")
+        # before anything is allocated: a stream that cannot fit is refused in one line (ResourceError)
+        self.memory = admit_stream(
+            mcfg, tokens_per_frame, self.policy.num_slots(cfg.chunk_frames), pipe.dtype, pipe.device,
+            store_queries=self.policy.needs_queries, compressed_tokens=self.policy.compressed_tokens(tokens_per_frame),
+            chunk_frames=cfg.chunk_frames, video_pixels=cfg.width * cfg.height,
+            what=f"{cfg.width}x{cfg.height}, {cfg.policy} with {self.policy.num_slots(cfg.chunk_frames)} cached frames")
         self.cache = KVCache(
             mcfg.num_layers, self.policy.num_slots(cfg.chunk_frames), tokens_per_frame,
             mcfg.num_heads, mcfg.head_dim, dtype=pipe.dtype, device=pipe.device,
@@ -86,8 +118,9 @@ class Session:
         )
         # Per-layer attention mass per cached frame (for plots and the UI); costs nothing when off.
         self.record_attention = False
-        self.generator = torch.Generator("cpu").manual_seed(cfg.seed)
+        self.noise: NoiseSource = cfg.noise if cfg.noise is not None else SeededNoise(cfg.seed)
         self.timesteps = cfg.sampler.timesteps()
+        self.decoder_state = pipe.decoder.new_state()
         self.prompt = ""
         self._text = None
         self._pending_prompt: str | None = None
@@ -95,11 +128,12 @@ class Session:
         self._next_frame = 0
         self._chunks = 0
         self._video_frames = 0
-        # Trajectory conditioning: frames -> track channels [1, C_track, n, h, w] at latent size, or None.
-        # Set by whoever owns the trajectories (UI, CLI); read once per chunk, so edits apply at the next chunk.
-        self.track_condition: Callable[[list[int]], torch.Tensor | None] | None = None
+        self._track_fn: Callable[[list[int]], torch.Tensor | None] | None = None
+        self._start: torch.Tensor | None = None
         self._set_text(prompt)
-        pipe.decoder.reset()
+        self.set_tracks(tracks)
+        if start_latents is not None:
+            self._start = self._check_start(start_latents)
 
     # ---- controls -----------------------------------------------------------------------------
     def set_prompt(self, prompt: str) -> None:
@@ -108,6 +142,15 @@ class Session:
             raise ValueError("prompt is empty")
         self._pending_prompt = prompt
 
+    def set_tracks(self, tracks) -> None:
+        """Trajectories the objects follow from the next chunk on (a `Trajectory` in this stream's
+        pixels, resized if drawn at another size; None: nothing is dragged). Each chunk reads them
+        once, and its denoising steps and its clean pass all use that one reading."""
+        if tracks is not None and not self.pipe.model.config.track_channels:
+            raise ValueError("this model has no trajectory channels: it cannot follow tracks")
+        self._track_fn = (self.pipe.track_condition(tracks, self.config.width, self.config.height)
+                          if tracks is not None else None)
+
     def _set_text(self, prompt: str) -> None:
         if not prompt or not prompt.strip():
             raise ValueError("prompt is empty")
@@ -115,17 +158,26 @@ class Session:
         emb = self.pipe.text_encoder.encode([prompt])
         self._text = self.pipe.model.encode_text(emb)
 
+    def _check_start(self, x: torch.Tensor) -> torch.Tensor:
+        want = (1, self.pipe.model.config.out_channels, self.latent_h, self.latent_w)
+        if x.ndim != 5 or (x.shape[0], x.shape[1], x.shape[3], x.shape[4]) != want or x.shape[2] < 1:
+            raise ValueError(f"start latents must be [1, {want[1]}, n>=1, {want[2]}, {want[3]}] for a "
+                             f"{self.config.width}x{self.config.height} stream; got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("start latents hold NaN or infinite values")
+        return x.to(self.pipe.device, torch.float32)
+
     # ---- model calls --------------------------------------------------------------------------
     def _timesteps(self, n: int, t: float) -> torch.Tensor:
         return torch.full((1, n), float(t), device=self.pipe.device)
 
     def _tracks(self, frames: list[int]) -> torch.Tensor | None:
-        return self.track_condition(frames) if self.track_condition is not None else None
+        return self._track_fn(frames) if self._track_fn is not None else None
 
-    def _commit(self, view: CacheView, x0: torch.Tensor) -> None:
+    def _commit(self, view: CacheView, x0: torch.Tensor, tracks: torch.Tensor | None) -> None:
         view.commit = True
         self.pipe.model.forward_chunk(x0, self._timesteps(x0.shape[2], self.config.sampler.context_timestep),
-                                      self._text, view, self._tracks(view.plan.frames))
+                                      self._text, view, tracks)
         self.policy.after_commit(self.cache, view.plan)
 
     def _view(self, frames: list[int]) -> CacheView:
@@ -133,20 +185,35 @@ class Session:
         mcfg = self.pipe.model.config
         return CacheView(self.cache, plan, self.grid, mcfg.head_dim, mcfg.rope_theta)
 
+    def _commit_clean(self, frames: list[int], x0: torch.Tensor) -> None:
+        """Write clean latents of `frames` into the cache, chunk by chunk in temporal order."""
+        chunk = self.config.chunk_frames
+        for i in range(0, len(frames), chunk):
+            part = frames[i : i + chunk]
+            self._commit(self._view(part), x0[:, :, i : i + len(part)], self._tracks(part))
+
     def _recache(self) -> None:
         """LongLive prompt switch: rebuild the self-attention cache under the new prompt by re-running
         the retained frames' clean latents at t=0, chunk by chunk in temporal order."""
         held = [f for f, _ in self.cache.frames()]
         self.cache.reset()
-        chunk = self.config.chunk_frames
-        for i in range(0, len(held), chunk):
-            frames = held[i : i + chunk]
-            x0 = torch.cat([self._latents[f] for f in frames], dim=2)
-            self._commit(self._view(frames), x0)
+        if held:
+            self._commit_clean(held, torch.cat([self._latents[f] for f in held], dim=2))
+
+    def _remember(self, frames: list[int], x0: torch.Tensor) -> None:
+        for j, f in enumerate(frames):
+            self._latents[f] = x0[:, :, j : j + 1]
+        held = {f for f, _ in self.cache.frames()}
+        self._latents = {f: x for f, x in self._latents.items() if f in held}
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """This stream's next clean latents [1, C, n, h, w] -> uint8 frames [N, H, W, 3], the decoder's
+        memory carried in this session's state (so call it with each chunk once, in order)."""
+        return video_to_uint8(self.pipe.decoder.decode(latents, self.decoder_state))[0]
 
     @torch.inference_mode()
     def step(self) -> StreamChunk:
-        """Generate, commit and decode the next chunk."""
+        """Generate, commit and decode the next chunk (or, first, the start latents)."""
         dev = self.pipe.device
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
@@ -154,40 +221,49 @@ class Session:
             self._set_text(self._pending_prompt)
             self._pending_prompt = None
             self._recache()
-        n = self.config.chunk_frames
-        frames = list(range(self._next_frame, self._next_frame + n))
-        view = self._view(frames)
-        view.record_mass = self.record_attention
-        shape = (1, self.pipe.model.config.out_channels, n, self.latent_h, self.latent_w)
-        noise = randn_like(torch.empty(shape, device=dev), self.generator)
+        plan, mass = None, None
+        if self._start is not None:
+            x0, self._start = self._start, None
+            frames = list(range(self._next_frame, self._next_frame + x0.shape[2]))
+            tracks = self._tracks(frames)
+            self._commit_clean(frames, x0)
+        else:
+            n = self.config.chunk_frames
+            frames = list(range(self._next_frame, self._next_frame + n))
+            view = self._view(frames)
+            view.record_mass = self.record_attention
+            noise = self.noise((1, self.pipe.model.config.out_channels, n, self.latent_h, self.latent_w)).to(dev)
+            tracks = self._tracks(frames)  # read once: every step and the clean pass see the same tracks
 
-        tracks = self._tracks(frames)
+            def flow(x: torch.Tensor, t: float) -> torch.Tensor:
+                return self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._text, view, tracks).float()
 
-        def flow(x: torch.Tensor, t: float) -> torch.Tensor:
-            return self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._text, view, tracks).float()
-
-        x0 = denoise(flow, noise, self.timesteps, self.generator, self.config.sampler.num_train_timesteps)
-        self._commit(view, x0)
-        for j, f in enumerate(frames):
-            self._latents[f] = x0[:, :, j : j + 1]
-        held = {f for f, _ in self.cache.frames()}
-        self._latents = {f: x for f, x in self._latents.items() if f in held}
+            x0 = denoise(flow, noise, self.timesteps, self.noise, self.config.sampler.num_train_timesteps)
+            self._commit(view, x0, tracks)
+            plan = view.plan
+            mass = torch.stack([view.mass[i] for i in sorted(view.mass)]) if view.mass else None
+        self._remember(frames, x0)
         sync()
         t1 = time.perf_counter()
-        video = self.pipe.decode(x0)
+        video = self.decode(x0)
         sync()
         t2 = time.perf_counter()
         out = StreamChunk(
             index=self._chunks, latent_frames=frames, frames=video, first_video_frame=self._video_frames,
-            dit_seconds=t1 - t0, decode_seconds=t2 - t1, prompt=self.prompt, plan=view.plan,
-            attention_mass=torch.stack([view.mass[i] for i in sorted(view.mass)]) if view.mass else None,
+            dit_seconds=t1 - t0, decode_seconds=t2 - t1, prompt=self.prompt, latents=x0, plan=plan,
+            attention_mass=mass, tracks=tracks,
         )
-        self._next_frame += n
+        self._next_frame += len(frames)
         self._chunks += 1
         self._video_frames += len(video)
         return out
 
+    @property
+    def latent_frames_done(self) -> int:
+        """Latent frames made (start latents included)."""
+        return self._next_frame
+
     def stream(self, max_latent_frames: int | None = None) -> Iterator[StreamChunk]:
         """Yield chunks until `max_latent_frames` latent frames are made (forever when None)."""
-        while max_latent_frames is None or self._next_frame < max_latent_frames:
+        while max_latent_frames is None or self._next_frame < max_latent_frames or self._start is not None:
             yield self.step()

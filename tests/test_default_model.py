@@ -30,11 +30,7 @@ def test_sprite_follows_the_track(pipe):
     t = np.arange(n, dtype=np.float32)
     path = np.stack([30 + 1.6 * t, 64 + 20 * np.sin(t / 8)], 1)[:, None]  # left to right, gently waving
     traj = Trajectory(path, np.ones((n, 1), bool), fps=16, width=128, height=128)
-    defaults = pipe.stream_defaults or {}
-    cfg = StreamConfig(width=128, height=128, policy=defaults.get("policy", "window"),
-                       policy_args=defaults.get("policy_args", {}), seed=0)
-    session = Session(pipe, "a red circle on a grass background", cfg)
-    session.track_condition = pipe.track_condition(traj, 128, 128)
+    session = Session(pipe, "a red circle on a grass background", pipe.stream_config(size=(128, 128)), tracks=traj)
     frames = np.concatenate([session.step().frames for _ in range(4)])[:n]
     errs = []
     for i in range(0, n, 2):

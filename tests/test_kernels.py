@@ -385,10 +385,10 @@ def test_stream_full_size_with_kernels_matches_torch(policy, knobs):
     from tests.conftest import randomize
 
     class ZeroDecoder:
-        def reset(self):
-            pass
+        def new_state(self):
+            return None
 
-        def decode(self, latents):
+        def decode(self, latents, state):
             return torch.zeros(1, 3, latents.shape[2] * 4, 8, 8)
 
     class TextStub:

@@ -5,7 +5,7 @@ import torch
 
 from streamer.cache import CacheView, KVCache
 from streamer.models.rope import apply_rope, rope_cos_sin
-from streamer.policies import POLICIES, PolicyError, make_policy, ping_pong
+from streamer.policies import BOUNDED_POLICIES, POLICIES, PolicyError, make_policy, ping_pong
 from streamer.sampler import SamplerConfig, denoise
 
 
@@ -236,7 +236,7 @@ def test_bad_knobs_are_refused_with_the_valid_ones():
         make_policy("deep-forcing", {"budget": "12"})  # 12 <= sink 10 + recent 4
     with pytest.raises(PolicyError, match="must be a int"):
         make_policy("window", {"window": "many"})
-    assert set(POLICIES) == {"window", "frame-sink", "deep-sink", "deep-forcing", "ema-sink", "rolling-sink"}
+    assert set(POLICIES) == {"window", "frame-sink", "deep-sink", "deep-forcing", "ema-sink", "rolling-sink", "global"}
 
 
 def _rss_mb() -> float:
@@ -245,7 +245,7 @@ def _rss_mb() -> float:
 
 
 # the most involved policy runs the full 2,000 latent frames (~8 minutes of video), the others 600
-@pytest.mark.parametrize("name,n_frames", [(n, 2000 if n == "deep-forcing" else 600) for n in POLICIES])
+@pytest.mark.parametrize("name,n_frames", [(n, 2000 if n == "deep-forcing" else 600) for n in BOUNDED_POLICIES])
 @torch.no_grad()
 def test_streams_without_end_stay_bounded(tiny_model, name, n_frames):
     """Cache size, held frames and positions stay bounded (except `absolute` positions, which

@@ -23,10 +23,10 @@ class _Recorder:
 
 
 class _ZeroDecoder:
-    def reset(self):
-        pass
+    def new_state(self):
+        return None
 
-    def decode(self, latents):
+    def decode(self, latents, state):
         n = latents.shape[2]
         return torch.zeros(1, 3, n * 4, 8, 8)
 

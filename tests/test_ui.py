@@ -111,14 +111,16 @@ def test_strokes_first_seen_mid_stream_start_at_the_next_chunk():
     live.close()
 
 
-def test_track_condition_reaches_the_model_channels():
+def test_painted_tracks_reach_the_model_channels():
     from streamer.pipeline import Pipeline
 
     live = Live("k", (64, 64), 16.0)
     live.pipe = Pipeline.load(preset="world-128", device="cpu")
-    assert live.track_condition([0, 1, 2]) is None  # no tracks: no drag
+    assert live.tracks_for([0, 1, 2]) is None  # no tracks: no drag
     live.set_strokes(parse_strokes([{"points": [[10, 10, 0], [190, 90, 1000]]}], CANVAS), CANVAS)
-    c = live.track_condition([3, 4, 5])
+    traj = live.tracks_for([3, 4, 5])
+    assert traj.num_frames >= live.pipe.decoder.frames.video_frames(6)
+    c = live.pipe.track_condition(traj, 64, 64)([3, 4, 5])
     assert c.shape == (1, 64, 3, 8, 8) and c.abs().sum() > 0
     live.close()
 

@@ -29,12 +29,13 @@ def reference(vae, latents) -> torch.Tensor:
         return vae.decode(latents * std + mean).sample
 
 
-def stream(dec: StreamingWanDecoder, latents: torch.Tensor, splits: list[int]) -> torch.Tensor:
+def stream(dec: StreamingWanDecoder, latents: torch.Tensor, splits: list[int], state=None) -> torch.Tensor:
     assert sum(splits) == latents.shape[2]
+    state = dec.new_state() if state is None else state
     outs, start = [], 0
     for n in splits:
-        out = dec.decode(latents[:, :, start : start + n])
-        assert out.shape[2] == 4 * n - (3 if start == 0 else 0)
+        out = dec.decode(latents[:, :, start : start + n], state)
+        assert out.shape[2] == 4 * n - (3 if start == 0 else 0) == dec.frames.video_frames(n, first=start == 0)
         outs.append(out)
         start += n
     return torch.cat(outs, dim=2)
@@ -49,12 +50,19 @@ def test_streaming_matches_full_decode(vae, latents, reference, splits):
     assert video.abs().max() <= 1.0
 
 
-def test_reset_starts_a_new_stream(vae, latents):
+def test_interleaved_streams_keep_their_own_state(vae, latents, reference):
+    """Two streams on one decoder, chunk by chunk in turn, each equal the full decode: the decoder
+    holds weights only, each stream's causal cache lives in its own state."""
     dec = StreamingWanDecoder(vae)
-    first = stream(dec, latents, [1, 3, 3])
-    dec.reset()
-    second = stream(dec, latents, [1, 3, 3])
-    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    other = torch.flip(latents, dims=[2])
+    a, b = dec.new_state(), dec.new_state()
+    outs_a, outs_b, start = [], [], 0
+    for n in [1, 3, 3]:
+        outs_a.append(dec.decode(latents[:, :, start : start + n], a))
+        outs_b.append(dec.decode(other[:, :, start : start + n], b))
+        start += n
+    torch.testing.assert_close(torch.cat(outs_a, 2), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(outs_b, 2), stream(dec, other, [7]), atol=0, rtol=0)
 
 
 def test_from_pretrained_folder_and_pipeline_layout(vae, latents, reference, tmp_path):
@@ -80,14 +88,15 @@ def test_bad_paths_raise_clear_errors(tmp_path):
 
 def test_wrong_latent_shape_is_refused(vae):
     with pytest.raises(ValueError, match="expected latents"):
-        StreamingWanDecoder(vae).decode(torch.zeros(1, 8, 1, 4, 4))
+        dec = StreamingWanDecoder(vae)
+        dec.decode(torch.zeros(1, 8, 1, 4, 4), dec.new_state())
 
 
 def test_random_tiny_is_seeded_and_strides():
     a, b = StreamingWanDecoder.random_tiny(seed=3), StreamingWanDecoder.random_tiny(seed=3)
-    assert (a.spatial_stride, a.temporal_stride) == (8, 4)
+    assert (a.spatial_stride, a.frames.temporal_stride) == (8, 4)
     z = torch.randn(1, 16, 2, 2, 2)
-    torch.testing.assert_close(a.decode(z), b.decode(z), atol=0, rtol=0)
+    torch.testing.assert_close(a.decode(z, a.new_state()), b.decode(z, b.new_state()), atol=0, rtol=0)
 
 
 def test_video_to_uint8():

@@ -7,8 +7,9 @@ call of its server functions, which Gradio runs outside the queue and without a 
 
 All model work runs on one worker thread (`App.compute`), and stream events share one
 `concurrency_id` with limit 1, so browsers take turns on the GPU/CPU and see their queue place.
-Browsers share the model and its streaming decoder; the decoder's per-stream state is swapped in
-and out around each chunk, so a paused stream resumes exactly where it was.
+Browsers share the model and its streaming decoder (weights only); each page's Session carries its
+own cache, noise, conditioning and decoder state, so streams interleave chunk by chunk and a paused
+stream resumes exactly where it was.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from streamer.models.frames import FrameRule
 from streamer.pipeline import Pipeline
-from streamer.policies import POLICIES, make_policy, parse_policy_args, policy_knobs
-from streamer.sampler import SamplerConfig, sampler_for_steps
-from streamer.session import Session, StreamChunk, StreamConfig, latent_size
+from streamer.policies import BOUNDED_POLICIES, make_policy, parse_policy_args, policy_knobs
+from streamer.session import Session, StreamChunk, latent_size
 from streamer.trajectory import Trajectory, from_wan_move, to_ati_json, to_wan_move
 from streamer.ui.strokes import MAX_POINTS, Stroke, parse_strokes, strokes_to_trajectory, trajectory_to_strokes
 from streamer.video import Mp4Writer
@@ -47,23 +48,7 @@ def canvas_size(frame: tuple[int, int]) -> tuple[int, int]:
 
 def video_frame_of_latent(latent: int) -> int:
     """First video frame decoded from a latent frame (frame 0 -> 1 frame, each later one -> 4)."""
-    return 0 if latent == 0 else 4 * latent - 3
-
-
-def _decoder_state(decoder) -> dict:
-    """What a streaming decoder carries between chunks. Both decoders keep it in plain attributes,
-    the Wan VAE also in `vae._feat_map`, a list that `reset()` replaces (never clears in place), so
-    holding references is a snapshot as long as each stream starts with `reset()` (Session does)."""
-    state = dict(vars(decoder))
-    if hasattr(decoder.vae, "_feat_map"):
-        state["vae._feat_map"] = decoder.vae._feat_map
-    return state
-
-
-def _restore_decoder(decoder, state: dict) -> None:
-    vars(decoder).update({k: v for k, v in state.items() if k != "vae._feat_map"})
-    if "vae._feat_map" in state:
-        decoder.vae._feat_map = state["vae._feat_map"]
+    return FrameRule().first_video_frame(latent)
 
 
 class Models:
@@ -94,7 +79,6 @@ class Live:
         self.size, self.fps = size, fps
         self.pipe: Pipeline | None = None
         self.session: Session | None = None
-        self.decoder_state: dict | None = None
         self.pending: Future | None = None     # the chunk being made ahead of the one on screen
         self.run = 0                           # bumped by start/pause/stop: a loop of an older run ends
         self.streaming = False
@@ -123,13 +107,12 @@ class Live:
     def trajectory(self, num_frames: int) -> Trajectory | None:
         return strokes_to_trajectory(self.strokes, self.canvas, self.size, self.fps, num_frames)
 
-    def track_condition(self, frames: list[int]):
-        """`Session.track_condition`: re-read the tracks at every chunk, so edits apply at the next one."""
-        traj = self.trajectory(4 * max(frames) + 1)
-        if traj is None or self.pipe is None:
+    def tracks_for(self, frames: list[int]) -> Trajectory | None:
+        """The painted tracks as they are now, long enough for latent frames `frames` (read once per
+        chunk, before it starts, so edits apply at the next chunk and a chunk uses one reading)."""
+        if self.pipe is None or not self.pipe.model.config.track_channels:
             return None
-        condition = self.pipe.track_condition(traj, *self.size)
-        return condition(frames) if condition is not None else None
+        return self.trajectory(self.pipe.decoder.frames.video_frames(max(frames) + 1))
 
     # ---- recording ------------------------------------------------------------------------------
     def record(self, frames: np.ndarray) -> None:
@@ -217,7 +200,6 @@ class App:
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="streamer-compute")
         self.lives: dict[str, Live] = {}
         self.pages: dict[str, str] = {}          # Gradio session hash -> page id (for unload)
-        self._decoder_owner: dict[int, str] = {}  # id(decoder) -> key of the Live whose state it holds
 
     def frame_size(self, pipe: Pipeline) -> tuple[int, int]:
         return self.size_override or pipe.native_size
@@ -244,13 +226,10 @@ class App:
         pipe = self.models.get(model)
         width, height = self.frame_size(pipe)
         latent_size(pipe, width, height)  # refuses impossible sizes with a clear message
-        config = StreamConfig(width=width, height=height, **config_kw)
-        session = Session(pipe, prompt, config)  # resets the shared decoder for this stream
+        config = pipe.stream_config(size=(width, height), **config_kw)
+        session = Session(pipe, prompt, config)
         live.stop()
         live.pipe, live.session, live.size, live.fps = pipe, session, (width, height), pipe.fps
-        session.track_condition = live.track_condition
-        live.decoder_state = _decoder_state(pipe.decoder)
-        self._decoder_owner[id(pipe.decoder)] = live.key
         live.begun_latents = live.shown = 0
         live.first_seen = {s.id: 0 for s in live.strokes}  # what was drawn before the start plays from frame 0
         for s in live.strokes:
@@ -260,14 +239,10 @@ class App:
     def _step(self, live: Live, session: Session) -> StreamChunk | None:
         if live.session is not session:  # stopped while queued
             return None
-        decoder = live.pipe.decoder
-        if self._decoder_owner.get(id(decoder)) != live.key:  # another page streamed since
-            _restore_decoder(decoder, live.decoder_state)
-            self._decoder_owner[id(decoder)] = live.key
-        live.begun_latents += session.config.chunk_frames
-        chunk = session.step()
-        live.decoder_state = _decoder_state(decoder)
-        return chunk
+        n = session.config.chunk_frames
+        session.set_tracks(live.tracks_for(list(range(session.latent_frames_done, session.latent_frames_done + n))))
+        live.begun_latents += n
+        return session.step()
 
     # ---- event handlers ---------------------------------------------------------------------------
     def start(self, key: str, prompt: str, seed: float, model: str, policy: str, knobs: str, steps: float,
@@ -279,8 +254,7 @@ class App:
             chunk_frames = 3
             args = parse_policy_args(knobs.replace(",", " ").split())
             make_policy(policy, args, chunk=chunk_frames)  # refuse bad knobs before loading anything
-            sampler = SamplerConfig() if int(steps) == 4 else sampler_for_steps(int(steps))
-            config_kw = dict(chunk_frames=chunk_frames, sampler=sampler, policy=policy, policy_args=args,
+            config_kw = dict(chunk_frames=chunk_frames, steps=int(steps), policy=policy, policy_args=args,
                              seed=int(seed))
             yield gr.skip(), gr.skip(), gr.skip(), message(f"loading {model} ...")
             self.compute.submit(self._open, live, model, prompt.strip(), config_kw).result()
@@ -500,7 +474,7 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
                 seed = gr.Number(0, precision=0, label="seed")
                 steps = gr.Slider(1, 8, value=4, step=1, label="denoising steps")
             with gr.Row():
-                policy = gr.Dropdown(list(POLICIES), value=policy0, label="cache policy")
+                policy = gr.Dropdown(list(BOUNDED_POLICIES), value=policy0, label="cache policy")
                 knobs = gr.Textbox(knobs_text(policy0, defaults), label="policy knobs (k=v ...)", scale=3)
                 show_cache = gr.Checkbox(True, label="cache panel + attention")
         with gr.Accordion("Trajectory files", open=False, elem_id="sc-files"):

@@ -31,9 +31,10 @@ import torch
 
 from streamer import checks
 from streamer.models.wan import PRESETS
+from streamer.models.frames import video_to_uint8
 from streamer.pipeline import Pipeline, default_device
 from streamer.policies import POLICIES, make_policy
-from streamer.sampler import SamplerConfig, denoise, randn_like, sampler_for_steps
+from streamer.sampler import SeededNoise, denoise
 from streamer.session import Session, StreamConfig
 
 # Published end-to-end FPS on one H100 at 832x480, 4 steps, chunk 3 (DESIGN.md section 4).
@@ -55,15 +56,15 @@ class Cell:
     size: tuple[int, int] | None = None  # (w, h); None = the model's native size
     steps: int = 4
     chunk: int = 3
-    policy: str = "window"
+    policy: str | None = None      # None: the model's own (what `streamer generate` runs)
     decoder: str = "model"         # model (what the preset ships) | full (Wan VAE) | tiny (TAEHV-style)
-    dtype: str = "auto"            # auto | bf16 | fp16 | fp32
-    attention: str = "torch"       # torch | triton ("auto" is resolved to one of them when run)
+    dtype: str = "auto"            # auto (generate's default for the device) | bf16 | fp16 | fp32
+    attention: str = "auto"        # auto | torch | triton (resolved to torch or triton when run)
     compile: bool = False
 
     def label(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "native"
-        return (f"{self.preset} {size} steps={self.steps} chunk={self.chunk} {self.policy} dec={self.decoder} "
+        return (f"{self.preset} {size} steps={self.steps} chunk={self.chunk} {self.policy or 'own policy'} dec={self.decoder} "
                 f"{self.dtype} attn={self.attention}{' compiled' if self.compile else ''}")
 
 
@@ -77,6 +78,7 @@ class StreamStats:
     chunk_ms_max: float
     peak_mem_mb: float
     peak_reserved_mb: float | None = None
+    fps_generate: float | None = None  # `streamer generate`'s own path, mp4 writer included, whole run
     chunk_ms: list[float] = field(default_factory=list)
 
 
@@ -115,35 +117,17 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+def _dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """None for "auto": `Pipeline.load` then picks the dtype `streamer generate` gets on this device."""
+    return {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def build_pipeline(cell: Cell, device: torch.device) -> Pipeline:
-    """The pipeline a cell times: the shipped model, or a random model of a preset's size."""
-    dtype = _dtype(cell.dtype, device)
-    if cell.preset == "default":
-        pipe = Pipeline.load(device=device, dtype=dtype)
-    else:
-        pipe = Pipeline.load(preset=cell.preset, device=device, dtype=dtype)
-        if cell.preset != "tiny":
-            pipe.native_size = (832, 480)
-    if cell.decoder == "full":
-        from diffusers import AutoencoderKLWan
-
-        from streamer.models.vae import StreamingWanDecoder
-
-        pipe.decoder = StreamingWanDecoder(AutoencoderKLWan().to(device=device, dtype=dtype).eval())
-    elif cell.decoder == "tiny":
-        from streamer.models.tiny_vae import TinyStreamingDecoder, TinyVAE
-
-        pipe.decoder = TinyStreamingDecoder(TinyVAE().to(device=device, dtype=dtype).eval())
-    if cell.compile:
-        for blk in pipe.model.blocks:
-            blk.forward = torch.compile(blk.forward, dynamic=True)
-    return pipe
+    """The pipeline a cell times, through `Pipeline.load` as every command builds one: the shipped
+    model, or a random model of a preset's size; the cell's decoder and compile choices."""
+    preset = None if cell.preset == "default" else cell.preset
+    return Pipeline.load(preset=preset, device=device, dtype=_dtype(cell.dtype, device),
+                         decoder=None if cell.decoder == "model" else cell.decoder, compile=cell.compile)
 
 
 def _sync(device: torch.device) -> None:
@@ -193,6 +177,23 @@ def time_session(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int,
     return _summarise(first_frame, chunk_s, dit_s, frames, *_peak_mem(dev, rss))
 
 
+def time_generate(pipe: Pipeline, config: StreamConfig, chunks: int) -> float:
+    """Frames per second of `streamer generate`'s own loop (`cli.generate_video`: Session, decode and
+    the H.264 mp4 writer) over a video of `chunks` chunks, from the call to the closed file: the
+    number a user of the command gets, first chunk and prompt encoding included."""
+    import tempfile
+
+    from streamer.cli import generate_video
+
+    frames = pipe.decoder.frames.video_frames(chunks * config.chunk_frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        _sync(pipe.device)
+        t0 = time.perf_counter()
+        n = generate_video(pipe, _fresh_prompt(), Path(tmp) / "bench.mp4", config, frames, progress=False)
+        _sync(pipe.device)
+        return n / (time.perf_counter() - t0)
+
+
 def _window_frames(pipe: Pipeline, config: StreamConfig) -> int:
     """The window the recompute baseline re-runs: the one the cached session attends to."""
     return getattr(Session(pipe, "window", config).policy, "window", 21)
@@ -207,7 +208,7 @@ def time_recompute(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
     c = config.chunk_frames
     window = _window_frames(pipe, config)
     lh, lw = config.height // model.config.vae_stride[1], config.width // model.config.vae_stride[2]
-    gen = torch.Generator("cpu").manual_seed(config.seed)
+    noise_source = SeededNoise(config.seed)  # the draws a Session with this config makes, in its order
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _sync(dev)
@@ -217,7 +218,7 @@ def time_recompute(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
     if flow_model is None:
         def flow_model(x, t, text_):
             return model(x, t, text_, chunk_frames=c)
-    pipe.decoder.reset()
+    decoder_state = pipe.decoder.new_state()
     history = torch.zeros(1, model.config.out_channels, 0, lh, lw, device=dev)
     timesteps = config.sampler.timesteps()
     first_frame = None
@@ -232,12 +233,12 @@ def time_recompute(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
                 ts = torch.cat([torch.zeros(1, n_hist), torch.full((1, c), float(t))], dim=1).to(dev)
                 return flow_model(torch.cat([hist, x], dim=2), ts, text)[:, :, n_hist:].float()
 
-            noise = randn_like(torch.empty(1, model.config.out_channels, c, lh, lw, device=dev), gen)
-            x0 = denoise(flow, noise, timesteps, gen)
+            noise = noise_source((1, model.config.out_channels, c, lh, lw)).to(dev)
+            x0 = denoise(flow, noise, timesteps, noise_source)
             history = torch.cat([hist, x0], dim=2)
             _sync(dev)
             t_dit = time.perf_counter()
-            video = pipe.decode(x0)
+            video = video_to_uint8(pipe.decoder.decode(x0, decoder_state))[0]
             _sync(dev)
             t_end = time.perf_counter()
             if first_frame is None:
@@ -276,9 +277,8 @@ def time_diffusers(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: in
 
 
 def stream_config(cell: Cell, pipe: Pipeline) -> StreamConfig:
-    w, h = cell.size or pipe.native_size
-    sampler = SamplerConfig() if cell.steps == 4 else sampler_for_steps(cell.steps)
-    return StreamConfig(width=w, height=h, chunk_frames=cell.chunk, sampler=sampler, policy=cell.policy)
+    """The cell's stream through `Pipeline.stream_config`: the defaults `streamer generate` uses."""
+    return pipe.stream_config(size=cell.size, policy=cell.policy, steps=cell.steps, chunk_frames=cell.chunk)
 
 
 def _median_stats(runs: list[StreamStats]) -> StreamStats:
@@ -297,6 +297,7 @@ def run_cell(cell: Cell, device: torch.device, chunks: int, warmup: int, repeats
     pipe = build_pipeline(cell, device)
     config = stream_config(cell, pipe)
     ours = _median_stats([time_session(pipe, config, chunks, warmup) for _ in range(repeats)])
+    ours.fps_generate = statistics.median(time_generate(pipe, config, warmup + chunks) for _ in range(repeats))
     result = {"cell": asdict(cell), "label": cell.label(), "size": [config.width, config.height],
               "ours": _public(ours)}
     for name in baselines:
@@ -338,9 +339,9 @@ def _matches_published(cell: Cell, device: torch.device, config: StreamConfig) -
 
 
 # ---- length scaling ---------------------------------------------------------------------------
-def length_scaling(cell: Cell, device: torch.device, policies: list[str], minutes: float,
+def length_scaling(cell: Cell, device: torch.device, policies: list[str | None], minutes: float,
                    progress: bool = True) -> dict:
-    """Per-chunk time and RSS over a stream of `minutes` of video, per policy."""
+    """Per-chunk time and RSS over a stream of `minutes` of video, per policy (None: the model's own)."""
     from tqdm import tqdm
 
     out = {}
@@ -348,7 +349,8 @@ def length_scaling(cell: Cell, device: torch.device, policies: list[str], minute
         c = Cell(**{**asdict(cell), "policy": policy})
         pipe = build_pipeline(c, device)
         config = stream_config(c, pipe)
-        n_latent = int(minutes * 60 * pipe.fps / 4) + 1
+        policy = config.policy
+        n_latent = pipe.decoder.frames.latent_frames(int(minutes * 60 * pipe.fps))
         n_chunks = -(-n_latent // config.chunk_frames)
         session = Session(pipe, "length scaling", config)
         times, mems, frames = [], [], 0
@@ -370,7 +372,7 @@ def length_scaling(cell: Cell, device: torch.device, policies: list[str], minute
 
 
 # ---- output -------------------------------------------------------------------------------------
-COLUMNS = [("e2e FPS", "fps_e2e", "{:.1f}"), ("DiT FPS", "fps_dit", "{:.1f}"), ("first frame s", "first_frame_s", "{:.2f}"),
+COLUMNS = [("generate FPS", "fps_generate", "{:.1f}"), ("e2e FPS", "fps_e2e", "{:.1f}"), ("DiT FPS", "fps_dit", "{:.1f}"), ("first frame s", "first_frame_s", "{:.2f}"),
            ("chunk p50 ms", "chunk_ms_p50", "{:.0f}"), ("p95 ms", "chunk_ms_p95", "{:.0f}"),
            ("max ms", "chunk_ms_max", "{:.0f}"), ("peak MB", "peak_mem_mb", "{:.0f}")]
 
@@ -379,7 +381,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["cell"] + [c[0] for c in COLUMNS] + ["vs recompute", "vs diffusers", "target"]
     rows = []
     for r in results:
-        row = [r["label"]] + [fmt.format(r["ours"][key]) for _, key, fmt in COLUMNS]
+        row = [r["label"]] + ["-" if r["ours"].get(key) is None else fmt.format(r["ours"][key]) for _, key, fmt in COLUMNS]
         for name in ("recompute", "diffusers"):
             ratio = r.get(f"speedup_vs_{name}")
             short = "" if not ratio or ratio >= SPEEDUP_TARGETS[name] else f" (< {SPEEDUP_TARGETS[name]:g}x)"
@@ -478,7 +480,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", nargs="+", type=_size_or_native, default=["native"], help="WxH or native")
     p.add_argument("--steps", nargs="+", type=checks.int_in(1, checks.STEPS_MAX), default=[4])
     p.add_argument("--chunk", nargs="+", type=checks.int_in(1, 1024), default=[3])
-    p.add_argument("--policy", nargs="+", default=["window"], help=", ".join(POLICIES))
+    p.add_argument("--policy", nargs="+", choices=list(POLICIES),
+                   help="cache policies (default: the model's own, with its trained knobs, as `generate` runs)")
     p.add_argument("--decoder", nargs="+", default=["model"], choices=["model", "full", "tiny"],
                    help="model | full (Wan VAE) | tiny")
     p.add_argument("--dtype", nargs="+", default=["auto"], choices=["auto", "bf16", "fp16", "fp32"],
@@ -527,17 +530,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     grid = [Cell(preset=p, size=_sizes(s), steps=st, chunk=c, policy=pol, decoder=d, dtype=dt, attention=a,
                  compile=cp == "on")
             for p, s, st, c, pol, d, dt, a, cp in itertools.product(
-                args.preset, args.size, args.steps, args.chunk, args.policy, args.decoder, args.dtype,
+                args.preset, args.size, args.steps, args.chunk, args.policy or [None], args.decoder, args.dtype,
                 args.attention, args.compile)]
-    for policy in args.policy:
-        make_policy(policy, {}, args.chunk[0])  # a bad name fails here, before any work
+    for policy in args.policy or []:
+        make_policy(policy, {}, args.chunk[0])  # impossible knobs for this chunk fail here, before any work
     machine = machine_info()
     results = []
     for cell in tqdm(grid, desc="bench", disable=args.quiet):
         results.append(run_cell(cell, device, args.chunks, args.warmup, args.repeats, tuple(args.baselines)))
     scaling = None
     if args.length_minutes > 0:
-        scaling = length_scaling(grid[0], device, args.policy, args.length_minutes, progress=not args.quiet)
+        scaling = length_scaling(grid[0], device, args.policy or [None], args.length_minutes, progress=not args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = _command_line()

@@ -631,7 +631,7 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "wi
 def cmd_eval(args) -> int:
     from streamer.device import default_device, default_dtype
     from streamer.pipeline import Pipeline
-    from streamer.policies import POLICIES, parse_policy_args
+    from streamer.policies import BOUNDED_POLICIES, POLICIES, parse_policy_args
 
     torch.set_num_threads(args.threads)
     if args.weights is None:
@@ -647,7 +647,7 @@ def cmd_eval(args) -> int:
         return 0
     if not pipe.model.config.track_channels:
         raise InputError("streamer eval needs a model with trajectory channels (the default world model)")
-    policies = tuple(POLICIES) if args.policies == "all" else tuple(p.strip() for p in args.policies.split(","))
+    policies = BOUNDED_POLICIES if args.policies == "all" else tuple(p.strip() for p in args.policies.split(","))
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise InputError(f"--policies: unknown policies {unknown}; known: {', '.join(POLICIES)}")

@@ -1,0 +1,172 @@
+"""A Session owns its stream: interleaving, noise sources, latents, tracks, start latents, text padding,
+the unbounded `global` policy."""
+
+import numpy as np
+import pytest
+import torch
+
+from streamer.pipeline import Pipeline
+from streamer.sampler import RecordedNoise, RecordingNoise, SamplerConfig, SeededNoise
+from streamer.session import Session, StreamConfig
+from streamer.trajectory import Trajectory
+from tests.test_streaming import _pipe, _Recorder, _TextStub
+
+STEPS = SamplerConfig(steps=(1000, 500))  # two steps: every path (renoise included) at half the cost
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A random tiny DiT with the real streaming Wan VAE decoder (random tiny weights): real decoder state."""
+    return Pipeline.load(preset="tiny", device="cpu", dtype=torch.float32)
+
+
+def _config(**kw):
+    return StreamConfig(**{"width": 32, "height": 32, "sampler": STEPS, **kw})
+
+
+def _run(session: Session, n: int):
+    chunks = [session.step() for _ in range(n)]
+    return [c.frames for c in chunks], [c.latents for c in chunks]
+
+
+def test_interleaved_sessions_equal_separate_runs(pipe):
+    """Two streams on one pipeline, stepped in turn, give bit for bit what each gives alone: nothing
+    about a stream (cache, noise, text, decoder state) lives in the shared pipeline."""
+    cfg_a, cfg_b = _config(policy="window", policy_args={"window": 4}, seed=1), _config(policy="frame-sink", seed=2)
+    alone_a = _run(Session(pipe, "a red fox", cfg_a), 3)
+    alone_b = _run(Session(pipe, "a blue whale", cfg_b), 3)
+    a, b = Session(pipe, "a red fox", cfg_a), Session(pipe, "a blue whale", cfg_b)
+    inter_a, inter_b = ([], []), ([], [])
+    for _ in range(3):
+        for s, out in ((a, inter_a), (b, inter_b)):
+            c = s.step()
+            out[0].append(c.frames)
+            out[1].append(c.latents)
+    for alone, inter in ((alone_a, inter_a), (alone_b, inter_b)):
+        assert all(np.array_equal(x, y) for x, y in zip(alone[0], inter[0]))
+        assert all(torch.equal(x, y) for x, y in zip(alone[1], inter[1]))
+    assert not np.array_equal(alone_a[0][1], alone_b[0][1])  # the two streams do differ
+
+
+def test_chunk_latents_decode_to_the_chunk_frames(pipe):
+    session = Session(pipe, "p", _config(seed=4))
+    chunks = [session.step() for _ in range(3)]
+    state = pipe.decoder.new_state()
+    from streamer.models.frames import video_to_uint8
+
+    for c in chunks:
+        assert c.latents.shape == (1, 16, 3, 4, 4)
+        np.testing.assert_array_equal(video_to_uint8(pipe.decoder.decode(c.latents, state))[0], c.frames)
+    assert [len(c.frames) for c in chunks] == [pipe.decoder.frames.video_frames(3), 12, 12]
+
+
+def test_recorded_noise_replays_a_run_exactly(pipe, tmp_path):
+    recorder = RecordingNoise(SeededNoise(11))
+    first = _run(Session(pipe, "p", _config(noise=recorder)), 2)
+    assert len(recorder.draws) == 2 * len(STEPS.steps)  # per chunk: initial noise + one re-noise per later step
+    recorder.save(tmp_path / "noise.safetensors")
+    replay = _run(Session(pipe, "p", _config(noise=RecordedNoise.load(tmp_path / "noise.safetensors"))), 2)
+    assert all(torch.equal(x, y) for x, y in zip(first[1], replay[1]))
+    assert all(np.array_equal(x, y) for x, y in zip(first[0], replay[0]))
+    seeded = _run(Session(pipe, "p", _config(seed=11)), 2)  # the default source is the same seeded stream
+    assert all(torch.equal(x, y) for x, y in zip(first[1], seeded[1]))
+    other = _run(Session(pipe, "p", _config(seed=12)), 1)
+    assert not torch.equal(other[1][0], first[1][0])
+    exhausted = Session(pipe, "p", _config(noise=RecordedNoise(recorder.draws[:1])))
+    with pytest.raises(ValueError, match="exhausted"):
+        exhausted.step()
+
+
+def test_a_chunk_uses_one_reading_of_the_tracks(monkeypatch):
+    """Tracks changed while a chunk is being made (a stroke landing mid-chunk in the browser) apply
+    from the next chunk: every denoising step and the clean pass of a chunk see the same channels."""
+    pipe = Pipeline.load(preset="world-128", device="cpu", dtype=torch.float32)
+    n = 60
+    t = np.arange(n, dtype=np.float32)
+    left = Trajectory(np.stack([20 + t, 40 + 0 * t], 1)[:, None], np.ones((n, 1), bool), fps=16, width=128, height=128)
+    right = Trajectory(np.stack([100 - t, 90 + 0 * t], 1)[:, None], np.ones((n, 1), bool), fps=16, width=128,
+                       height=128)
+    session = Session(pipe, "p", StreamConfig(width=128, height=128, sampler=STEPS), tracks=left)
+    seen = []
+    inner = pipe.model.forward_chunk
+
+    def spy(x, t, text, view, tracks=None):
+        seen.append((view.plan.frames[0], tracks.clone()))
+        if len(seen) == 1:
+            session.set_tracks(right)  # lands after the first step of chunk 0
+        return inner(x, t, text, view, tracks)
+
+    monkeypatch.setattr(pipe.model, "forward_chunk", spy)
+    c0, c1 = session.step(), session.step()
+    per_chunk = len(STEPS.steps) + 1
+    assert len(seen) == 2 * per_chunk
+    for start, group in ((0, seen[:per_chunk]), (3, seen[per_chunk:])):
+        assert all(f == start and torch.equal(tr, group[0][1]) for f, tr in group)
+    expect_left = pipe.track_condition(left, 128, 128)([0, 1, 2])
+    expect_right = pipe.track_condition(right, 128, 128)([3, 4, 5])
+    assert torch.equal(seen[0][1], expect_left) and torch.equal(seen[per_chunk][1], expect_right)
+    assert torch.equal(c0.tracks, expect_left) and torch.equal(c1.tracks, expect_right)
+
+
+def test_tracks_on_a_model_without_track_channels_are_refused(pipe):
+    traj = Trajectory(np.zeros((5, 1, 2), np.float32), np.ones((5, 1), bool), fps=16, width=32, height=32)
+    with pytest.raises(ValueError, match="no trajectory channels"):
+        Session(pipe, "p", _config(), tracks=traj)
+
+
+def test_start_latents_begin_the_stream(pipe):
+    """An image start: the clean latent frame is written to the cache first and decoded as the first
+    frame; chunks of 3 follow from latent frame 1 and attend to it (1 + 12k frames in all)."""
+    start = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    session = Session(pipe, "p", _config(policy="window", policy_args={"window": 7}), start_latents=start)
+    chunks = list(session.stream(1 + 3 * 2))
+    assert [c.latent_frames for c in chunks] == [[0], [1, 2, 3], [4, 5, 6]]
+    assert [len(c.frames) for c in chunks] == [1, 12, 12]
+    assert torch.equal(chunks[0].latents, start)
+    assert 0 in [session.cache.slot_frame[s] for s in chunks[1].plan.history_slots]
+    state = pipe.decoder.new_state()
+    from streamer.models.frames import video_to_uint8
+
+    np.testing.assert_array_equal(video_to_uint8(pipe.decoder.decode(start, state))[0], chunks[0].frames)
+    with pytest.raises(ValueError, match="start latents"):
+        Session(pipe, "p", _config(), start_latents=torch.zeros(1, 16, 1, 8, 8))
+
+
+@torch.no_grad()
+def test_text_shorter_than_text_len_is_zero_padded_as_wan_does(tiny_model):
+    """The model pads a short embedding with zero rows (attended, as in Wan): the same output as the
+    embedding zero-padded by hand, and not the output of attending to the 5 tokens alone."""
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(1, 5, tiny_model.config.text_dim, generator=g)
+    padded = torch.cat([emb, torch.zeros(1, tiny_model.config.text_len - 5, emb.shape[2])], dim=1)
+    x, t = torch.randn(1, 16, 3, 4, 4, generator=g), torch.full((1, 3), 500.0)
+    out_short = tiny_model(x, t, emb, chunk_frames=3)
+    out_padded = tiny_model(x, t, padded, chunk_frames=3)
+    torch.testing.assert_close(out_short, out_padded, atol=0, rtol=0)
+    kv_short = tiny_model.encode_text(emb).kv[0][0]
+    assert kv_short.shape[1] == tiny_model.config.text_len
+    with pytest.raises(ValueError, match="text_len"):
+        tiny_model.encode_text(torch.zeros(1, tiny_model.config.text_len + 1, emb.shape[2]))
+
+
+@torch.no_grad()
+def test_global_policy_equals_block_causal_full_sequence(tiny_model):
+    """Self-Forcing's local_attn_size=-1: over 30 latent frames (the cache grows past its first 24
+    slots), streaming equals one block-causal forward at every denoising step and the clean pass."""
+    chunk, n_chunks = 3, 10
+    rec = _Recorder(tiny_model)
+    session = Session(_pipe(tiny_model), "a prompt", StreamConfig(width=32, height=32, chunk_frames=chunk,
+                                                                   policy="global", sampler=STEPS, seed=9))
+    list(session.stream(chunk * n_chunks))
+    assert session.cache.num_slots == 48 and len(session.cache.frames()) == 30  # grew once, in a block
+    steps = len(STEPS.steps)
+    by_chunk = [rec.calls[i * (steps + 1):(i + 1) * (steps + 1)] for i in range(n_chunks)]
+    text = tiny_model.encode_text(_TextStub().encode(["a prompt"]))
+    clean = torch.cat([c[-1]["x"] for c in by_chunk], dim=2)
+    ref = tiny_model(clean, torch.zeros(1, chunk * n_chunks), text, chunk_frames=chunk)
+    torch.testing.assert_close(torch.cat([c[-1]["out"] for c in by_chunk], dim=2), ref, atol=1e-4, rtol=1e-4)
+    for s in range(steps):
+        noisy = torch.cat([c[s]["x"] for c in by_chunk], dim=2)
+        t = torch.cat([c[s]["t"] for c in by_chunk], dim=1)
+        ref = tiny_model(noisy, t, text, chunk_frames=chunk, clean_x=clean)
+        torch.testing.assert_close(torch.cat([c[s]["out"] for c in by_chunk], dim=2), ref, atol=1e-4, rtol=1e-4)
