@@ -198,6 +198,19 @@ class TinyStreamingDecoder:
         return TinyDecoderState()
 
     @torch.inference_mode()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, N, H, W] in [-1, 1], N = 1 + 4k frames -> normalised latents [B, 16, 1 + k, H/8, W/8]
+        float32 on this decoder's device (the autoencoder's own encoder and latent normalisation:
+        the DiT's latent space, ready as a Session's `start_latents`). Raises ValueError for a shape
+        that is not [B, 3, 1 + 4k, H, W] with H, W multiples of 8."""
+        n, s = (video.shape[2], self.spatial_stride) if video.ndim == 5 else (0, 1)
+        if video.ndim != 5 or video.shape[1] != 3 or n < 1 or self.frames.encodable(n) != n \
+                or video.shape[3] % s or video.shape[4] % s:
+            raise ValueError(f"expected video [B, 3, 1+{self.frames.temporal_stride}k, H, W] with H, W multiples "
+                             f"of {s}, got {tuple(video.shape)}")
+        return self.vae.encode(video.to(device=self.device, dtype=self.dtype)).float()
+
+    @torch.inference_mode()
     def decode(self, latents: torch.Tensor, state: TinyDecoderState) -> torch.Tensor:
         """latents [B, 16, F, h, w] (normalised) -> video [B, 3, N, H, W] float32 in [-1, 1], `state`
         carried forward in place; N = 4F, or 4F - 3 when this call holds the stream's first latent

@@ -142,6 +142,25 @@ class StreamingWanDecoder:
     def spatial_stride(self) -> int:
         return self.vae.spatial_compression_ratio
 
+    @torch.inference_mode()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """video [B, 3, N, H, W] in [-1, 1], N = 1 + 4k frames -> normalised latents [B, z, 1 + k, H/8, W/8]
+        float32 on this decoder's device: the DiT's latent space, ready as a Session's `start_latents`.
+
+        diffusers' `AutoencoderKLWan.encode(x).latent_dist.mode()` (the posterior mean, no sampling,
+        so an image always gives the same latents), then `(z - latents_mean) / latents_std` as
+        WanImageToVideoPipeline normalises its image condition. The encoder keeps its own causal
+        cache for the call (diffusers clears it first); no stream's decoder state is touched.
+        Raises ValueError for a shape that is not [B, 3, 1 + 4k, H, W] with H, W multiples of 8.
+        """
+        n, s = (video.shape[2], self.spatial_stride) if video.ndim == 5 else (0, 1)
+        if video.ndim != 5 or video.shape[1] != 3 or n < 1 or self.frames.encodable(n) != n \
+                or video.shape[3] % s or video.shape[4] % s:
+            raise ValueError(f"expected video [B, 3, 1+{self.frames.temporal_stride}k, H, W] with H, W multiples "
+                             f"of {s}, got {tuple(video.shape)}")
+        z = self.vae.encode(video.to(device=self.device, dtype=self.dtype)).latent_dist.mode()
+        return ((z - self._mean) * self._inv_std).float()
+
     def new_state(self) -> WanDecoderState:
         """The state of a new stream (empty feature cache)."""
         return WanDecoderState(feat_cache=[None] * self._num_convs)
