@@ -157,12 +157,12 @@ def test_pages_interleaved_stream_exactly_as_alone(app):
     """Two pages taking turns on one model (and its streaming decoder) get what each gets alone."""
     def chunks(key, n):
         live = app.lives[key]
-        return [app.compute.submit(app._step, live, live.session).result().frames for _ in range(n)]
+        return [app.placer.schedulers[0].call(app._step, live, live.session).frames for _ in range(n)]
 
     def open_(key, seed):
         app.live(key)
         cfg = dict(chunk_frames=3, policy="window", policy_args={}, seed=seed)
-        app.compute.submit(app._open, app.lives[key], "tiny", "a cat", cfg).result()
+        app.placer.schedulers[0].call(app._open, app.lives[key], "tiny", "a cat", cfg)
 
     open_("alone", 1)
     alone = chunks("alone", 2)
@@ -202,9 +202,46 @@ def test_malformed_upload_gives_a_message(app, tmp_path):
 
 def test_closing_the_tab_frees_the_page(app):
     live = app.live("gone", _request("hash-1"))
-    app.compute.submit(app._open, live, "tiny", "a cat", dict(chunk_frames=3, policy="window", policy_args={},
-                                                             seed=0)).result()
+    app.placer.schedulers[0].call(app._open, live, "tiny", "a cat", dict(chunk_frames=3, policy="window",
+                                                                          policy_args={}, seed=0))
     workdir = live.workdir
     app.unload(_request("hash-1"))
     assert "gone" not in app.lives and live.session is None and live.writer is None and not workdir.exists()
 
+
+
+@pytest.mark.parametrize("seed, steps, knobs, text", [
+    (99999999999999999999, 4, "window=21", "seed must be a whole number from 0 to 9223372036854775807"),
+    (1.5, 4, "window=21", "seed must be a whole number"),
+    (0, 0, "window=21", "steps must be a whole number from 1 to 8; got 0"),
+    (0, 100, "window=21", "steps must be a whole number from 1 to 8; got 100"),
+    (0, 2.5, "window=21", "steps must be a whole number"),
+    (0, 4, "window=abc", "knob window must be a whole number"),
+])
+def test_integer_fields_are_checked_not_clamped(app, seed, steps, knobs, text):
+    msgs = _messages(app.start("page2", "a cat", seed, "tiny", "window", knobs, steps, False, _request()))
+    assert "sc-error" in msgs and text in msgs, msgs
+    assert app.lives["page2"].session is None
+
+
+def test_a_stream_too_big_for_memory_is_refused_at_once(app):
+    import time as _time
+
+    t0 = _time.perf_counter()
+    msgs = _messages(app.start("page3", "a cat", 0, "tiny", "window", "window=100000000", 4, False, _request()))
+    assert "sc-error" in msgs and "GiB" in msgs and "lower" in msgs, msgs
+    assert _time.perf_counter() - t0 < 5 and app.lives["page3"].session is None
+
+
+@pytest.mark.parametrize("name, data, text", [
+    ("r.npz", bytes(range(256)) * 3, "r.npz: not a trajectory .npz file"),
+    ("g.json", b"\xff\xfe garbage {", "g.json: not a JSON text file"),
+])
+def test_upload_errors_name_the_file_not_the_server_path(app, tmp_path, name, data, text):
+    bad = tmp_path / name
+    bad.write_bytes(data)
+    strokes, msg = app.import_tracks("up2", [str(bad)])
+    assert strokes is None and text in msg, msg
+    for leak in (str(tmp_path), "/tmp", "pickle", "codec", "utf-8"):
+        assert leak not in msg
+    app.lives.pop("up2").close()

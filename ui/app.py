@@ -5,11 +5,12 @@ makes a random id and sends it with every event (as the canvas component's value
 call of its server functions, which Gradio runs outside the queue and without a session hash; the
 `Live` is found by that id. Closing the tab fires `unload`, which ends the stream and frees it.
 
-All model work runs on one worker thread (`App.compute`), and stream events share one
-`concurrency_id` with limit 1, so browsers take turns on the GPU/CPU and see their queue place.
-Browsers share the model and its streaming decoder (weights only); each page's Session carries its
-own cache, noise, conditioning and decoder state, so streams interleave chunk by chunk and a paused
-stream resumes exactly where it was.
+All model work on a device runs on its scheduler's one compute thread (streamer/scheduler.py): the
+live streams of every page and API client advance in turn, one chunk each, up to `max_live` at once;
+past that a page is told its place in line. Pages share the model and its streaming decoder
+(weights only); each page's Session carries its own cache, noise, conditioning and decoder state, so
+streams interleave chunk by chunk and a paused stream resumes exactly where it was. Frames leave at
+an even pace (scheduler.Pacer) from a buffer of about one chunk.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -30,14 +32,17 @@ import numpy as np
 
 from streamer.models.frames import FrameRule
 from streamer.pipeline import Pipeline
-from streamer.policies import BOUNDED_POLICIES, make_policy, parse_policy_args, policy_knobs
+from streamer.errors import StreamerError
+from streamer.policies import BOUNDED_POLICIES, policy_knobs
+from streamer.scheduler import DONE, Job, Pacer, Placer, Scheduler
 from streamer.session import Session, StreamChunk, latent_size
 from streamer.trajectory import Trajectory, from_wan_move, to_ati_json, to_wan_move
+from streamer.ui import params
 from streamer.ui.strokes import MAX_POINTS, Stroke, parse_strokes, strokes_to_trajectory, trajectory_to_strokes
 from streamer.video import Mp4Writer
 
 UI_DIR = Path(__file__).parent
-COMPUTE_ID = "compute"   # the one slot every stream event queues for
+MAX_LIVE = 4             # streams advancing at once per device (more wait in line)
 CANVAS_WIDTH = 384       # canvas pixels across; mirrors setAspect() in canvas.js
 EXPORT_FORMATS = ["project (.npz)", "project (.json)", "Wan-Move (.npy)", "ATI (.json)"]
 
@@ -59,16 +64,19 @@ class Models:
         self._loaded: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
 
-    def get(self, label: str) -> Pipeline:
+    def get(self, label: str, device: str | None = None) -> Pipeline:
+        """The model `label` on `device` (None: the device its choice names)."""
         if label not in self.choices:
-            raise ValueError(f"unknown model {label!r}")
+            raise ValueError(f"unknown model {str(label)[:60]!r} (choose from {', '.join(self.choices)})")
+        kw = dict(self.choices[label], **({"device": device} if device else {}))
+        key = (label, kw.get("device"))
         with self._lock:
-            if label not in self._loaded:
+            if key not in self._loaded:
                 try:
-                    self._loaded[label] = Pipeline.load(**self.choices[label])
+                    self._loaded[key] = Pipeline.load(**kw)
                 except Exception as e:  # any failure (bad file, wrong keys, OOM) must leave the app working
                     raise ValueError(f"model {label!r} failed to load: {e}") from None
-            return self._loaded[label]
+            return self._loaded[key]
 
 
 class Live:
@@ -79,7 +87,8 @@ class Live:
         self.size, self.fps = size, fps
         self.pipe: Pipeline | None = None
         self.session: Session | None = None
-        self.pending: Future | None = None     # the chunk being made ahead of the one on screen
+        self.sched: Scheduler | None = None    # the device's scheduler this stream runs on
+        self.job: Job | None = None            # the stream's place in it
         self.run = 0                           # bumped by start/pause/stop: a loop of an older run ends
         self.streaming = False
         self.begun_latents = 0                 # latent frames whose chunk has started computing
@@ -133,7 +142,9 @@ class Live:
     def stop(self) -> None:
         self.run += 1
         self.streaming = False
-        self.pending = self.session = None
+        if self.job is not None and self.sched is not None:
+            self.sched.remove(self.job)  # its slot goes to the first page in line
+        self.job = self.session = None
         with self.lock:
             if self.writer is not None:
                 self.writer.close()
@@ -151,14 +162,21 @@ def message(text: str, error: bool = False) -> str:
     return f'<div class="{cls}">{"⚠ " if error else ""}{html.escape(text)}</div>'
 
 
-def stats_html(live: Live, chunk: StreamChunk, shown_fps: float) -> str:
+IDLE_STATS = '<div id="sc-stats" data-frames="0">not streaming</div>'
+
+
+def stats_html(live: Live, chunk: StreamChunk, pacer: Pacer, buffered: int) -> str:
+    """Generated FPS (this stream's share of the device), shown FPS (what the page plays) and the
+    buffer between them, in frames."""
     secs = chunk.dit_seconds + chunk.decode_seconds
-    gen_fps = len(chunk.frames) / secs if secs > 0 else 0.0
+    gen_fps = pacer.generated_fps() or (len(chunk.frames) / secs if secs > 0 else 0.0)
     w, h = live.size
-    return (f'<div id="sc-stats" data-frames="{live.shown}" data-fps="{gen_fps:.2f}">'
-            f'<b>{gen_fps:.1f} FPS</b> generated · chunk {secs * 1e3:.0f} ms '
-            f'(DiT {chunk.dit_seconds * 1e3:.0f} + decode {chunk.decode_seconds * 1e3:.0f}) · '
-            f'shown {shown_fps:.1f} fps · frame <span class="sc-frame">{live.shown}</span> · {w}x{h}</div>')
+    live_n, line = live.sched.counts() if live.sched is not None else (1, 0)
+    share = f" · {live_n} streams share the device" if live_n > 1 else ""
+    return (f'<div id="sc-stats" data-frames="{live.shown}" data-fps="{gen_fps:.2f}" data-buffer="{buffered}">'
+            f'<b>{gen_fps:.1f} FPS</b> generated · shown {pacer.shown_fps():.1f} fps · buffer {buffered} frames · '
+            f'chunk {secs * 1e3:.0f} ms (DiT {chunk.dit_seconds * 1e3:.0f} + decode {chunk.decode_seconds * 1e3:.0f}) · '
+            f'frame <span class="sc-frame">{live.shown}</span> · {w}x{h}{share}</div>')
 
 
 def cache_html(chunk: StreamChunk) -> str:
@@ -181,6 +199,8 @@ def cache_html(chunk: StreamChunk) -> str:
                             for v in row)
             rows.append(f"<tr><th>layer {layer}</th>{cells}</tr>")
     legend = " ".join(f'<span class="k-{k}">&nbsp;{k}&nbsp;</span>' for k in ("sink", "window", "compressed", "chunk"))
+    legend += (' · attention share <span class="sc-scale" title="0 = none; full = the most attended cached frame">'
+               '0<i></i>max</span>')
     return (f'<div class="sc-cache">chunk {chunk.index} (latent frames {plan.frames[0]}..{plan.frames[-1]}): '
             f'{legend}<table>{"".join(rows)}</table></div>')
 
@@ -193,11 +213,17 @@ def knobs_text(name: str, pipe_defaults: dict | None = None) -> str:
 
 
 class App:
-    def __init__(self, models: dict[str, dict], size: tuple[int, int] | None = None):
+    """The page's handlers. `devices`: where streams run (one scheduler each; None: where each model's
+    choice says); `max_live`: streams advancing at once per device."""
+
+    def __init__(self, models: dict[str, dict], size: tuple[int, int] | None = None,
+                 devices: list[str] | None = None, max_live: int = MAX_LIVE):
+        from streamer.memory import free_bytes
+
         self.models = Models(models)
         self.default_model = next(iter(models))
         self.size_override = size
-        self.compute = ThreadPoolExecutor(1, thread_name_prefix="streamer-compute")
+        self.placer = Placer(list(devices or [None]), max_live, free=lambda d: free_bytes(d or "cpu"))
         self.lives: dict[str, Live] = {}
         self.pages: dict[str, str] = {}          # Gradio session hash -> page id (for unload)
 
@@ -221,10 +247,13 @@ class App:
             live.close()  # free first: a page absent from `lives` has nothing left on disk or in memory
             self.lives.pop(key, None)
 
-    # ---- work on the compute thread ---------------------------------------------------------------
-    def _open(self, live: Live, model: str, prompt: str, config_kw: dict) -> None:
-        pipe = self.models.get(model)
-        width, height = self.frame_size(pipe)
+    # ---- work on a device's compute thread ---------------------------------------------------------
+    def _open(self, live: Live, model: str, prompt: str, config_kw: dict, device: str | None = None,
+              size: tuple[int, int] | None = None) -> None:
+        """Open the page's stream (Session admission first: a stream that cannot fit is refused here,
+        before anything is allocated). Runs on the compute thread of the device it will use."""
+        pipe = self.models.get(model, device)
+        width, height = size or self.frame_size(pipe)
         latent_size(pipe, width, height)  # refuses impossible sizes with a clear message
         config = pipe.stream_config(size=(width, height), **config_kw)
         session = Session(pipe, prompt, config)
@@ -237,96 +266,134 @@ class App:
         live.writer = Mp4Writer(live.workdir / "recording.mp4", fps=pipe.fps, width=width, height=height)
 
     def _step(self, live: Live, session: Session) -> StreamChunk | None:
+        """The page's next chunk, recorded as it is made (the recording holds every generated frame)."""
         if live.session is not session:  # stopped while queued
             return None
         n = session.config.chunk_frames
         session.set_tracks(live.tracks_for(list(range(session.latent_frames_done, session.latent_frames_done + n))))
         live.begun_latents += n
-        return session.step()
+        chunk = session.step()
+        live.record(chunk.frames)
+        return chunk
+
+    def place(self) -> tuple[Scheduler, str | None]:
+        i = self.placer.pick()
+        return self.placer.schedulers[i], self.placer.devices[i]
 
     # ---- event handlers ---------------------------------------------------------------------------
-    def start(self, key: str, prompt: str, seed: float, model: str, policy: str, knobs: str, steps: float,
+    def start(self, key: str, prompt: str, seed, model: str, policy: str, knobs: str, steps,
               show_cache: bool, request: gr.Request) -> Iterator[tuple]:
         try:
             live = self.live(key, request)
-            if not prompt or not prompt.strip():
-                raise ValueError("the prompt is empty: describe the scene first")
+            prompt = params.prompt_text(prompt)
             chunk_frames = 3
-            args = parse_policy_args(knobs.replace(",", " ").split())
-            make_policy(policy, args, chunk=chunk_frames)  # refuse bad knobs before loading anything
-            config_kw = dict(chunk_frames=chunk_frames, steps=int(steps), policy=policy, policy_args=args,
-                             seed=int(seed))
-            yield gr.skip(), gr.skip(), gr.skip(), message(f"loading {model} ...")
-            self.compute.submit(self._open, live, model, prompt.strip(), config_kw).result()
+            config_kw = dict(chunk_frames=chunk_frames, steps=params.whole("steps", steps, 1, params.STEPS_MAX),
+                             policy=policy, policy_args=params.knobs(policy, knobs, chunk_frames),
+                             seed=params.whole("seed", seed, 0, params.SEED_MAX))
+            yield gr.skip(), IDLE_STATS, gr.skip(), message(f"loading {model} ...")
+            sched, device = self.place()
+            sched.call(self._open, live, model, prompt, config_kw, device)
+            live.sched = sched
+            live.job = Job(partial(self._step, live, live.session), ahead=1)
+            live.job.paused = True  # until _play reads it
+            sched.submit(live.job)
         except Exception as e:  # the page's bad input or a model that cannot run: say so, keep serving
-            yield gr.skip(), gr.skip(), gr.skip(), message(str(e), error=True)
+            yield gr.skip(), IDLE_STATS, gr.skip(), message(str(e), error=True)
             return
         live.session.record_attention = bool(show_cache)
-        yield from self._play(live, f"streaming with {live.pipe.description}")
+        hint = "" if live.strokes or not live.pipe.model.config.track_channels else \
+            " · no path painted: this model moves objects along painted paths, so expect mostly background"
+        yield from self._play(live, f"streaming with {live.pipe.description}{hint}")
 
     def resume(self, key: str, request: gr.Request) -> Iterator[tuple]:
         live = self.lives.get(key)
-        if live is None or live.session is None:
+        if live is None or live.session is None or live.job is None:
             yield gr.skip(), gr.skip(), gr.skip(), message("nothing to resume: press Start", error=True)
             return
         yield from self._play(live, "resumed")
 
     def _play(self, live: Live, note: str) -> Iterator[tuple]:
-        """Show frames at the video's frame rate while the next chunk is made on the compute thread."""
+        """Take the stream's chunks from its scheduler and show their frames at an even pace."""
         live.run += 1
-        run, session = live.run, live.session
+        run, job, sched = live.run, live.job, live.sched
         live.streaming = True
+        sched.pause(job, False)
         yield gr.skip(), gr.skip(), gr.skip(), message(note)
-        shown_at: list[float] = []
+        pacer = Pacer(live.fps, live.session.config.chunk_frames * 4)
+        buffer: deque = deque()
+        chunk, due, waiting = None, 0.0, None
         try:
             while live.run == run:
-                future = live.pending or self.compute.submit(self._step, live, session)
-                chunk = future.result()
-                if chunk is None or live.run != run:
-                    return
-                live.pending = self.compute.submit(self._step, live, session)  # one chunk ahead
-                live.record(chunk.frames)
-                cache = cache_html(chunk) if session.record_attention else gr.skip()
-                for frame in chunk.frames:
-                    if live.run != run:
-                        return
-                    if shown_at:  # pace at the video's frame rate; a slower model sets its own pace
-                        time.sleep(max(0.0, shown_at[-1] + 1.0 / live.fps - time.perf_counter()))
-                    shown_at = (shown_at + [time.perf_counter()])[-live_window(live.fps):]
+                pos = sched.position(job)
+                if pos > 0:  # in line: say where, honestly (no time estimate)
+                    text = (f"all {sched.max_live} stream slots are busy: you are number {pos} in line; "
+                            f"your stream starts as soon as one ends")
+                    if text != waiting:
+                        waiting = text
+                        yield gr.skip(), gr.skip(), gr.skip(), message(text)
+                    time.sleep(0.2)
+                    continue
+                if waiting is not None:
+                    waiting = None
+                    yield gr.skip(), gr.skip(), gr.skip(), message(note)
+                now = time.perf_counter()
+                if buffer and now >= due:
+                    frame = buffer.popleft()
+                    interval = pacer.interval(len(buffer))
+                    due = due + interval if due > now - interval else now + interval  # after a stall: restart the clock
+                    pacer.showed(now)
                     live.shown += 1
-                    fps = (len(shown_at) - 1) / (shown_at[-1] - shown_at[0]) if len(shown_at) > 1 else 0.0
-                    yield frame, stats_html(live, chunk, fps), cache, gr.skip()
-                    cache = gr.skip()
+                    yield frame, stats_html(live, chunk, pacer, len(buffer)), gr.skip(), gr.skip()
+                    continue
+                wait = max(0.0, due - now) if buffer else 0.25
+                if len(buffer) > pacer.chunk:  # about one chunk held: leave the next one with the scheduler
+                    time.sleep(wait)
+                    continue
+                item = job.get(timeout=wait)
+                if item is DONE:
+                    if job.error is not None:
+                        raise job.error
+                    return
+                if item is not None and live.run == run:
+                    chunk = item
+                    pacer.arrived(len(chunk.frames))
+                    buffer.extend(chunk.frames)
+                    if live.session is not None and live.session.record_attention:
+                        yield gr.skip(), gr.skip(), cache_html(chunk), gr.skip()
         except Exception as e:  # a failing step (bad checkpoint at run time, OOM) ends this stream only
             live.stop()
-            yield gr.skip(), gr.skip(), gr.skip(), message(f"stream stopped: {e}", error=True)
+            yield gr.skip(), IDLE_STATS, gr.skip(), message(f"stream stopped: {e}", error=True)
         finally:
             if live.run == run:
                 live.streaming = False
 
-    def pause(self, key: str) -> str:
+    def pause(self, key: str) -> tuple[str, str]:
         live = self.lives.get(key)
         if live is None or live.session is None:
-            return message("nothing is streaming")
+            return message("nothing is streaming"), IDLE_STATS
         live.run += 1
         live.streaming = False
-        return message(f"paused at frame {live.shown}: Resume continues the same stream")
+        if live.job is not None:
+            live.sched.pause(live.job)
+        return message(f"paused at frame {live.shown}: Resume continues the same stream"), gr.skip()
 
-    def stop(self, key: str) -> str:
+    def stop(self, key: str) -> tuple[str, str]:
         live = self.lives.get(key)
         if live is None:
-            return message("nothing is streaming")
+            return message("nothing is streaming"), IDLE_STATS
         live.stop()
-        return message(f"stopped after {live.shown} frames; the recording is complete")
+        return message(f"stopped after {live.shown} frames; the recording is complete"), IDLE_STATS
 
     def set_prompt(self, key: str, prompt: str) -> str:
         live = self.lives.get(key)
-        if not prompt or not prompt.strip():
-            return message("the prompt is empty: kept the current one", error=True)
+        try:
+            prompt = params.prompt_text(prompt)
+        except StreamerError as e:
+            return message(f"{e}; kept the current one", error=True)
         if live is None or live.session is None:
             return message("the prompt will be used when you press Start")
-        live.session.set_prompt(prompt.strip())
-        return message(f"prompt switched (re-caching at the next chunk): {prompt.strip()}")
+        live.session.set_prompt(prompt)
+        return message(f"prompt switched (re-caching at the next chunk): {prompt}")
 
     def download(self, key: str) -> tuple:
         try:
@@ -359,6 +426,7 @@ class App:
         return [str(f) for f in files], message(f"exported {traj.num_tracks} tracks, {traj.num_frames} frames")
 
     def import_tracks(self, key: str, files: list | None) -> tuple:
+        paths: list[Path] = []
         try:
             live = self.live(key)
             paths = [Path(getattr(f, "name", f)) for f in files or []]
@@ -374,8 +442,9 @@ class App:
                 traj = Trajectory.load(paths[0])
             if traj.num_frames > MAX_POINTS:
                 raise ValueError(f"trajectory has {traj.num_frames} frames (at most {MAX_POINTS})")
-        except Exception as e:  # malformed uploads: numpy/JSON errors of every kind
-            return None, message(f"import failed: {e}", error=True)
+        except Exception as e:  # malformed uploads: numpy/JSON errors of every kind, said without server paths
+            return None, message(f"import failed: {params.upload_error(e, paths)}",
+                                 error=True)
         strokes = trajectory_to_strokes(traj, live.canvas)
         return strokes, message(f"imported {len(strokes)} tracks ({traj.num_frames} frames)")
 
@@ -412,11 +481,6 @@ class App:
         return [set_tracks, canvas_info]
 
 
-def live_window(fps: float) -> int:
-    """Frames over which the shown frame rate is measured: about two seconds."""
-    return max(2, int(2 * fps))
-
-
 CANVAS_HTML = """
 <div class="sc-wrap">
   <canvas width="384" height="384"></canvas>
@@ -432,11 +496,13 @@ CANVAS_HTML = """
 """
 
 
-def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | None = None) -> gr.Blocks:
+def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | None = None,
+              devices: list[str] | None = None, max_live: int = MAX_LIVE) -> gr.Blocks:
     """The app. `models`: label -> `Pipeline.load` keyword arguments (the first is the default);
-    `size`: (width, height) of every stream (default: each model's native size)."""
+    `size`: (width, height) of every stream (default: each model's native size); `devices`: one
+    scheduler each, new streams on the one with the most free memory; `max_live`: per device."""
     models = models or {"default": {}, "tiny (random)": {"preset": "tiny"}}
-    app = App(models, size)
+    app = App(models, size, devices, max_live)
     js = (UI_DIR / "canvas.js").read_text()
     css = (UI_DIR / "canvas.css").read_text()
     try:  # the default model's own cache settings (what it was trained with) as the initial knobs
@@ -455,7 +521,8 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
             with gr.Column():
                 live_img = gr.Image(label="live", format="jpeg", interactive=False, elem_id="sc-live",
                                     show_label=True, buttons=[], height=384)
-                stats = gr.HTML('<div id="sc-stats" data-frames="0">not streaming</div>')
+                stats = gr.HTML(IDLE_STATS)
+                cache = gr.HTML("", elem_id="sc-cache")  # beside the video: what the chunk attended to
         with gr.Row():
             prompt = gr.Textbox(label="prompt", value="a red circle moving on a sand background", scale=4,
                                 elem_id="sc-prompt")
@@ -471,8 +538,8 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
         with gr.Accordion("Settings", open=False, elem_id="sc-settings"):
             with gr.Row():
                 model = gr.Dropdown(list(models), value=app.default_model, label="model", elem_id="sc-model")
-                seed = gr.Number(0, precision=0, label="seed")
-                steps = gr.Slider(1, 8, value=4, step=1, label="denoising steps")
+                seed = gr.Number(0, label="seed (0 to 2^63-1)", elem_id="sc-seed")  # checked, never rounded
+                steps = gr.Number(4, label=f"denoising steps (1 to {params.STEPS_MAX})", elem_id="sc-steps")
             with gr.Row():
                 policy = gr.Dropdown(list(BOUNDED_POLICIES), value=policy0, label="cache policy")
                 knobs = gr.Textbox(knobs_text(policy0, defaults), label="policy knobs (k=v ...)", scale=3)
@@ -485,20 +552,20 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
                     fmt = gr.Radio(EXPORT_FORMATS, value=EXPORT_FORMATS[0], label="export as")
                     export = gr.Button("Export tracks")
                     exported = gr.File(label="exported", file_count="multiple", interactive=False)
-        cache = gr.HTML("", elem_id="sc-cache")
         imported = gr.JSON(visible=False)
 
         outs = [live_img, stats, cache, note]
+        # every page streams at once: the device's scheduler shares it and keeps the line
         ev_start = start.click(app.start, [canvas, prompt, seed, model, policy, knobs, steps, show_cache], outs,
-                               concurrency_id=COMPUTE_ID, concurrency_limit=1, show_progress="full")
-        ev_resume = resume.click(app.resume, [canvas], outs, concurrency_id=COMPUTE_ID, concurrency_limit=1,
-                                 show_progress="full")
+                               concurrency_limit=None, show_progress="hidden")
+        ev_resume = resume.click(app.resume, [canvas], outs, concurrency_limit=None, show_progress="hidden")
         streams = [ev_start, ev_resume]
-        pause.click(app.pause, [canvas], [note], cancels=streams, queue=False)
-        stop.click(app.stop, [canvas], [note], cancels=streams, queue=False)
+        pause.click(app.pause, [canvas], [note, stats], cancels=streams, queue=False)
+        stop.click(app.stop, [canvas], [note, stats], cancels=streams, queue=False)
         apply_prompt.click(app.set_prompt, [canvas, prompt], [note], queue=False)
         prompt.submit(app.set_prompt, [canvas, prompt], [note], queue=False)
-        record.click(app.download, [canvas], [recording, note], queue=False)
+        record.click(app.download, [canvas], [recording, note], queue=False).then(  # one click: save it at once
+            None, None, None, js="() => setTimeout(() => document.querySelector('#sc-recording a')?.click(), 300)")
         policy.change(lambda name: knobs_text(name), [policy], [knobs], queue=False)
         export.click(app.export, [canvas, fmt], [exported, note], queue=False)
         upload.upload(app.import_tracks, [canvas, upload], [imported, note], queue=False).then(

@@ -21,9 +21,23 @@ let nextId = 1;
 // carries it) and goes with every server call (server functions get no Gradio session).
 const cid = "p" + Math.random().toString(36).slice(2) + Date.now().toString(36);
 
+const STORE = "streamer-strokes";  // painted paths survive a reload (this browser only)
+let shownAt = 0;
+
 function show(text, bad) {
   msg.textContent = text;
   msg.classList.toggle("sc-bad", !!bad);
+  shownAt = performance.now();
+  // a passing note ("... from the next chunk") goes stale: fall back to the plain count
+  if (!bad) setTimeout(() => {
+    if (performance.now() - shownAt >= 5900 && !msg.classList.contains("sc-bad"))
+      msg.textContent = strokes.length ? `${strokes.length} track(s)` : "drag to paint a path, click for an anchor";
+  }, 6000);
+}
+
+function save() {
+  try { localStorage.setItem(STORE, JSON.stringify(strokes.map(s => ({ id: s.id, points: s.points, static: s.static })))); }
+  catch (e) { /* storage full or blocked: painting still works */ }
 }
 
 function setAspect(w, h) {
@@ -54,6 +68,7 @@ function hit(x, y) {
 
 async function send() {
   lastSend = performance.now();
+  save();
   const all = current ? strokes.concat([current]) : strokes;
   const payload = all.map(s => ({ id: s.id, points: s.points, static: s.static, start: s.start }));
   let res;
@@ -142,6 +157,7 @@ function draw() {
   if (props.value !== cid) props.value = cid;  // set here: a value set during load is overwritten
   const img = document.querySelector("#sc-live img");
   if (img && img.complete && img.naturalWidth && img.src !== backdropSrc) {
+    setAspect(img.naturalWidth, img.naturalHeight);  // the canvas takes the stream's own aspect ratio
     backdrop.width = img.naturalWidth;
     backdrop.height = img.naturalHeight;
     backdrop.getContext("2d").drawImage(img, 0, 0);
@@ -192,5 +208,11 @@ window.streamerCanvas = element.streamerCanvas = {
 server.canvas_info({ cid }).then((info) => {
   setAspect(info.size[0], info.size[1]);
   show(info.message, false);
+  let saved = null;
+  try { saved = JSON.parse(localStorage.getItem(STORE) || "null"); } catch (e) { saved = null; }
+  if (Array.isArray(saved) && saved.length) {
+    for (const s of saved) { const n = parseInt(String(s.id).slice(1)); if (n >= nextId) nextId = n + 1; }
+    window.streamerCanvas.load(saved);
+  }
 });
 requestAnimationFrame(draw);
