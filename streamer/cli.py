@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "tracks.npy / folder (models with trajectory channels, e.g. the default)")
     gen.add_argument("--loop-tracks", action="store_true",
                      help="repeat the tracks from their start until the video ends (for closed paths)")
+    start = gen.add_mutually_exclusive_group()
+    start.add_argument("--image", metavar="FILE",
+                       help="start from this picture (PNG/JPEG/WebP): it is the first frame; resized to cover "
+                            "--size and centre-cropped. With --tracks: tracks drawn on the picture drag what they start on")
+    start.add_argument("--continue", dest="continue_from", metavar="VIDEO",
+                       help="continue this video (any file FFmpeg reads): the output holds its frames, then "
+                            "--seconds/--frames new ones; --size defaults to the video's")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_stream_args(gen)
     _add_model_args(gen)
@@ -151,21 +158,44 @@ def _stream_config(args, pipe):
 
 
 def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, progress: bool = True,
-                   trajectory=None) -> int:
+                   trajectory=None, start_latents=None, original: Path | None = None) -> int:
     """Stream one video into `out`; returns the number of frames written. Frames are written as
-    they are decoded, so an interrupted run leaves a playable file with what was made."""
+    they are decoded, so an interrupted run leaves a playable file with what was made.
+
+    `start_latents` [1, C, n, h, w]: clean latents that begin the stream (an encoded image: its
+    decoded frame is the video's first). `original`: a video being continued, whose frames are
+    written first, as read; `start_latents` are then its encoded last frames, whose decode is not
+    written again, and `video_frames` counts the new frames only."""
     from tqdm import tqdm
 
     from streamer.session import Session
     from streamer.video import Mp4Writer
 
-    session = Session(pipe, prompt, config, tracks=trajectory)
+    rule = pipe.decoder.frames
+    session = Session(pipe, prompt, config, tracks=trajectory, start_latents=start_latents)
+    if start_latents is None:
+        latents = latent_frames_for(video_frames, config.chunk_frames, rule)
+    elif original is None:  # the image's latent frame is the video's first
+        latents = rule.latent_frames(video_frames)
+    else:  # after the continued video's own latents, enough to decode video_frames more
+        latents = start_latents.shape[2] + -(-video_frames // rule.temporal_stride)
     bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True)
     written = 0
     writer = None
     try:
         with Mp4Writer(out, fps=pipe.fps, width=config.width, height=config.height) as writer:
-            for chunk in session.stream(latent_frames_for(video_frames, config.chunk_frames, pipe.decoder.frames)):
+            if original is not None:
+                from streamer.images import read_video
+
+                for frame in read_video(original):
+                    writer.write(frame[None])
+                video_frames += writer.frames_written
+                written = writer.frames_written
+                bar.total = video_frames
+                bar.update(written)
+            for chunk in session.stream(latents):
+                if original is not None and chunk.index == 0:
+                    continue  # the continued video's last frames, already written as they were
                 frames = chunk.frames[: video_frames - written]
                 writer.write(frames)
                 written += len(frames)
@@ -198,7 +228,8 @@ def _stop_on_signals() -> None:
 def _check_paths(args) -> None:
     """Every path of a generate run, before the model loads: inputs are regular files or folders,
     the output can be written and is none of the inputs."""
-    inputs = [("--tracks", args.tracks), ("--checkpoint", args.checkpoint), ("--vae", args.vae),
+    inputs = [("--tracks", args.tracks), ("--image", args.image), ("--continue", args.continue_from),
+              ("--checkpoint", args.checkpoint), ("--vae", args.vae),
               ("--text-encoder", args.text_encoder), ("--lora", args.lora), ("--prompt-file", args.prompt_file)]
     checks.check_not_input(args.out, inputs)
     if args.prompt_file:
@@ -210,10 +241,74 @@ def _check_paths(args) -> None:
         checks.check_input_file(args.lora, "--lora")
 
 
+def _check_start_video(args):
+    """--continue, before the model loads: the video is readable and has a video stream, its size is
+    --size (which defaults to it). Returns its VideoInfo. Raises InputError for no video stream, an
+    unreadable file, a size other than --size, or --prompt-file."""
+    from streamer.images import open_video
+
+    if args.prompt_file:
+        raise InputError("--continue takes one --prompt, not a --prompt-file")
+    info = open_video(args.continue_from)
+    if args.size is not None and tuple(args.size) != (info.width, info.height):
+        raise InputError(f"--continue {args.continue_from} is {info.width}x{info.height}, but --size is "
+                         f"{args.size[0]}x{args.size[1]}; they must match (omit --size to use the video's)")
+    args.size = (info.width, info.height)
+    return info
+
+
+def _encode_video_tail(args, pipe, config):
+    """The last frames of the --continue video, as many as the frame rule and the cache's context
+    allow (the largest 1 + 4k that fits the policy's window beside one chunk), encoded to clean
+    latents [1, C, n, h, w]."""
+    from streamer.images import copy_video, encode_frames, start_frame_count
+    from streamer.policies import make_policy
+
+    chunk = config.chunk_frames
+    # frames the cache keeps as context beside the chunk being made; capped at Wan's 21 (81 frames)
+    context = max(1, min(21, make_policy(config.policy, config.policy_args, chunk=chunk).num_slots(chunk) - chunk))
+    keep = pipe.decoder.frames.video_frames(context)
+    count, tail = copy_video(args.continue_from, keep, lambda frames: None)
+    n = start_frame_count(count, context, pipe.decoder.frames)
+    return encode_frames(pipe, tail[-n:]), count
+
+
+def _start_image(picture, pipe, config, trajectory):
+    """--image: the picture (a StartImage as read) fitted to the stream by the size rule and encoded
+    (one clean latent frame). Tracks drawn on the picture (their frame size is the picture's) are
+    mapped by the same rule. Returns (start latents [1, C, 1, h, w], trajectory)."""
+    from streamer.images import encode_frames, fit_points, fit_start_image
+
+    image = fit_start_image(picture, config.width, config.height)
+    for note in image.notes:
+        print(f"note: {note}", file=sys.stderr)
+    src_w, src_h = image.source_size
+    if (trajectory is not None and (trajectory.width, trajectory.height) == (src_w, src_h)
+            and (src_w, src_h) != (config.width, config.height)):
+        from streamer.trajectory import Trajectory
+
+        trajectory = Trajectory(fit_points(trajectory.tracks, src_w, src_h, config.width, config.height),
+                                trajectory.visible, trajectory.fps, config.width, config.height, trajectory.loop)
+        print(f"note: the tracks are in the picture's {src_w}x{src_h} pixels: mapped with it (cover, centre-crop)",
+              file=sys.stderr)
+    return encode_frames(pipe, image.pixels[None]), trajectory
+
+
 def cmd_generate(args) -> int:
     _stop_on_signals()
     _check_paths(args)
+    picture = video_info = None
+    if args.image:  # read before the model loads: a bad picture costs no loading time
+        from streamer.images import read_image
+
+        picture = read_image(args.image)
+    if args.continue_from:
+        video_info = _check_start_video(args)
     pipe = _load_pipeline(args)
+    if video_info is not None and video_info.fps and abs(video_info.fps - pipe.fps) > 0.01 * pipe.fps:
+        print(f"note: --continue {args.continue_from} is at {video_info.fps:g} fps; the output is written at "
+              f"the model's {pipe.fps:g} fps, so its original part plays at {pipe.fps / video_info.fps:.2f}x speed",
+              file=sys.stderr)
     config = _stream_config(args, pipe)
     video_frames = args.frames or max(1, round((args.seconds or 5.0) * pipe.fps))
     trajectory = None
@@ -233,6 +328,15 @@ def cmd_generate(args) -> int:
             print(f"note: the tracks cover {trajectory.num_frames / pipe.fps:.2f} s of the "
                   f"{video_frames / pipe.fps:.2f} s video; after that nothing is dragged "
                   "(--loop-tracks repeats them)", file=sys.stderr)
+    start_latents, original = None, None
+    if args.image:
+        start_latents, trajectory = _start_image(picture, pipe, config, trajectory)
+    elif args.continue_from:
+        start_latents, count = _encode_video_tail(args, pipe, config)
+        original = Path(args.continue_from)
+        print(f"note: continuing {count} frames of {original.name} from its last "
+              f"{pipe.decoder.frames.video_frames(start_latents.shape[2])} (encoded to {start_latents.shape[2]} "
+              "latent frames)", file=sys.stderr)
     if pipe.is_random:
         print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
               file=sys.stderr)
@@ -243,7 +347,8 @@ def cmd_generate(args) -> int:
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # per-process progress lines
         def one(prompt: str, path: Path) -> None:
-            generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet, trajectory=trajectory)
+            generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet, trajectory=trajectory,
+                           start_latents=start_latents)
 
         results = run_prompt_file(args.prompt_file, args.out, one)
         done = sum(1 for r in results if r[2] == "done")
@@ -253,7 +358,7 @@ def cmd_generate(args) -> int:
     out = Path(args.out)
     try:
         n = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet,
-                           trajectory=trajectory)
+                           trajectory=trajectory, start_latents=start_latents, original=original)
     except KeyboardInterrupt as e:
         kept = getattr(e, "frames_written", 0)
         if kept == 0:

@@ -93,3 +93,185 @@ def test_tiny_autoencoder_encode_is_its_normalised_encoder():
         torch.testing.assert_close(dec.decode(z, dec.new_state()), vae.decode(z).clamp(-1, 1))
     with pytest.raises(ValueError, match="1\\+4k"):
         dec.encode(torch.zeros(1, 3, 2, 32, 32))
+
+
+# ---- reading images and the size rule -------------------------------------------------------------
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height but whose pixel data is a few bytes: reading its size
+    is cheap, decoding it would fail (so a size refusal proves nothing was decoded)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_size_rule_covers_then_centre_crops_for_pixels_and_points(tmp_path):
+    from PIL import Image
+
+    from streamer.images import fit_points, load_image
+
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)  # 2:1 into 1:1 at scale 1: the middle half
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    got = load_image(tmp_path / "wide.png", 128, 128)
+    np.testing.assert_array_equal(got.pixels, wide[:, 64:192])
+    assert got.source_size == (256, 128) and any("centre-cropped" in n for n in got.notes)
+    # tall 100x300 into 200x100: scaled x2 to cover the width (200x600), the middle 100 rows kept
+    tall = np.zeros((300, 100, 3), np.uint8)
+    tall[148:152, 60:64] = 255  # a white dot around (62, 150) in the picture
+    Image.fromarray(tall).save(tmp_path / "tall.png")
+    fitted = load_image(tmp_path / "tall.png", 200, 100).pixels
+    assert fitted.shape == (100, 200, 3)
+    ys, xs = np.nonzero(fitted.sum(-1) > 300)
+    x, y = xs.mean() + 0.5, ys.mean() + 0.5  # the dot's centre in continuous pixel coordinates
+    px, py = fit_points(np.array([62.0, 150.0]), 100, 300, 200, 100)
+    assert abs(px - x) <= 0.5 and abs(py - y) <= 0.5, ((px, py), (x, y))
+
+
+@pytest.mark.parametrize("mode, note", [("RGBA", "alpha"), ("LA", "grayscale with alpha"), ("L", "grayscale"),
+                                        ("I;16", "grayscale")])
+def test_alpha_and_grayscale_are_converted_and_said(tmp_path, mode, note):
+    from PIL import Image
+
+    from streamer.images import load_image
+
+    rng = np.random.default_rng(1)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (32, 32), dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (32, 32, len(mode)), dtype=np.uint8).squeeze(-1)
+                              if len(mode) == 1 else rng.integers(0, 256, (32, 32, len(mode)), dtype=np.uint8), mode)
+    img.save(tmp_path / "x.png")
+    got = load_image(tmp_path / "x.png", 32, 32)
+    assert got.pixels.shape == (32, 32, 3) and got.pixels.dtype == np.uint8
+    assert [n for n in got.notes if note in n and "converted to RGB" in n], got.notes
+    if mode == "RGBA":  # composited over black: a transparent pixel is black, an opaque one keeps its colour
+        a = np.asarray(img)
+        np.testing.assert_allclose(got.pixels, np.round(a[..., :3] * (a[..., 3:] / 255.0)), atol=1)
+
+
+def test_bad_images_are_refused_in_one_line(tmp_path):
+    from PIL import Image
+
+    from streamer.errors import InputError
+    from streamer.images import load_image
+
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "ok.jpg")
+    data = (tmp_path / "ok.jpg").read_bytes()
+    cases = {
+        png_header_only(tmp_path / "huge.png", 20000, 20000): "20000|400000000 pixels",
+        png_header_only(tmp_path / "long.png", 17000, 10): "17000x10",
+        png_header_only(tmp_path / "zero.png", 0, 0): "zero size",
+        tmp_path / "empty.png": "empty file",
+        tmp_path / "junk.webp": "not an image",
+        tmp_path / "cut.jpg": "corrupt or truncated",
+        tmp_path / "missing.png": "no such file",
+        tmp_path: "folder",
+    }
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "junk.webp").write_bytes(b"RIFF....WEBPnot really" * 5)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for path, message in cases.items():
+        with pytest.raises(InputError, match=message) as e:
+            load_image(path, 128, 128)
+        assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+# ---- generate --image / --continue on the default model ---------------------------------------------
+from streamer.pipeline import WEIGHTS_DIR  # noqa: E402
+
+needs_weights = pytest.mark.skipif(not (WEIGHTS_DIR / "dit.safetensors").is_file(), reason="no shipped weights")
+PROMPT = "a green diamond on a night background"
+
+
+@pytest.fixture(scope="module")
+def world_clip():
+    from streamer.world.scenes import World
+
+    clip = World().clip(3, 9)
+    assert clip.prompt == PROMPT
+    return clip
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: float = 16.0) -> Path:
+    from streamer.video import Mp4Writer
+
+    with Mp4Writer(path, fps=fps, width=frames.shape[2], height=frames.shape[1]) as w:
+        w.write(frames)
+    return path
+
+
+def read_mp4(path: Path) -> np.ndarray:
+    from streamer.images import read_video
+
+    return np.stack(list(read_video(path)))
+
+
+@needs_weights
+def test_generate_image_first_frame_is_the_image(tmp_path, capsys, world_clip):
+    """Issue 16's measure: the first output frame (read back from the mp4) against the autoencoder's
+    own round trip of the image, PSNR >= 35 dB; in memory the two are equal."""
+    from PIL import Image
+
+    from streamer.cli import main
+    from streamer.images import encode_frames, load_image
+    from streamer.models.frames import video_to_uint8
+    from streamer.pipeline import Pipeline
+    from streamer.session import Session
+
+    Image.fromarray(world_clip.frames[0]).save(tmp_path / "start.png")
+    world_clip.trajectory.save(tmp_path / "t.json")
+    out = tmp_path / "img.mp4"
+    assert main(["generate", "--prompt", PROMPT, "--image", str(tmp_path / "start.png"), "--tracks",
+                 str(tmp_path / "t.json"), "--frames", "13", "--out", str(out), "--quiet"]) == 0
+    video = read_mp4(out)
+    assert video.shape == (13, 128, 128, 3)  # an image + 1 chunk of 3 latent frames = 1 + 12 frames
+
+    pipe = Pipeline.load()
+    image = load_image(tmp_path / "start.png", 128, 128).pixels
+    z = encode_frames(pipe, image[None])
+    round_trip = video_to_uint8(pipe.decoder.decode(z, pipe.decoder.new_state()))[0, 0]
+    assert psnr(video[0], round_trip) >= 35.0, psnr(video[0], round_trip)
+    first = Session(pipe, PROMPT, pipe.stream_config(), start_latents=z).step()
+    assert first.frames.shape == (1, 128, 128, 3)
+    np.testing.assert_array_equal(first.frames[0], round_trip)
+
+
+@needs_weights
+def test_generate_continue_writes_the_original_then_new_frames(tmp_path, capsys, world_clip):
+    from streamer.cli import main
+
+    clip = write_mp4(tmp_path / "clip.mp4", world_clip.frames)
+    original = read_mp4(clip)
+    out = tmp_path / "longer.mp4"
+    assert main(["generate", "--prompt", PROMPT, "--continue", str(clip), "--frames", "8", "--out", str(out),
+                 "--quiet"]) == 0
+    video = read_mp4(out)
+    assert len(video) == len(original) + 8 == 17
+    # the original part, decoded and re-encoded by the mp4 codec only
+    assert psnr(video[:9], original) >= 35.0, psnr(video[:9], original)
+    assert "continuing 9 frames" in capsys.readouterr().err
+
+
+def test_continue_refuses_no_video_stream_and_another_size_in_one_line(tmp_path, capsys):
+    import wave
+
+    from streamer.cli import main
+
+    with wave.open(str(tmp_path / "sound.wav"), "wb") as w:  # a file FFmpeg reads, holding audio only
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(b"\0\0" * 800)
+    clip = write_mp4(tmp_path / "clip.mp4", np.zeros((5, 64, 96, 3), np.uint8))
+    (tmp_path / "bad.mp4").write_bytes(b"\0" * 1000)
+    cases = [(["--continue", str(tmp_path / "sound.wav")], "has no video stream"),
+             (["--continue", str(clip), "--size", "128x128"], "is 96x64, but --size is 128x128"),
+             (["--continue", str(tmp_path / "bad.mp4")], "not a video FFmpeg can read"),
+             (["--continue", str(clip), "--image", str(clip)], "not allowed with"),
+             (["--image", str(png_header_only(tmp_path / "huge.png", 20000, 20000))], "400000000 pixels")]
+    for args, message in cases:
+        code = main(["generate", "--prompt", "p", "--out", str(tmp_path / "o.mp4"), "--quiet", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and message in err[-1] and "Traceback" not in "\n".join(err), (args, err)
+        assert not (tmp_path / "o.mp4").exists()
