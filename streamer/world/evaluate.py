@@ -15,8 +15,9 @@ its ground-truth trajectory as the track condition. Every frame is scored:
   (catches the motion stagnation of long autoregressive rollouts).
 
 - border artefacts: the same change in an 8-px band along the edges against the interior;
-- smear: the fraction of a sprite's vacated path (where it was >= 4 frames ago, now far from every
-  sprite) still in its colour;
+- smear: colour left on a sprite's vacated path (where it was >= 4 frames ago, now far from every
+  sprite): how far those pixels moved from the first frame's background toward the sprite's colour
+  (0: background as it was, 1: the sprite's colour);
 - identity (scenes of several sprites): every sprite's colour centroid within its radius of its own
   track and nearest to it (a swap or a mix of colours fails).
 
@@ -83,7 +84,7 @@ class FrameScores:
     requested: np.ndarray
     border_change: np.ndarray = None    # mean |frame - frame 0| (0-255) in the border band, far from sprites
     interior_change: np.ndarray = None  # the same inside the band: a border artefact shows as border > interior
-    smear: np.ndarray = None            # fraction of vacated path pixels still of the sprite's colour
+    smear: np.ndarray = None            # colour left on the vacated path, 0 (none) to 1 (the sprite's colour)
     identity: np.ndarray = None         # 1 when each sprite's colour sits on its own track (two-sprite scenes)
 
     def __post_init__(self) -> None:
@@ -108,6 +109,12 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
     band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
     visited = np.zeros((len(sprites), h, w), bool)  # each sprite's path up to SMEAR_LAG frames ago
     ref = frames[0].astype(np.float32)
+    # smear is read against the first frame's background: not where a sprite stood in it
+    foot0 = np.zeros((h, w), bool)
+    for n, sprite in enumerate(sprites):
+        x0, y0 = traj.tracks[0, n]
+        foot0 |= (xx - x0) ** 2 + (yy - y0) ** 2 < (sprite.radius * 1.6) ** 2
+    ref_dist = [np.linalg.norm(ref - np.asarray(sp.rgb, np.float32), axis=-1) for sp in sprites]
     for t in range(t_len):
         frame = frames[t]
         far = np.ones((h, w), bool)
@@ -120,9 +127,12 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
                 visited[n] |= (xx - px) ** 2 + (yy - py) ** 2 < (sprite.radius * 0.8) ** 2
             fr = []
             for n, sprite in enumerate(sprites):
-                vac = visited[n] & far
+                vac = visited[n] & far & ~foot0 & (ref_dist[n] > 40.0)
                 if vac.sum() >= 20:
-                    fr.append(float(has_colour(frame, sprite.rgb)[vac].mean()))
+                    # how far each vacated pixel moved from the first frame's background toward the
+                    # sprite's colour: 0 = background as it was, 1 = the sprite's colour left behind
+                    d = np.linalg.norm(frame.astype(np.float32) - np.asarray(sprite.rgb, np.float32), axis=-1)
+                    fr.append(float(np.clip((ref_dist[n][vac] - d[vac]) / ref_dist[n][vac], 0, 1).mean()))
             smear[t] = np.mean(fr) if fr else np.nan
         for n, sprite in enumerate(sprites):
             x, y = traj.tracks[t, n]
@@ -514,7 +524,7 @@ PANELS = [  # (part, curve, title): one panel per metric
     (None, "colour_drift", "identity: colour drift (RGB)"), (None, "area_drift", "identity: area drift"),
     (None, "bg_change", "background change (0-255)"), (None, "missing", "sprite missing rate"),
     (None, "border_change", f"border band ({BORDER} px) change (0-255)"),
-    (None, "interior_change", "interior change (0-255)"), (None, "smear", "smear: vacated path in sprite colour"),
+    (None, "interior_change", "interior change (0-255)"), (None, "smear", "smear: colour left on the path (0-1)"),
     ("text_only", "found", "text only: sprite found"), ("two_sprites", "err", "two sprites: error (px)"),
     ("two_sprites", "identity", "two sprites: identity kept"),
 ]
