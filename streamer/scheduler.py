@@ -147,10 +147,13 @@ class Scheduler:
             self._cv.notify_all()
         return fut.result(timeout)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the compute thread after the chunk it is making (so no model call outlives the caller)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     # ---- the compute thread ---------------------------------------------------------------------
     def _runnable(self, job: Job) -> bool:
@@ -214,9 +217,10 @@ class Placer:
 
     def pick(self) -> int:
         """Index of the device for a new stream: most free memory, then fewest streams, then first."""
+        free = {d: self._free(d) or 0 for d in set(self.devices)}  # one reading per device: "cpu", "cpu" tie
         def key(i: int):
             live, line = self.schedulers[i].counts()
-            return (-(self._free(self.devices[i]) or 0), live + line, i)
+            return (-free[self.devices[i]], live + line, i)
         return min(range(len(self.devices)), key=key)
 
     def close(self) -> None:

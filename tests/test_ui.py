@@ -133,8 +133,10 @@ def _request(h="h"):
 def app(tmp_path_factory):
     bad = tmp_path_factory.mktemp("ckpt") / "broken.pt"
     bad.write_bytes(b"\x00" * 10)
-    return App({"tiny": {"preset": "tiny", "device": "cpu"}, "broken": {"checkpoint": str(bad), "device": "cpu"}},
-               size=(64, 64))
+    app = App({"tiny": {"preset": "tiny", "device": "cpu"}, "broken": {"checkpoint": str(bad), "device": "cpu"}},
+              size=(64, 64))
+    yield app
+    app.placer.close()
 
 
 def _messages(gen) -> str:
