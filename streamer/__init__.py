@@ -1,3 +1,14 @@
 """streamer: real-time autoregressive video diffusion over a rolling KV cache."""
 
+import os as _os
+
+# OpenMP threads that wait for work sleep instead of spinning. The model's chunk runs thousands of
+# small parallel regions; with spinning waits, any other busy process on the same cores (a browser,
+# a second stream, a training run) turns each region's barrier into a scheduling fight. Measured on
+# the 2-core dev machine with other jobs running (`/tmp/ab_threads.py` in the issue-13 note): the
+# shipped model at 2 threads made 0.8-5.6 frames/s with spinning waits (GOMP_SPINCOUNT=10000: 5.6)
+# and 16 frames/s with passive ones (1 thread: 17-18 either way). Set before torch loads OpenMP;
+# a value the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

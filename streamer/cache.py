@@ -13,18 +13,22 @@ own top tokens) with each token's source frame.
 
 A *policy* (streamer/policies.py) decides, once per chunk, which slots the chunk attends to, the
 temporal position of each, and which slots receive the chunk's clean K/V. The result is a
-`ChunkPlan`; a `CacheView` executes it inside the model's self-attention.
+`ChunkPlan` (defined there, beside the policies); a `CacheView` executes it inside the model's
+self-attention.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from streamer import kernels
 from streamer.kernels.cache_attention import CacheSegment, Segment
 from streamer.models.rope import apply_rope, rope_cos_sin, temporal_cos_sin
+
+if TYPE_CHECKING:
+    from streamer.policies import ChunkPlan
 
 
 class KVCache:
@@ -96,39 +100,6 @@ class KVCache:
         self.k, self.v, self.q = grown(self.k), grown(self.v), grown(self.q)
         self.slot_frame += [None] * extra_slots
         self.num_slots += extra_slots
-
-
-@dataclass
-class Compression:
-    """Participative compression for one chunk (Deep Forcing): at the chunk's first forward, each
-    layer scores the candidate tokens (its compressed buffer + `candidate_slots`) by the summed dot
-    product with recent queries (`query_slots` frames + the chunk itself) and keeps the top `keep`
-    in temporal order; that selection is fixed for the chunk's remaining steps."""
-
-    candidate_slots: list[int]
-    query_slots: list[int]
-    keep: int                             # tokens kept per layer
-
-
-@dataclass
-class ChunkPlan:
-    """What one chunk sees and where it goes: made by a policy once, at the chunk's first step."""
-
-    frames: list[int]                     # the chunk's own frame indices
-    positions: list[float]                # temporal RoPE position of each chunk frame
-    history_slots: list[int]              # cached slots the chunk attends to
-    history_positions: list[float]        # temporal RoPE position of each of those slots
-    write_slots: list[int]                # slots that receive the chunk's clean K/V on the commit pass
-    history_kinds: list[str] = field(default_factory=list)  # "sink" / "window" per history slot
-    compressed_start: float = 0.0         # compressed tokens take the positions just before this one,
-    compressed_span: float = 0.0          # this many of them (one frame's worth of tokens per position)
-    compression: Compression | None = None
-
-    @property
-    def labels(self) -> list[str]:
-        """One label per entry of the attention-mass vector: history frames, compressed, chunk."""
-        kinds = self.history_kinds or ["window"] * len(self.history_slots)
-        return [f"{k}:{p:g}" for k, p in zip(kinds, self.history_positions)] + ["compressed", "chunk"]
 
 
 class LayerHistory:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from streamer import checks
 from streamer.errors import CheckpointError, InputError, StreamerError
-from streamer.policies import POLICIES, PolicyError, parse_policy_args
+from streamer.policies import POLICIES, PolicyError, parse_policy_args  # torch-free: keeps --help instant
 
 _size = checks.video_size  # WxH, both in 1..65536
 
@@ -57,13 +57,26 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--policy-arg", action="append", default=[], metavar="K=V", help="policy knob, repeatable")
 
 
-# Modules that add a subcommand with `register(subparsers)` (each sets `func`).
-_COMMAND_MODULES = [
-    "streamer.tools.bench", "streamer.kernels.aot", "streamer.world.train", "streamer.world.evaluate", "streamer.ui.command",
-]
+# Subcommands that live in their own modules, each adding its parser with `register(subparsers)`
+# (and setting `func`), with the one-line help `streamer --help` shows. Only the module of the command
+# being run is imported: each pulls in torch and more, and `streamer --help` must answer at once.
+_COMMANDS = {
+    "serve": ("streamer.ui.command", "open the browser UI: paint tracks, watch the stream live"),
+    "bench": ("streamer.tools.bench", "benchmark frame rate, latency and memory over a grid"),
+    "eval": ("streamer.world.evaluate", "score long streams of the default world model against ground truth"),
+    "train": ("streamer.world.train", "train the default world model from a recipe"),
+    "kernels": ("streamer.kernels.aot", "compile the Triton kernels for a GPU (none needed) and report resources"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in argv (the first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `streamer` parser. With `argv`, only the subcommand it names is built in full (the others
+    appear in --help by name and one line); without, every subcommand is built."""
     parser = argparse.ArgumentParser(prog="streamer", description="Real-time autoregressive video diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate videos headless to mp4",
@@ -91,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream_args(gen)
     _add_model_args(gen)
     gen.set_defaults(func=cmd_generate)
-    for module in _COMMAND_MODULES:
-        importlib.import_module(module).register(sub)
+    wanted = _command_of(argv) if argv is not None else None
+    for name, (module, help_text) in _COMMANDS.items():
+        if argv is None or name == wanted:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -249,6 +266,8 @@ def _check_start_video(args):
 
     if args.prompt_file:
         raise InputError("--continue takes one --prompt, not a --prompt-file")
+    if args.loop_tracks:
+        raise InputError("--loop-tracks cannot be used with --continue (the tracks start at the video's last frame)")
     info = open_video(args.continue_from)
     if args.size is not None and tuple(args.size) != (info.width, info.height):
         raise InputError(f"--continue {args.continue_from} is {info.width}x{info.height}, but --size is "
@@ -294,6 +313,22 @@ def _start_image(picture, pipe, config, trajectory):
     return encode_frames(pipe, image.pixels[None]), trajectory
 
 
+def _tracks_from_last_frame(trajectory, tail_frames: int):
+    """--continue with --tracks: the tracks' frame 0 is the continued video's last frame (their first
+    points lie on what is there, as on a start image). The stream begins `tail_frames` frames earlier,
+    with the re-encoded last frames, so the tracks are preceded by tail_frames - 1 invisible frames."""
+    import numpy as np
+
+    from streamer.trajectory import Trajectory
+
+    lead = tail_frames - 1
+    if lead == 0:
+        return trajectory
+    tracks = np.concatenate([np.repeat(trajectory.tracks[:1], lead, 0), trajectory.tracks])
+    visible = np.concatenate([np.zeros((lead, trajectory.num_tracks), bool), trajectory.visible])
+    return Trajectory(tracks, visible, trajectory.fps, trajectory.width, trajectory.height)
+
+
 def cmd_generate(args) -> int:
     _stop_on_signals()
     _check_paths(args)
@@ -334,6 +369,8 @@ def cmd_generate(args) -> int:
     elif args.continue_from:
         start_latents, count = _encode_video_tail(args, pipe, config)
         original = Path(args.continue_from)
+        if trajectory is not None:
+            trajectory = _tracks_from_last_frame(trajectory, pipe.decoder.frames.video_frames(start_latents.shape[2]))
         print(f"note: continuing {count} frames of {original.name} from its last "
               f"{pipe.decoder.frames.video_frames(start_latents.shape[2])} (encoded to {start_latents.shape[2]} "
               "latent frames)", file=sys.stderr)
@@ -375,8 +412,9 @@ def cmd_generate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input of any kind prints `streamer: error: <message>` and returns 2,
     an interrupt (Ctrl-C, SIGTERM, SIGHUP) one line and 130. STREAMER_DEBUG=1 shows tracebacks."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
     except SystemExit as e:  # argparse has printed usage and its one-line error (or --help)
         return e.code if isinstance(e.code, int) else 2
     try:

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamer.cache import CacheView, ChunkPlan, KVCache
+from streamer.cache import CacheView, KVCache
 from streamer.memory import admit_stream
 from streamer.models.frames import video_to_uint8
 from streamer.pipeline import Pipeline
-from streamer.policies import CachePolicy, make_policy
+from streamer.policies import CachePolicy, ChunkPlan, make_policy
 from streamer.sampler import NoiseSource, SamplerConfig, SeededNoise, denoise
 
 
@@ -212,10 +212,10 @@ class Session:
         return video_to_uint8(self.pipe.decoder.decode(latents, self.decoder_state))[0]
 
     @torch.inference_mode()
-    def step(self) -> StreamChunk:
-        """Generate, commit and decode the next chunk (or, first, the start latents)."""
+    def _generate(self) -> StreamChunk:
+        """The DiT half of a step: the next chunk's clean latents, committed to the cache (frames not
+        decoded yet: `_decode_into` does that, in stream order)."""
         dev = self.pipe.device
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         if self._pending_prompt is not None:
             self._set_text(self._pending_prompt)
@@ -243,27 +243,70 @@ class Session:
             plan = view.plan
             mass = torch.stack([view.mass[i] for i in sorted(view.mass)]) if view.mass else None
         self._remember(frames, x0)
-        sync()
-        t1 = time.perf_counter()
-        video = self.decode(x0)
-        sync()
-        t2 = time.perf_counter()
-        out = StreamChunk(
-            index=self._chunks, latent_frames=frames, frames=video, first_video_frame=self._video_frames,
-            dit_seconds=t1 - t0, decode_seconds=t2 - t1, prompt=self.prompt, latents=x0, plan=plan,
+        if dev.type == "cuda":  # the DiT's own stream only: a decode running on a side stream goes on
+            torch.cuda.current_stream(dev).synchronize()
+        chunk = StreamChunk(
+            index=self._chunks, latent_frames=frames, frames=np.empty((0, 0, 0, 3), np.uint8), first_video_frame=-1,
+            dit_seconds=time.perf_counter() - t0, decode_seconds=0.0, prompt=self.prompt, latents=x0, plan=plan,
             attention_mass=mass, tracks=tracks,
         )
         self._next_frame += len(frames)
         self._chunks += 1
-        self._video_frames += len(video)
-        return out
+        return chunk
+
+    @torch.inference_mode()
+    def _decode_into(self, chunk: StreamChunk, stream=None) -> StreamChunk:
+        """Decode a generated chunk's latents into its frames (on `stream`, a CUDA side stream, if given)."""
+        t0 = time.perf_counter()
+        if stream is not None:
+            with torch.cuda.stream(stream):
+                chunk.frames = self.decode(chunk.latents)  # .cpu() inside waits for this stream only
+        else:
+            chunk.frames = self.decode(chunk.latents)
+            if self.pipe.device.type == "cuda":
+                torch.cuda.synchronize(self.pipe.device)
+        chunk.decode_seconds = time.perf_counter() - t0
+        chunk.first_video_frame = self._video_frames
+        self._video_frames += len(chunk.frames)
+        return chunk
+
+    def step(self) -> StreamChunk:
+        """Generate, commit and decode the next chunk (or, first, the start latents)."""
+        return self._decode_into(self._generate())
 
     @property
     def latent_frames_done(self) -> int:
         """Latent frames made (start latents included)."""
         return self._next_frame
 
-    def stream(self, max_latent_frames: int | None = None) -> Iterator[StreamChunk]:
-        """Yield chunks until `max_latent_frames` latent frames are made (forever when None)."""
-        while max_latent_frames is None or self._next_frame < max_latent_frames or self._start is not None:
-            yield self.step()
+    def _more(self, max_latent_frames: int | None) -> bool:
+        return max_latent_frames is None or self._next_frame < max_latent_frames or self._start is not None
+
+    def stream(self, max_latent_frames: int | None = None, overlap: bool = False) -> Iterator[StreamChunk]:
+        """Yield chunks until `max_latent_frames` latent frames are made (forever when None).
+
+        overlap: decode chunk k on a second thread (on CUDA also a second stream, ordered by an event)
+        while the DiT makes chunk k+1. Chunks come out in order with the same bytes as without; chunk
+        k is yielded once chunk k+1's DiT is done, so throughput rises where DiT and decoder can run
+        side by side (a GPU) and each chunk waits one DiT time longer. `tools/bench.py` measures it.
+        """
+        if not overlap:
+            while self._more(max_latent_frames):
+                yield self.step()
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        dev = self.pipe.device
+        side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        with ThreadPoolExecutor(1, thread_name_prefix="streamer-decode") as pool:
+            pending = None
+            while self._more(max_latent_frames):
+                chunk = self._generate()
+                if side is not None:  # the side stream starts once the latents are written
+                    side.wait_stream(torch.cuda.current_stream(dev))
+                nxt = pool.submit(self._decode_into, chunk, side)
+                if pending is not None:
+                    yield pending.result()
+                pending = nxt
+            if pending is not None:
+                yield pending.result()

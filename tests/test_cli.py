@@ -213,3 +213,17 @@ def test_track_fps_is_resampled_like_the_browser_import(tmp_path, capsys, monkey
                  *SMALL]) == 0
     assert "resampled" in capsys.readouterr().err
     assert seen[-1].fps == 16 and np.allclose(seen[-1].tracks, mine.tracks)
+
+
+def test_help_imports_no_torch():
+    """`streamer --help` and `streamer generate --help` answer at once: building their parsers imports
+    neither torch nor any subcommand's module (each of those takes seconds to import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom streamer.cli import build_parser\n"
+            "for argv in (['--help'], ['generate', '--help']):\n"
+            "    build_parser(argv)\n"
+            "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'gradio', 'streamer.tools.bench') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -128,7 +128,8 @@ def test_blocks_call_the_dispatchers(tiny_model, kernel_mode, monkeypatch):
 def test_cache_view_split_rotation_is_the_full_rotation():
     """The model's spatial rotation (`qk_rope`) then the view's temporal one equal the full RoPE of
     the chunk's positions bit for bit, in fp32 and bf16: streaming numbers do not change."""
-    from streamer.cache import CacheView, ChunkPlan, KVCache
+    from streamer.cache import CacheView, KVCache
+    from streamer.policies import ChunkPlan
 
     grid, heads, hd = (2, 3), 2, 32
     positions = [7.0, 8.0, 1e5 + 0.5]

@@ -114,3 +114,24 @@ def test_cached_encoder_hits_and_evicts():
     assert calls[-1] == ["b", "c"]
     cached.encode(["a cat"])
     assert calls[-1] == ["a cat"] and cached.misses == 4
+
+
+@torch.no_grad()
+def test_minilm_forward_equals_transformers_bert():
+    """The default model's text encoder (BERT written out in torch over `tokenizers`, for cold start)
+    gives what transformers' own BertModel gives on the same weights and tokens."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from streamer.models.sentence import MiniLMTextEncoder, minilm_path
+
+    prompts = ["a red circle and a blue square on a sand background", "a star", "Ünïcode  ball!!"]
+    ours = MiniLMTextEncoder(text_len=32).encode(prompts)
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)(
+        [clean_prompt(p) for p in prompts], padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    ref = AutoModel.from_pretrained(path, local_files_only=True).eval()(
+        input_ids=tok.input_ids, attention_mask=tok.attention_mask).last_hidden_state
+    ref = ref.masked_fill(tok.attention_mask[..., None] == 0, 0.0)
+    assert ours.shape == (3, 32, 384)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert (ours[1, 5:] == 0).all() and ours[1, :3].abs().sum() > 0  # "[CLS] a star [SEP]": 4 tokens, zeros after
