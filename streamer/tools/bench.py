@@ -166,7 +166,7 @@ def time_session(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int,
     session = Session(pipe, prompt or _fresh_prompt(), config)
     first_frame = None
     chunk_s, dit_s, frames, rss = [], [], [], []
-    for i, chunk in enumerate(session.stream(config.chunk_frames * (warmup + chunks))):
+    for i, chunk in enumerate(session.stream(config.chunk_frames * (warmup + chunks), overlap=dev.type == "cuda")):
         if first_frame is None:
             first_frame = time.perf_counter() - t0
         if i >= warmup:
