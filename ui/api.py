@@ -63,7 +63,7 @@ class ApiStream:
         self.frames = 0
         self.reader = False
         self.seen = time.monotonic()
-        self.job = Job(self._step, ahead=2, id=self.id)
+        self.job = Job(self._step, ahead=1, id=self.id)  # one chunk ahead: controls show within two
 
     def _step(self) -> StreamChunk:
         chunk = self.session.step()

@@ -99,6 +99,9 @@ class Live:
         self.lock = threading.Lock()           # the recording: written by the stream, read by downloads
         self.writer: Mp4Writer | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="streamer-ui-"))
+        self.start_image = None                # a StartImage the next Start begins from (issue 16), or None
+        self.start_latents = 0                 # latent frames of that start the stream's first step makes
+        self.last_frame: np.ndarray | None = None  # uint8 [H, W, 3], the newest frame made ("current frame")
 
     # ---- tracks ---------------------------------------------------------------------------------
     def set_strokes(self, strokes: list[Stroke], canvas: tuple[float, float]) -> dict[str, str]:
@@ -256,8 +259,14 @@ class App:
         width, height = size or self.frame_size(pipe)
         latent_size(pipe, width, height)  # refuses impossible sizes with a clear message
         config = pipe.stream_config(size=(width, height), **config_kw)
-        session = Session(pipe, prompt, config)
+        start = None
+        if live.start_image is not None:  # the picture by the size rule, encoded by the model's own encoder
+            from streamer.images import encode_frames, fit_start_image
+
+            start = encode_frames(pipe, fit_start_image(live.start_image, width, height).pixels[None])
+        session = Session(pipe, prompt, config, start_latents=start)
         live.stop()
+        live.start_latents = 0 if start is None else start.shape[2]  # the first step makes these, not a chunk
         live.pipe, live.session, live.size, live.fps = pipe, session, (width, height), pipe.fps
         live.begun_latents = live.shown = 0
         live.first_seen = {s.id: 0 for s in live.strokes}  # what was drawn before the start plays from frame 0
@@ -269,11 +278,13 @@ class App:
         """The page's next chunk, recorded as it is made (the recording holds every generated frame)."""
         if live.session is not session:  # stopped while queued
             return None
-        n = session.config.chunk_frames
+        n = live.start_latents or session.config.chunk_frames
+        live.start_latents = 0
         session.set_tracks(live.tracks_for(list(range(session.latent_frames_done, session.latent_frames_done + n))))
         live.begun_latents += n
         chunk = session.step()
         live.record(chunk.frames)
+        live.last_frame = chunk.frames[-1]
         return chunk
 
     def place(self) -> tuple[Scheduler, str | None]:
@@ -425,6 +436,36 @@ class App:
             traj.save(files[0])
         return [str(f) for f in files], message(f"exported {traj.num_tracks} tracks, {traj.num_frames} frames")
 
+    def set_start_image(self, key: str, file) -> str:
+        """The uploaded picture becomes the first frame of the next Start (resized to cover the
+        stream's size and centre-cropped); bad files are one line, without server paths."""
+        from streamer.images import read_image
+
+        path = Path(getattr(file, "name", file)) if file else None
+        try:
+            live = self.live(key)
+            if path is None:
+                live.start_image = None
+                return message("start image cleared: Start begins from text")
+            picture = read_image(path, what="start image")
+        except StreamerError as e:
+            return message(str(e).replace(str(path), path.name if path else ""), error=True)
+        live.start_image = picture
+        notes = "; ".join(n.replace(str(path), path.name) for n in picture.notes)
+        w, h = picture.source_size
+        return message(f"start image {path.name} ({w}x{h}): the next Start begins from it" + (f" · {notes}" if notes else ""))
+
+    def start_from_current(self, key: str) -> str:
+        """The newest frame of the page's stream becomes the first frame of the next Start."""
+        from streamer.images import StartImage
+
+        live = self.lives.get(key)
+        if live is None or live.last_frame is None:
+            return message("no current frame yet: start a stream first", error=True)
+        h, w = live.last_frame.shape[:2]
+        live.start_image = StartImage(pixels=live.last_frame.copy(), source_size=(w, h), name="the current frame")
+        return message(f"the next Start begins from the current frame (frame {live.shown})")
+
     def import_tracks(self, key: str, files: list | None) -> tuple:
         paths: list[Path] = []
         try:
@@ -552,6 +593,11 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
                     fmt = gr.Radio(EXPORT_FORMATS, value=EXPORT_FORMATS[0], label="export as")
                     export = gr.Button("Export tracks")
                     exported = gr.File(label="exported", file_count="multiple", interactive=False)
+        with gr.Accordion("Start image", open=False, elem_id="sc-start-image"):
+            with gr.Row():
+                start_file = gr.File(label="start from a picture (PNG / JPEG / WebP; resized to cover, centre-cropped)",
+                                     file_types=[".png", ".jpg", ".jpeg", ".webp"], elem_id="sc-start-file")
+                from_current = gr.Button("Start from the current frame", elem_id="sc-from-current")
         imported = gr.JSON(visible=False)
 
         outs = [live_img, stats, cache, note]
@@ -568,6 +614,8 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
             None, None, None, js="() => setTimeout(() => document.querySelector('#sc-recording a')?.click(), 300)")
         policy.change(lambda name: knobs_text(name), [policy], [knobs], queue=False)
         export.click(app.export, [canvas, fmt], [exported, note], queue=False)
+        start_file.change(app.set_start_image, [canvas, start_file], [note], queue=False)
+        from_current.click(app.start_from_current, [canvas], [note], queue=False)
         upload.upload(app.import_tracks, [canvas, upload], [imported, note], queue=False).then(
             None, [imported], None, js="(s) => { if (s && window.streamerCanvas) window.streamerCanvas.load(s); }")
         demo.unload(app.unload)
@@ -575,7 +623,15 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
 
 
 def serve(args: argparse.Namespace) -> int:
-    common = {"device": args.device} if args.device else {}
+    """Run the page and the API (ui/api.py) in one process: uvicorn serving FastAPI with Gradio mounted."""
+    import secrets
+
+    import uvicorn
+
+    from streamer.ui.api import make_server
+
+    devices = args.device if isinstance(args.device, list) else [args.device] if args.device else None
+    common: dict = {}
     models = {"default": dict(common), "tiny (random)": dict(common, preset="tiny")}
     for ckpt in args.checkpoint:
         options = {k: v for k, v in (("weights_key", getattr(args, "weights_key", None)), ("lora", getattr(args, "lora", None)),
@@ -590,8 +646,13 @@ def serve(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--size must look like 128x128, not {args.size!r}") from None
         size = (w, h)
-    demo = build_app(models, size)
+    demo = build_app(models, size, devices, getattr(args, "max_live", MAX_LIVE))
     demo.queue(default_concurrency_limit=None)
-    print(f"streamer UI on http://{args.host}:{args.port}")
-    demo.launch(server_name=args.host, server_port=args.port)
+    token = getattr(args, "token", None)
+    if not token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        token = secrets.token_urlsafe(16)  # reachable from other machines: the API is never open by default
+        print(f"API token (send as Authorization: Bearer ...): {token}")
+    where = ", ".join(devices) if devices else "the default device"
+    print(f"streamer UI on http://{args.host}:{args.port} · API at /api · streams on {where}")
+    uvicorn.run(make_server(demo, token), host=args.host, port=args.port, log_level="warning")
     return 0

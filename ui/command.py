@@ -25,7 +25,13 @@ def register(subparsers) -> None:
     p.add_argument("--lora", metavar="FILE", help="LoRA merged into each --checkpoint at load (LongLive's lora.pt)")
     p.add_argument("--lora-scale", type=checks.finite_float, default=1.0, help="multiplier of the LoRA update")
     p.add_argument("--lora-alpha", type=checks.finite_float, help="LoRA alpha (default: the rank)")
-    p.add_argument("--device", type=checks.device, help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--device", type=checks.device, nargs="+",
+                   help="where streams run: one or more of cpu, cuda, cuda:N (default: cuda when available); "
+                        "each new stream goes to the one with the most free memory, one scheduler each")
+    p.add_argument("--max-live", type=checks.int_in(1, 64), default=4,
+                   help="streams advancing at once per device (default 4); more wait in line and are told their place")
+    p.add_argument("--token", help="require this token on the /api routes (Authorization: Bearer TOKEN); "
+                                   "made up and printed when --host is not this machine and none is given")
     p.set_defaults(func=serve)
 
 
