@@ -269,9 +269,83 @@ def test_continue_refuses_no_video_stream_and_another_size_in_one_line(tmp_path,
              (["--continue", str(clip), "--size", "128x128"], "is 96x64, but --size is 128x128"),
              (["--continue", str(tmp_path / "bad.mp4")], "not a video FFmpeg can read"),
              (["--continue", str(clip), "--image", str(clip)], "not allowed with"),
+             (["--continue", str(clip), "--tracks", str(clip), "--loop-tracks"], "--loop-tracks cannot"),
+             (["--image", str(tmp_path / "sound.wav")], "not an image"),
              (["--image", str(png_header_only(tmp_path / "huge.png", 20000, 20000))], "400000000 pixels")]
     for args, message in cases:
         code = main(["generate", "--prompt", "p", "--out", str(tmp_path / "o.mp4"), "--quiet", *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and message in err[-1] and "Traceback" not in "\n".join(err), (args, err)
         assert not (tmp_path / "o.mp4").exists()
+
+
+def test_tracks_drawn_on_the_picture_follow_it_and_continued_tracks_start_at_the_last_frame(tmp_path, capsys):
+    """Tracks whose frame is the picture's own are cut with it by the size rule; with --continue the
+    tracks' frame 0 is the continued video's last frame (invisible before it)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from streamer.cli import _start_image, _tracks_from_last_frame
+    from streamer.images import read_image
+    from streamer.trajectory import Trajectory
+
+    Image.fromarray(np.zeros((300, 100, 3), np.uint8)).save(tmp_path / "tall.png")
+    picture = read_image(tmp_path / "tall.png")
+    pipe = SimpleNamespace(device=torch.device("cpu"),
+                           decoder=SimpleNamespace(encode=lambda v: torch.zeros(1, 16, 1, v.shape[3] // 8, v.shape[4] // 8)))
+    config = SimpleNamespace(width=200, height=100)
+    on_picture = Trajectory(np.array([[[62.0, 150.0]], [[50.0, 140.0]]]), np.ones((2, 1), bool), 16, 100, 300)
+    z, traj = _start_image(picture, pipe, config, on_picture)
+    assert z.shape == (1, 16, 1, 12, 25) and (traj.width, traj.height) == (200, 100)
+    np.testing.assert_allclose(traj.tracks[:, 0], [[124.0, 50.0], [100.0, 30.0]])  # x2, 250 rows cut above
+    assert "mapped with it" in capsys.readouterr().err
+    at_video_size = Trajectory(np.array([[[10.0, 20.0]]]), np.ones((1, 1), bool), 16, 200, 100)
+    assert _start_image(picture, pipe, config, at_video_size)[1] is at_video_size
+
+    later = _tracks_from_last_frame(on_picture, 9)  # 9 re-encoded frames: the last is the tracks' frame 0
+    assert later.num_frames == 10 and not later.visible[:8].any() and later.visible[8:].all()
+    np.testing.assert_array_equal(later.tracks[8:], on_picture.tracks)
+
+
+def test_browser_start_image_and_current_frame_begin_the_next_stream(tmp_path):
+    """The page's "Start image" upload and "Start from the current frame" give the next stream its
+    first frame: the picture (by the size rule) through the model's own VAE round trip."""
+    from PIL import Image
+
+    from streamer.images import encode_frames, load_image
+    from streamer.models.frames import video_to_uint8
+    from streamer.ui.app import App
+
+    app = App({"tiny": {"preset": "tiny", "device": "cpu"}}, size=(64, 64))
+    try:
+        sched = app.placer.schedulers[0]
+        live = app.live("page")
+        assert "sc-error" in app.start_from_current("page")  # nothing made yet
+        picture = np.random.default_rng(2).integers(0, 256, (48, 96, 4), dtype=np.uint8)
+        Image.fromarray(picture, "RGBA").save(tmp_path / "start.png")
+        note = app.set_start_image("page", str(tmp_path / "start.png"))
+        assert "sc-note" in note and "alpha" in note and str(tmp_path) not in note
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"not a png")
+        assert "sc-error" in (msg := app.set_start_image("page", str(bad))) and str(tmp_path) not in msg
+        cfg = dict(chunk_frames=3, policy="window", policy_args={}, seed=0)
+        sched.call(app._open, live, "tiny", "a cat", cfg)
+        first = sched.call(app._step, live, live.session).frames
+        pipe = live.pipe
+        z = encode_frames(pipe, load_image(tmp_path / "start.png", 64, 64).pixels[None])
+        expected = video_to_uint8(pipe.decoder.decode(z, pipe.decoder.new_state()))[0]
+        assert first.shape == (1, 64, 64, 3) and np.array_equal(first, expected)
+        assert live.begun_latents == 1  # the start's one latent frame, not a chunk
+        second = sched.call(app._step, live, live.session).frames
+        assert len(second) == 12 and live.begun_latents == 4
+        # "start from the current frame": the newest frame made begins the next stream
+        assert "sc-note" in app.start_from_current("page")
+        sched.call(app._open, live, "tiny", "a cat", cfg)
+        again = sched.call(app._step, live, live.session).frames
+        z = encode_frames(pipe, second[-1:])
+        np.testing.assert_array_equal(again, video_to_uint8(pipe.decoder.decode(z, pipe.decoder.new_state()))[0])
+        assert "cleared" in app.set_start_image("page", None) and live.start_image is None
+    finally:
+        app.lives.pop("page").close()
+        app.placer.close()
