@@ -9,7 +9,7 @@ from streamer.pipeline import Pipeline
 from streamer.sampler import RecordedNoise, RecordingNoise, SamplerConfig, SeededNoise
 from streamer.session import Session, StreamConfig
 from streamer.trajectory import Trajectory
-from tests.test_streaming import _pipe, _Recorder, _TextStub
+from tests.test_streaming import _pipe, _Recorder, assert_stream_equals_block_causal
 
 STEPS = SamplerConfig(steps=(1000, 500))  # two steps: every path (renoise included) at half the cost
 
@@ -159,17 +159,7 @@ def test_global_policy_equals_block_causal_full_sequence(tiny_model):
                                                                    policy="global", sampler=STEPS, seed=9))
     list(session.stream(chunk * n_chunks))
     assert session.cache.num_slots == 48 and len(session.cache.frames()) == 30  # grew once, in a block
-    steps = len(STEPS.steps)
-    by_chunk = [rec.calls[i * (steps + 1):(i + 1) * (steps + 1)] for i in range(n_chunks)]
-    text = tiny_model.encode_text(_TextStub().encode(["a prompt"]))
-    clean = torch.cat([c[-1]["x"] for c in by_chunk], dim=2)
-    ref = tiny_model(clean, torch.zeros(1, chunk * n_chunks), text, chunk_frames=chunk)
-    torch.testing.assert_close(torch.cat([c[-1]["out"] for c in by_chunk], dim=2), ref, atol=1e-4, rtol=1e-4)
-    for s in range(steps):
-        noisy = torch.cat([c[s]["x"] for c in by_chunk], dim=2)
-        t = torch.cat([c[s]["t"] for c in by_chunk], dim=1)
-        ref = tiny_model(noisy, t, text, chunk_frames=chunk, clean_x=clean)
-        torch.testing.assert_close(torch.cat([c[s]["out"] for c in by_chunk], dim=2), ref, atol=1e-4, rtol=1e-4)
+    assert_stream_equals_block_causal(tiny_model, rec, chunk, n_chunks, len(STEPS.steps))
 
 
 def test_overlapped_decode_gives_the_same_chunks_in_order(pipe):

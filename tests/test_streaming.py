@@ -47,33 +47,35 @@ def _pipe(model):
                     dtype=torch.float32)
 
 
-@torch.no_grad()
-def test_stream_equals_block_causal_teacher_forcing(tiny_model):
-    chunk, n_chunks = 3, 4
-    pipe = _pipe(tiny_model)
-    rec = _Recorder(tiny_model)
-    session = Session(pipe, "a prompt", StreamConfig(width=64, height=32, chunk_frames=chunk,
-                                                       policy="window", policy_args={"window": 21}, seed=7))
-    list(session.stream(chunk * n_chunks))
-    steps = len(session.timesteps)
+def assert_stream_equals_block_causal(model, rec: _Recorder, chunk: int, n_chunks: int, steps: int,
+                                      prompt: str = "a prompt") -> None:
+    """The recorded calls of a stream of `n_chunks` chunks equal one block-causal forward: the clean
+    passes at t=0 over the generated clean video, and every denoising step as the teacher-forcing
+    forward (noisy chunk i attends to clean chunks < i, which the cache holds, and to itself)."""
     assert len(rec.calls) == n_chunks * (steps + 1)
     by_chunk = [rec.calls[i * (steps + 1):(i + 1) * (steps + 1)] for i in range(n_chunks)]
     assert all(c[-1]["commit"] and not any(s["commit"] for s in c[:-1]) for c in by_chunk)
-
-    text = tiny_model.encode_text(_TextStub().encode(["a prompt"]))
+    text = model.encode_text(_TextStub().encode([prompt]))
     clean = torch.cat([c[-1]["x"] for c in by_chunk], dim=2)
-    # the clean passes are exactly a block-causal forward over the generated clean video at t=0
-    ref = tiny_model(clean, torch.zeros(1, chunk * n_chunks), text, chunk_frames=chunk)
+    ref = model(clean, torch.zeros(1, chunk * n_chunks), text, chunk_frames=chunk)
     torch.testing.assert_close(torch.cat([c[-1]["out"] for c in by_chunk], dim=2), ref, atol=1e-4, rtol=1e-4)
-    # every denoising step of every chunk is the teacher-forcing forward: noisy chunk i attends to
-    # clean chunks < i (what the cache holds) and to itself
     for s in range(steps):
         noisy = torch.cat([c[s]["x"] for c in by_chunk], dim=2)
         t = torch.cat([c[s]["t"] for c in by_chunk], dim=1)
-        ref = tiny_model(noisy, t, text, chunk_frames=chunk, clean_x=clean)
+        ref = model(noisy, t, text, chunk_frames=chunk, clean_x=clean)
         got = torch.cat([c[s]["out"] for c in by_chunk], dim=2)
         assert got.abs().mean() > 0.05
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_stream_equals_block_causal_teacher_forcing(tiny_model):
+    chunk, n_chunks = 3, 4
+    rec = _Recorder(tiny_model)
+    session = Session(_pipe(tiny_model), "a prompt", StreamConfig(width=64, height=32, chunk_frames=chunk,
+                                                                   policy="window", policy_args={"window": 21}, seed=7))
+    list(session.stream(chunk * n_chunks))
+    assert_stream_equals_block_causal(tiny_model, rec, chunk, n_chunks, len(session.timesteps))
 
 
 @torch.no_grad()

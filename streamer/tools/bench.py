@@ -31,6 +31,7 @@ import torch
 
 from streamer import checks
 from streamer.models.wan import PRESETS
+from streamer.device import cpu_model
 from streamer.models.frames import video_to_uint8
 from streamer.pipeline import Pipeline, default_device
 from streamer.policies import POLICIES, make_policy
@@ -84,7 +85,7 @@ class StreamStats:
 
 def machine_info() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads()}
+            "cpu": cpu_model(), "cpu_threads": torch.get_num_threads()}
     try:
         import triton
 
@@ -95,16 +96,6 @@ def machine_info() -> dict:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rss_mb() -> float:
