@@ -255,8 +255,8 @@ class Pacer:
         gen = self.generated_fps()
         if gen > 0:
             base = max(base, 1.0 / gen)
-        # proportional to how far the buffer is from one chunk: 0 frames -> x1.25, 2 chunks -> x0.75
-        scale = min(1.25, max(0.75, 1.0 + 0.25 * (self.chunk - buffered) / self.chunk))
+        # proportional to how far the buffer is from one chunk: 0 frames -> x1.5, 1.5+ chunks -> x0.75
+        scale = min(1.5, max(0.75, 1.0 + 0.5 * (self.chunk - buffered) / self.chunk))
         return max(1.0 / self.fps, base * scale)
 
     def showed(self, now: float | None = None) -> None:
