@@ -238,6 +238,7 @@ class Pacer:
         self.fps, self.chunk = fps, max(1, chunk_frames)
         self.arrivals: deque[tuple[float, int]] = deque(maxlen=6)   # (time, frames)
         self.shown: deque[float] = deque(maxlen=max(2, int(2 * fps)))
+        self._last: float | None = None
 
     def arrived(self, frames: int, now: float | None = None) -> None:
         self.chunk = max(self.chunk, frames)
@@ -257,7 +258,10 @@ class Pacer:
             base = max(base, 1.0 / gen)
         # proportional to how far the buffer is from one chunk: 0 frames -> x1.5, 1.5+ chunks -> x0.75
         scale = min(1.5, max(0.75, 1.0 + 0.5 * (self.chunk - buffered) / self.chunk))
-        return max(1.0 / self.fps, base * scale)
+        target = max(1.0 / self.fps, base * scale)
+        # low-passed: a chunk landing in the buffer must not turn into a sudden burst of short intervals
+        self._last = target if self._last is None else max(1.0 / self.fps, 0.8 * self._last + 0.2 * target)
+        return self._last
 
     def showed(self, now: float | None = None) -> None:
         self.shown.append(time.perf_counter() if now is None else now)

@@ -119,9 +119,14 @@ def test_pacer_plays_at_fps_when_generation_keeps_up_and_evenly_when_not():
         fast.arrived(12, now=k * 0.5)        # 24 frames/s made: faster than 16 fps
     assert fast.interval(12) == pytest.approx(1 / 16)
     assert fast.interval(30) == pytest.approx(1 / 16)  # never faster than the video's fps
-    slow = Pacer(16.0, chunk_frames=12)
-    for k in range(4):
-        slow.arrived(12, now=k * 2.0)        # 6 frames/s made
-    assert slow.generated_fps() == pytest.approx(6.0)
-    assert slow.interval(12) == pytest.approx(1 / 6)  # one chunk buffered: the generated rate
-    assert slow.interval(2) > 1 / 6 > slow.interval(20) >= 1 / 16
+    def slow():
+        p = Pacer(16.0, chunk_frames=12)
+        for k in range(4):
+            p.arrived(12, now=k * 2.0)       # 6 frames/s made
+        return p
+    assert slow().generated_fps() == pytest.approx(6.0)
+    assert slow().interval(12) == pytest.approx(1 / 6)  # one chunk buffered: the generated rate
+    assert slow().interval(2) > 1 / 6 > slow().interval(20) >= 1 / 16
+    p = slow()
+    steps = [p.interval(12)] + [p.interval(24) for _ in range(3)]  # a chunk lands: eased in, no burst
+    assert steps[0] > steps[1] > steps[2] > steps[3] > 0.75 / 6
