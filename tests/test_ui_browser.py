@@ -62,6 +62,7 @@ def server(tmp_path_factory):
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
     yield url, demo.streamer
     demo.close()
+    demo.streamer.placer.close()  # the compute threads end before the interpreter does
 
 
 @pytest.fixture(scope="module")
@@ -317,6 +318,16 @@ def test_playback_is_even(server, open_page, monkeypatch):
     sent.clear()
     time.sleep(12)
     shown = page.evaluate("window.scShown")
+    # a prompt switch: applied at the next chunk, on screen within two chunk durations of the click
+    fps = _fps(page)
+    page.fill("#sc-prompt textarea", "a blue square on a grass background")
+    t0 = time.monotonic()
+    page.click("#sc-apply")
+    while page.get_attribute("#sc-stats", "data-prompt") != "a blue square on a grass background":
+        assert time.monotonic() - t0 < 30, "the new prompt never reached the screen"
+        time.sleep(0.02)
+    latency, chunk_s = time.monotonic() - t0, 12 / fps
+    print(f"prompt switch on screen after {latency:.2f} s; one chunk plays {chunk_s:.2f} s")
     page.click("#sc-stop")
     server_gaps = [1e3 * (b - a) for a, b in zip(sent, sent[1:])]
     gaps = [b - a for a, b in zip(shown, shown[1:])]
@@ -327,5 +338,7 @@ def test_playback_is_even(server, open_page, monkeypatch):
     assert s_p95 < 2 * s_mean, f"server send interval p95 {s_p95:.0f} ms vs mean {s_mean:.0f} ms"
     assert len(gaps) > 40, f"only {len(gaps)} frames shown in 12 s"
     mean, p95 = sum(gaps) / len(gaps), sorted(gaps)[int(0.95 * len(gaps))]
-    # the page adds its own jitter (each frame is an image file fetched over HTTP on a shared CPU)
-    assert p95 < 2.5 * mean, f"shown-frame interval p95 {p95:.0f} ms vs mean {mean:.0f} ms"
+    # the page adds its own jitter (each frame goes out as an event, then an image file fetched over HTTP,
+    # on a 2-core CPU shared with the stream's compute and the browser): held to 3x there, 2x at the server
+    assert p95 < 3 * mean, f"shown-frame interval p95 {p95:.0f} ms vs mean {mean:.0f} ms"
+    assert latency < 2 * chunk_s, f"prompt switch shown after {latency:.2f} s, chunk {chunk_s:.2f} s"

@@ -176,7 +176,8 @@ def stats_html(live: Live, chunk: StreamChunk, pacer: Pacer, buffered: int) -> s
     w, h = live.size
     live_n, line = live.sched.counts() if live.sched is not None else (1, 0)
     share = f" · {live_n} streams share the device" if live_n > 1 else ""
-    return (f'<div id="sc-stats" data-frames="{live.shown}" data-fps="{gen_fps:.2f}" data-buffer="{buffered}">'
+    return (f'<div id="sc-stats" data-frames="{live.shown}" data-fps="{gen_fps:.2f}" data-buffer="{buffered}" '
+            f'data-chunk="{chunk.index}" data-prompt="{html.escape(chunk.prompt)}">'
             f'<b>{gen_fps:.1f} FPS</b> generated · shown {pacer.shown_fps():.1f} fps · buffer {buffered} frames · '
             f'chunk {secs * 1e3:.0f} ms (DiT {chunk.dit_seconds * 1e3:.0f} + decode {chunk.decode_seconds * 1e3:.0f}) · '
             f'frame <span class="sc-frame">{live.shown}</span> · {w}x{h}{share}</div>')
@@ -349,7 +350,7 @@ class App:
                     yield gr.skip(), gr.skip(), gr.skip(), message(note)
                 now = time.perf_counter()
                 if buffer and now >= due:
-                    frame = buffer.popleft()
+                    frame, chunk = buffer.popleft()  # with the chunk it came from: its stats and prompt
                     interval = pacer.interval(len(buffer))
                     due = due + interval if due > now - interval else now + interval  # after a stall: restart the clock
                     pacer.showed(now)
@@ -357,20 +358,22 @@ class App:
                     yield frame, stats_html(live, chunk, pacer, len(buffer)), gr.skip(), gr.skip()
                     continue
                 wait = max(0.0, due - now) if buffer else 0.25
-                if len(buffer) > pacer.chunk:  # about one chunk held: leave the next one with the scheduler
-                    time.sleep(wait)
-                    continue
+                # the next chunk is made only once about one chunk is left to show: little is ever in
+                # flight, so a prompt or path change reaches the screen within about two chunks
+                ahead = 1 if len(buffer) <= pacer.chunk else 0
+                if ahead != job.ahead:
+                    job.ahead = ahead
+                    sched.wake()
                 item = job.get(timeout=wait)
                 if item is DONE:
                     if job.error is not None:
                         raise job.error
                     return
                 if item is not None and live.run == run:
-                    chunk = item
-                    pacer.arrived(len(chunk.frames))
-                    buffer.extend(chunk.frames)
+                    pacer.arrived(len(item.frames))
+                    buffer.extend((f, item) for f in item.frames)
                     if live.session is not None and live.session.record_attention:
-                        yield gr.skip(), gr.skip(), cache_html(chunk), gr.skip()
+                        yield gr.skip(), gr.skip(), cache_html(item), gr.skip()
         except Exception as e:  # a failing step (bad checkpoint at run time, OOM) ends this stream only
             live.stop()
             yield gr.skip(), IDLE_STATS, gr.skip(), message(f"stream stopped: {e}", error=True)
