@@ -78,7 +78,10 @@ def assert_outputs_match(model: CausalWanModel, reference: WanTransformer3DModel
     x, text = torch.randn(1, 16, 3, 8, 8), torch.randn(1, 16, 32)
     with torch.no_grad():
         ours = model(x, torch.full((1, 3), 700.0), text)
-        ref = reference(x, torch.tensor([700.0]), text, return_dict=False)[0]
+        # diffusers' transformer takes the embedding as given; Wan's pipeline zero-pads it to text_len
+        # first, which our model does itself
+        padded = torch.nn.functional.pad(text, (0, 0, 0, model.config.text_len - text.shape[1]))
+        ref = reference(x, torch.tensor([700.0]), padded, return_dict=False)[0]
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
 
 
