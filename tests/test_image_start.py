@@ -324,11 +324,12 @@ def test_browser_start_image_and_current_frame_begin_the_next_stream(tmp_path):
         assert "sc-error" in app.start_from_current("page")  # nothing made yet
         picture = np.random.default_rng(2).integers(0, 256, (48, 96, 4), dtype=np.uint8)
         Image.fromarray(picture, "RGBA").save(tmp_path / "start.png")
-        note = app.set_start_image("page", str(tmp_path / "start.png"))
+        shown, note = app.set_start_image("page", str(tmp_path / "start.png"))
         assert "sc-note" in note and "alpha" in note and str(tmp_path) not in note
+        np.testing.assert_array_equal(shown, load_image(tmp_path / "start.png", 64, 64).pixels)  # drawn over
         bad = tmp_path / "bad.png"
         bad.write_bytes(b"not a png")
-        assert "sc-error" in (msg := app.set_start_image("page", str(bad))) and str(tmp_path) not in msg
+        assert "sc-error" in (msg := app.set_start_image("page", str(bad))[1]) and str(tmp_path) not in msg
         cfg = dict(chunk_frames=3, policy="window", policy_args={}, seed=0)
         sched.call(app._open, live, "tiny", "a cat", cfg)
         first = sched.call(app._step, live, live.session).frames
@@ -345,7 +346,7 @@ def test_browser_start_image_and_current_frame_begin_the_next_stream(tmp_path):
         again = sched.call(app._step, live, live.session).frames
         z = encode_frames(pipe, second[-1:])
         np.testing.assert_array_equal(again, video_to_uint8(pipe.decoder.decode(z, pipe.decoder.new_state()))[0])
-        assert "cleared" in app.set_start_image("page", None) and live.start_image is None
+        assert "cleared" in app.set_start_image("page", None)[1] and live.start_image is None
     finally:
         app.lives.pop("page").close()
         app.placer.close()

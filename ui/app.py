@@ -439,24 +439,28 @@ class App:
             traj.save(files[0])
         return [str(f) for f in files], message(f"exported {traj.num_tracks} tracks, {traj.num_frames} frames")
 
-    def set_start_image(self, key: str, file) -> str:
+    def set_start_image(self, key: str, file) -> tuple:
         """The uploaded picture becomes the first frame of the next Start (resized to cover the
-        stream's size and centre-cropped); bad files are one line, without server paths."""
-        from streamer.images import read_image
+        stream's size and centre-cropped) and is shown in the live view, so the canvas draws over it
+        and a stroke can start on what is in the picture. Returns (live image, message); bad files
+        are one line, without server paths."""
+        from streamer.images import fit_start_image, read_image
 
         path = Path(getattr(file, "name", file)) if file else None
         try:
             live = self.live(key)
             if path is None:
                 live.start_image = None
-                return message("start image cleared: Start begins from text")
+                return gr.skip(), message("start image cleared: Start begins from text")
             picture = read_image(path, what="start image")
         except StreamerError as e:
-            return message(str(e).replace(str(path), path.name if path else ""), error=True)
+            return gr.skip(), message(str(e).replace(str(path), path.name if path else ""), error=True)
         live.start_image = picture
         notes = "; ".join(n.replace(str(path), path.name) for n in picture.notes)
         w, h = picture.source_size
-        return message(f"start image {path.name} ({w}x{h}): the next Start begins from it" + (f" · {notes}" if notes else ""))
+        shown = fit_start_image(picture, *live.size).pixels  # as the stream will begin (the size rule)
+        return shown, message(f"start image {path.name} ({w}x{h}): the next Start begins from it"
+                              + (f" · {notes}" if notes else ""))
 
     def start_from_current(self, key: str) -> str:
         """The newest frame of the page's stream becomes the first frame of the next Start."""
@@ -617,7 +621,7 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
             None, None, None, js="() => setTimeout(() => document.querySelector('#sc-recording a')?.click(), 300)")
         policy.change(lambda name: knobs_text(name), [policy], [knobs], queue=False)
         export.click(app.export, [canvas, fmt], [exported, note], queue=False)
-        start_file.change(app.set_start_image, [canvas, start_file], [note], queue=False)
+        start_file.change(app.set_start_image, [canvas, start_file], [live_img, note], queue=False)
         from_current.click(app.start_from_current, [canvas], [note], queue=False)
         upload.upload(app.import_tracks, [canvas, upload], [imported, note], queue=False).then(
             None, [imported], None, js="(s) => { if (s && window.streamerCanvas) window.streamerCanvas.load(s); }")
