@@ -2,6 +2,8 @@ import os
 
 # Triton kernels run under the interpreter on CPU; must be set before any @triton.jit is defined.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# As `import streamer` does for users (streamer/__init__.py), before torch loads OpenMP here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
