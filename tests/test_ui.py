@@ -247,3 +247,23 @@ def test_upload_errors_name_the_file_not_the_server_path(app, tmp_path, name, da
     for leak in (str(tmp_path), "/tmp", "pickle", "codec", "utf-8"):
         assert leak not in msg
     app.lives.pop("up2").close()
+
+
+def test_pause_resume_shows_every_frame_in_order(app):
+    """Frames made before a Pause are shown after Resume, none skipped (the buffer stays with the page)."""
+    gen = app.start("pr", "a cat", 0, "tiny", "window", "window=21", 4, False, _request())
+    frames: list = []
+    for out in gen:
+        if isinstance(out[0], np.ndarray):
+            frames.append(out[0])
+            if len(frames) == 10:
+                break
+    live = app.lives["pr"]
+    app.pause("pr")
+    gen.close()
+    assert live.buffer, "the tiny model runs ahead of 16 fps: frames wait in the buffer"
+    waiting = live.buffer[0][0]
+    resumed = next(out[0] for out in app.resume("pr", _request()) if isinstance(out[0], np.ndarray))
+    assert np.array_equal(resumed, waiting) and live.shown == 11
+    app.stop("pr")
+    app.lives.pop("pr").close()

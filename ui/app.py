@@ -88,6 +88,7 @@ class Live:
         self.pipe: Pipeline | None = None
         self.session: Session | None = None
         self.sched: Scheduler | None = None    # the device's scheduler this stream runs on
+        self.buffer: deque = deque()           # (frame, chunk) made, not yet shown
         self.job: Job | None = None            # the stream's place in it
         self.run = 0                           # bumped by start/pause/stop: a loop of an older run ends
         self.streaming = False
@@ -148,6 +149,7 @@ class Live:
         if self.job is not None and self.sched is not None:
             self.sched.remove(self.job)  # its slot goes to the first page in line
         self.job = self.session = None
+        self.buffer.clear()
         with self.lock:
             if self.writer is not None:
                 self.writer.close()
@@ -332,7 +334,7 @@ class App:
         sched.pause(job, False)
         yield gr.skip(), gr.skip(), gr.skip(), message(note)
         pacer = Pacer(live.fps, live.session.config.chunk_frames * 4)
-        buffer: deque = deque()
+        buffer = live.buffer  # kept on the page: frames made before a Pause are shown after Resume
         chunk, due, waiting = None, 0.0, None
         try:
             while live.run == run:
@@ -369,7 +371,10 @@ class App:
                     if job.error is not None:
                         raise job.error
                     return
-                if item is not None and live.run == run:
+                if item is not None and live.run != run:  # paused or stopped while it arrived: keep it
+                    job.out.put(item)
+                    return
+                if item is not None:
                     pacer.arrived(len(item.frames))
                     buffer.extend((f, item) for f in item.frames)
                     if live.session is not None and live.session.record_attention:
