@@ -104,6 +104,14 @@ class Api:
         self.token = token
         self.streams: dict[str, ApiStream] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._reaper, name="streamer-api-reaper", daemon=True).start()
+
+    def _reaper(self) -> None:
+        """Free streams nobody has read or steered for IDLE_SECONDS, and ended ones, every half minute."""
+        while not self._closed.wait(30):
+            with self._lock:
+                self._reap()
 
     # ---- helpers ----------------------------------------------------------------------------------
     def _authorized(self, header: str | None, query: str | None) -> bool:
@@ -328,6 +336,7 @@ class Api:
         return r
 
     def close(self) -> None:
+        self._closed.set()
         for st in list(self.streams.values()):
             st.close()
         self.streams.clear()
