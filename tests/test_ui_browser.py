@@ -281,8 +281,11 @@ def test_a_huge_window_or_size_is_refused_without_memory_growth(server, open_pag
     page = open_page()
     page.locator("#sc-settings button").first.click()
     knobs = page.get_by_label("policy knobs (k=v ...)")
+    expect(knobs).not_to_have_value("")  # the model's own knobs have arrived: they cannot overwrite ours later
     before = _rss_mb()
     knobs.fill("window=100000")
+    knobs.press("Tab")  # the change reaches the server before Start reads it
+    expect(knobs).to_have_value("window=100000")
     page.click("#sc-start")
     expect(page.locator("#sc-message")).to_contain_text("GiB")
     expect(page.locator("#sc-message")).to_contain_text("lower")
