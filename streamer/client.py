@@ -57,10 +57,21 @@ class Client:
 
     def create(self, prompt: str, *, model: str | None = None, policy: str | None = None,
                policy_args: dict | None = None, size: tuple[int, int] | None = None, seed: int = 0,
-               steps: int = 4, tracks: dict | list | None = None) -> Stream:
+               steps: int = 4, tracks: dict | list | None = None, image: str | Path | bytes | None = None) -> Stream:
         """Open a stream (it may wait in line: see `Stream.info['position']`). `tracks`: the project's
-        trajectory JSON (or an ATI-style point list) in pixels of the stream's frame."""
+        trajectory JSON (or an ATI-style point list) in pixels of the stream's frame (or of `image`,
+        when they give its width and height). `image`: a start picture (a PNG/JPEG/WebP path, or the
+        file's bytes); the stream's first frame is that picture, and `Stream.info['notes']` says what
+        was converted or resized."""
         body = {"prompt": prompt, "seed": seed, "steps": steps}
+        if image is not None:
+            import base64
+
+            try:
+                data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            except OSError as e:
+                raise StreamerError(f"image {image}: cannot read ({e.strerror or e})") from None
+            body["image"] = base64.b64encode(data).decode()
         for k, v in (("model", model), ("policy", policy), ("policy_args", policy_args), ("tracks", tracks)):
             if v is not None:
                 body[k] = v

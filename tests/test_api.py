@@ -186,3 +186,128 @@ def test_sessions_spread_over_two_cpu_devices():
     api.close()
     app.placer.close()
     np.testing.assert_equal(len(ids), 4)
+
+
+# ---- a start image (issue 16) -------------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def _png(pixels: np.ndarray, mode: str | None = None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height with a few bytes of pixel data: decoding it would fail,
+    so a size refusal proves nothing was decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b""))
+
+
+def test_a_start_image_is_the_first_frame_streamed(api):
+    """`image` (base64 or a data: URL): chunk 0 is the picture alone, by the size rule, through the
+    model's own encoder and decoder (as doing that by hand); then chunks of 12 frames. The alpha
+    conversion and the resize are said in `notes`."""
+    from streamer.images import encode_frames, fit_image
+    from streamer.models.frames import video_to_uint8
+
+    client, app_api = api
+    rgba = np.random.default_rng(4).integers(0, 256, (48, 96, 4), dtype=np.uint8)  # 96x48: wider than 64x64
+    s = _create(client, image="data:image/png;base64," + _b64(_png(rgba, "RGBA")), seed=5)
+    notes = " | ".join(s["notes"])
+    assert "alpha channel (RGBA): converted to RGB" in notes and "96x48: resized to cover 64x64" in notes, notes
+    assert "/tmp" not in notes and "upload" not in notes
+    st = app_api.streams[s["id"]]
+    with client.websocket_connect(f"/api/sessions/{s['id']}/frames?format=rgb") as ws:
+        head, frames = _chunk(ws)
+        assert head["index"] == 0 and head["first_frame"] == 0 and head["frames"] == 1
+        first = np.frombuffer(frames[0], np.uint8).reshape(64, 64, 3)
+        head2, frames2 = _chunk(ws)
+        assert head2["index"] == 1 and head2["first_frame"] == 1 and head2["frames"] == 12
+    pipe = st.session.pipe
+    from PIL import Image
+
+    over_black = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
+    fitted = np.asarray(fit_image(Image.fromarray(over_black), 64, 64))
+    z = encode_frames(pipe, fitted[None])
+    expected = video_to_uint8(pipe.decoder.decode(z, pipe.decoder.new_state()))[0, 0]
+    assert np.abs(first.astype(int) - expected.astype(int)).max() <= 1  # alpha composite may round apart by 1
+    client.delete(f"/api/sessions/{s['id']}")
+
+    # plain base64 of a grayscale PNG at the video's size: converted, said, and nothing resized
+    gray = np.random.default_rng(5).integers(0, 256, (64, 64), dtype=np.uint8)
+    s = _create(client, image=_b64(_png(gray, "L")))
+    assert s["notes"] == ["image: grayscale (L): converted to RGB"], s["notes"]
+    with client.websocket_connect(f"/api/sessions/{s['id']}/frames?format=rgb") as ws:
+        first = np.frombuffer(_chunk(ws)[1][0], np.uint8).reshape(64, 64, 3)
+    z = encode_frames(pipe, np.repeat(gray[None, ..., None], 3, -1))
+    np.testing.assert_array_equal(first, video_to_uint8(pipe.decoder.decode(z, pipe.decoder.new_state()))[0, 0])
+    client.delete(f"/api/sessions/{s['id']}")
+
+
+@pytest.mark.parametrize("image, text", [
+    (_b64(_png(np.zeros((40, 40, 3), np.uint8))[:60]), "image: corrupt or truncated image"),
+    ("", "image is an empty file (0 bytes)"),
+    (_b64(_png_header_only(0, 0)), "image: the picture has zero size"),
+    (_b64(_png_header_only(20000, 20000)), "image: the picture has 400000000 pixels; at most 16384 per side"),
+    (_b64(_png_header_only(17000, 10)), "image: the picture is 17000x10 pixels; at most 16384 per side"),
+    (_b64(b"GIF89a not really a picture at all"), "image: not a picture Pillow can read"),
+    ("not base64 at all!", "image must be a base64 string"),
+    ("data:image/png,abc", "a data: URL must be base64"),
+    (12, "image must be a base64 string"),
+], ids=["corrupt", "empty", "zero-size", "huge", "too-long", "not-a-picture", "not-base64", "data-url", "number"])
+def test_bad_start_images_get_a_400_with_one_line(api, image, text):
+    client, app_api = api
+    before = len(app_api.streams)
+    r = client.post("/api/sessions", json={"prompt": "a", "size": SIZE, "image": image})
+    detail = r.json()["detail"]
+    assert r.status_code == 400 and text in detail, r.text
+    assert "\n" not in detail and "/tmp" not in detail and "upload" not in detail and "Traceback" not in detail
+    assert len(app_api.streams) == before
+
+
+def test_tracks_drawn_on_the_start_image_are_mapped_with_it():
+    """Tracks whose frame is the picture's own size follow the size rule with it (the tiny model of
+    these tests has no trajectory channels, so this is the mapping alone)."""
+    from streamer.images import StartImage
+    from streamer.trajectory import Trajectory
+    from streamer.ui.api import _tracks_on_image
+
+    picture = StartImage(np.zeros((64, 64, 3), np.uint8), source_size=(96, 48))  # fitted to 64x64 from 96x48
+    on_picture = Trajectory(np.array([[[48.0, 24.0]], [[60.0, 0.0]]], np.float32), np.ones((2, 1), bool), 16.0, 96, 48)
+    notes: list[str] = []
+    mapped = _tracks_on_image(on_picture, picture, (64, 64), notes)
+    # scale 64/48, then (128 - 64) / 2 = 32 px cut on the left
+    np.testing.assert_allclose(mapped.tracks[:, 0], [[32.0, 32.0], [48.0, 0.0]], atol=1e-4)
+    assert (mapped.width, mapped.height) == (64, 64) and "mapped with it" in notes[0]
+    in_video = Trajectory(np.array([[[10.0, 20.0]]], np.float32), np.ones((1, 1), bool), 16.0, 64, 64)
+    assert _tracks_on_image(in_video, picture, (64, 64), notes) is in_video and len(notes) == 1
+
+
+def test_the_python_client_sends_a_start_image_as_base64(tmp_path, monkeypatch):
+    import base64
+
+    from streamer.client import Client
+    from streamer.errors import StreamerError
+
+    sent = {}
+    monkeypatch.setattr(Client, "request", lambda self, method, path, body=None: (sent.update(body), b'{"id": "x"}')[1])
+    (tmp_path / "start.png").write_bytes(png := _png(np.zeros((8, 8, 3), np.uint8)))
+    Client().create("a", image=tmp_path / "start.png")
+    assert base64.b64decode(sent["image"]) == png
+    with pytest.raises(StreamerError, match="cannot read"):
+        Client().create("a", image=tmp_path / "missing.png")

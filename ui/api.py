@@ -1,7 +1,8 @@
 """The headless streaming API of `streamer serve`, beside the page in the same process (FastAPI).
 
-    POST   /api/sessions                    {prompt, model?, policy?, policy_args?, size?, seed?, steps?, tracks?}
-                                            -> {id, position, device, width, height, fps, chunk_frames}
+    POST   /api/sessions                    {prompt, model?, policy?, policy_args?, size?, seed?, steps?, tracks?,
+                                             image?}
+                                            -> {id, position, device, width, height, fps, chunk_frames, notes}
     GET    /api/sessions/{id}               -> {position, chunks, frames, paused, prompt}
     POST   /api/sessions/{id}/control       {prompt?, tracks?, action?: pause|resume|stop}
     WS     /api/sessions/{id}/frames?format=jpeg|rgb
@@ -16,11 +17,21 @@ input checks (ui/params.py) as the page's. A session id (secrets.token_urlsafe, 
 handle on a stream: nothing lists sessions, and one WebSocket reads a stream at a time. With a token
 (`streamer serve --token`) every call must carry `Authorization: Bearer <token>` (or `?token=` on the
 WebSocket). Bad requests get a 4xx whose `detail` is one line naming the field.
+
+A start image (issue 16) is the `image` field: a PNG, JPEG or WebP file, base64 (a `data:` URL is
+taken too). It is read with the checks of `generate --image` (streamer/images.py: corrupt, empty,
+zero-size and oversized pictures refused, the size from the header before any pixel is decoded)
+and fitted by the same size rule (resize to cover, centre-crop); alpha and grayscale are converted
+and `notes` says so. The stream's first chunk is then that picture alone (one frame, the model's
+own encoder and decoder round trip), and generation goes on from it. Tracks whose width x height
+is the picture's own are mapped with it, as `generate --image --tracks` maps them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import io
 import json
 import secrets
@@ -36,17 +47,19 @@ from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisco
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.background import BackgroundTask
 
-from streamer.errors import ResourceError, StreamerError
+from streamer.errors import InputError, ResourceError, StreamerError
+from streamer.images import StartImage, encode_frames, fit_points, fit_start_image, read_image
+from streamer.memory import DECODER_BYTES_PER_PIXEL, StreamBytes, check_stream_fits
 from streamer.scheduler import DONE, Job, Scheduler
 from streamer.session import Session, StreamChunk, latent_size
-from streamer.trajectory import from_json
+from streamer.trajectory import Trajectory, from_json
 from streamer.ui import params
 from streamer.video import Mp4Writer
 
-FIELDS = {"prompt", "model", "policy", "policy_args", "size", "seed", "steps", "tracks"}
+FIELDS = {"prompt", "model", "policy", "policy_args", "size", "seed", "steps", "tracks", "image"}
 MAX_SESSIONS = 64          # API streams held at once (live, in line or paused), all devices
 IDLE_SECONDS = 600         # a stream nobody has read or steered for this long is freed
-MAX_BODY = 8 << 20         # bytes of a request body (tracks included)
+MAX_BODY = 8 << 20         # bytes of a request body (tracks and a base64 start image included: ~6 MiB of file)
 
 
 class ApiStream:
@@ -84,6 +97,38 @@ class ApiStream:
 
 def _fail(status: int, text: str):
     raise HTTPException(status, detail=text)
+
+
+def _unpath(text: str, path: Path) -> str:
+    """read_image's message about the server's temp file `path` -> about the `image` field."""
+    text = text.replace(f"image {path} is not an image", "image: not a picture")
+    return text.replace(f"image {path}", "image").replace(str(path), "the image")
+
+
+def _tracks_on_image(tracks: Trajectory | None, image: StartImage, size: tuple[int, int],
+                     notes: list[str]) -> Trajectory | None:
+    """Tracks drawn on the start image (`image` fitted to `size`; the tracks' width x height is the
+    picture's own, not the video's) mapped by the size rule, so they stay on what they were drawn on;
+    others as they are. Appends a note when it maps."""
+    src = image.source_size
+    if tracks is None or (tracks.width, tracks.height) != src or src == tuple(size):
+        return tracks
+    notes.append(f"the tracks are in the picture's {src[0]}x{src[1]} pixels: mapped with it (cover, centre-crop)")
+    return Trajectory(fit_points(tracks.tracks, *src, *size), tracks.visible, tracks.fps, size[0], size[1], tracks.loop)
+
+
+def _open(pipe, prompt: str, config, tracks, image: StartImage | None, device) -> Session:
+    """The API stream's Session, on its device's compute thread. With a start image (already fitted
+    to the stream's size): encoded by the model's own encoder into one clean latent frame
+    [1, C, 1, h, w] that the Session's first step caches and decodes. The encode is admitted first
+    (costed like a one-frame decode), so a picture on a size that cannot fit is refused before it is
+    computed; the Session then admits the whole stream."""
+    start = None
+    if image is not None:
+        check_stream_fits(StreamBytes(0, 0, 0, 0, config.width * config.height * DECODER_BYTES_PER_PIXEL),
+                          device or pipe.device, f"{config.width}x{config.height}, encoding the start image")
+        start = encode_frames(pipe, image.pixels[None])
+    return Session(pipe, prompt, config, tracks=tracks, start_latents=start)
 
 
 def encode(frame: np.ndarray, fmt: str) -> bytes:
@@ -162,6 +207,32 @@ class Api:
         except Exception:  # noqa: BLE001 - any other shape of garbage
             _fail(400, "tracks must be the project's trajectory JSON or an ATI-style point list")
 
+    @staticmethod
+    def _image(data) -> StartImage:
+        """The `image` field (base64 of a PNG/JPEG/WebP file, or a data: URL) -> the picture at its own
+        size, read as `generate --image` reads a file. Raises InputError, one line naming the field."""
+        if not isinstance(data, str):
+            raise InputError("image must be a base64 string of a PNG, JPEG or WebP file (or a data: URL)")
+        text = data.strip()
+        if text.startswith("data:"):  # data:image/png;base64,....
+            head, comma, text = text.partition(",")
+            if not comma or not head.endswith(";base64"):
+                raise InputError("image: a data: URL must be base64 (data:image/png;base64,...)")
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError("image must be a base64 string of a PNG, JPEG or WebP file (or a data: URL)") from None
+        with tempfile.TemporaryDirectory(prefix="streamer-image-") as tmp:  # read_image's checks work on files
+            path = Path(tmp) / "upload"
+            path.write_bytes(raw)
+            try:
+                picture = read_image(path, what="image")
+            except StreamerError as e:  # the server's temp path is no business of the client's
+                raise InputError(_unpath(str(e), path)) from None
+        picture.notes = [_unpath(n, path) for n in picture.notes]
+        picture.name = "image"
+        return picture
+
     # ---- the work --------------------------------------------------------------------------------
     def create(self, body: dict) -> dict:
         unknown = set(body) - FIELDS
@@ -179,6 +250,8 @@ class Api:
             size = params.size(body.get("size"))
             seed = params.whole("seed", body.get("seed", 0), 0, params.SEED_MAX)
             steps = params.whole("steps", body.get("steps", 4), 1, params.STEPS_MAX)
+            # read before a device is chosen or a model loaded: a bad picture costs nothing
+            image = self._image(body["image"]) if body.get("image") is not None else None
             sched, device = self.app.place()
             pipe = sched.call(self.app.models.get, model, device)
             size = size or self.app.frame_size(pipe)
@@ -186,8 +259,12 @@ class Api:
             policy = body.get("policy") or (pipe.stream_defaults or {}).get("policy", "window")
             knobs = params.knobs(policy, body.get("policy_args"))
             tracks = self._tracks(body.get("tracks"), size, pipe.fps)
+            notes: list[str] = []
+            if image is not None:  # the size rule, and what was converted or resized, said in `notes`
+                notes = list((image := fit_start_image(image, *size)).notes)
+                tracks = _tracks_on_image(tracks, image, size, notes)
             config = pipe.stream_config(size=size, policy=policy, policy_args=knobs, steps=steps, seed=seed)
-            session = sched.call(partial(Session, pipe, prompt, config, tracks=tracks))
+            session = sched.call(partial(_open, pipe, prompt, config, tracks, image, device))
         except ResourceError as e:
             _fail(413, str(e))
         except HTTPException:
@@ -201,7 +278,7 @@ class Api:
         cfg = session.config
         return {"id": st.id, "position": position, "device": device or str(pipe.device), "width": cfg.width,
                 "height": cfg.height, "fps": pipe.fps, "chunk_frames": cfg.chunk_frames,
-                "policy": cfg.policy, "policy_args": cfg.policy_args}
+                "policy": cfg.policy, "policy_args": cfg.policy_args, "notes": notes}
 
     def status(self, st: ApiStream) -> dict:
         return {"position": st.sched.position(st.job), "chunks": st.job.chunks, "frames": st.frames,
