@@ -1,4 +1,5 @@
-"""`streamer serve` in a real headless Chromium: paint, stream, steer, stop, download; two pages apart.
+"""`streamer serve` in a real headless Chromium: paint, stream, steer, stop, download; two pages apart;
+a start image whose object is dragged along a stroke.
 
 Needs Debian `chromium` and the `playwright` package (its own browser download is not used).
 Runs the shipped world-128 model at 128x128 (trajectory channels, so painted tracks steer it), or
@@ -347,3 +348,110 @@ def test_playback_is_even(server, open_page, monkeypatch):
     # two chunk durations is the aim (1.94 measured on a quiet moment); the re-cache chunk costs more, and on
     # this shared CPU it can miss by a few tenths, so the test holds it to three
     assert latency < 3 * chunk_s, f"prompt switch shown after {latency:.2f} s, chunk {chunk_s:.2f} s"
+
+
+# ---- issue 16: upload a start image, drag from the object in it ------------------------------------
+# The start picture: one blue circle (radius 9 px) on World's sand background, at (32, 64) of the
+# 128x128 frame; the stroke drags it 64 px to the right. Measured on the shipped model through the
+# page's own path (App._open/_step, seeds 0 and 5, strokes of 0.8 to 3.5 s): the circle is found by
+# colour in 61/61 frames and ends 0-3 px from the stroke's end (64 px from its start). Pairs the
+# model holds less well: a red circle on sand turns green then purple as it moves (found in 19/61
+# frames), green on sand and red on snow fade out; red on grass, yellow on grass or night, white
+# on stone, orange on night and purple on snow follow too. With no path painted the circle fades
+# into the sand (found in 5/61 frames, none in the last 12). A stroke that starts off the circle
+# (46 px below it) does not leave it in place: this small model binds a track to the prompt's
+# sprite, not to what lies under the stroke, so the circle vanishes and reappears on the stroke.
+SPRITE_FROM, SPRITE_TO, SPRITE_RADIUS = (32.0, 64.0), (96.0, 64.0), 9.0
+FOLLOW_FRAMES = 61          # the picture + 5 chunks of 12 frames
+END_FRAMES = 12             # the last chunk: where the circle must have arrived (the pen lifted long before)
+
+
+def _start_picture(path: Path) -> Path:
+    from PIL import Image
+
+    from streamer.world.scenes import Sprite, World
+
+    world = World()
+    img = world.background("sand", 1).copy()
+    world.draw(img, Sprite("circle", "blue", SPRITE_RADIUS), *SPRITE_FROM)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def _recorded_frames(live, n: int):
+    """The first n frames the page's stream made (its recording: every generated frame, in order)."""
+    import numpy as np
+
+    from streamer.images import read_video
+
+    frames = []
+    for f in read_video(live.snapshot(), what="recording"):
+        frames.append(f)
+        if len(frames) == n:
+            break
+    return np.stack(frames)
+
+
+def _follow(frames, trajectory) -> dict:
+    """Where the blue circle is (its colour centroid, per frame) against the painted track at that frame."""
+    import numpy as np
+
+    from streamer.world.scenes import COLOURS, colour_centroid
+
+    found = [colour_centroid(f, COLOURS["blue"]) for f in frames]
+    seen = [i for i, c in enumerate(found) if c is not None]
+    err = [float(np.hypot(*(np.array(found[i]) - trajectory.tracks[i, 0]))) for i in seen]
+    end = [found[i] for i in seen if i >= len(frames) - END_FRAMES]
+    out = {"found": len(seen), "frames": len(frames), "median_err": float(np.median(err)) if err else float("inf"),
+           "end_seen": len(end)}
+    if end:
+        at = np.mean(end, 0)
+        out.update(end_at=tuple(round(float(v), 1) for v in at), to_end=float(np.hypot(*(at - SPRITE_TO))),
+                   to_start=float(np.hypot(*(at - SPRITE_FROM))))
+    return out
+
+
+def _moved_along(m: dict) -> bool:
+    # measured 61/61 found, median error ~1-2 px, 0-3 px from the end; the margins below are wide
+    return (m["found"] >= 0.8 * m["frames"] and m["median_err"] <= 8.0 and m["end_seen"] >= END_FRAMES // 2
+            and m["to_end"] <= 10.0 and m["to_start"] - m["to_end"] >= 40.0)
+
+
+@pytest.mark.skipif(MODEL[0] != "default", reason="needs the shipped weights: a random model follows no stroke")
+def test_start_image_drag_from_the_object_moves_it_along_the_stroke(server, open_page, tmp_path):
+    app = server[1]
+    page = open_page()
+    page.locator("#sc-start-image button").first.click()
+    page.locator("#sc-start-file input[type=file]").set_input_files(str(_start_picture(tmp_path / "start.png")))
+    expect(page.locator("#sc-message")).to_contain_text("the next Start begins from it")
+    page.fill("#sc-prompt textarea", "a blue circle on a sand background")
+    # a stroke from the circle's centre to 64 px right of it, drawn in ~1.5 s (about 2 px per frame)
+    (x0, y0), (x1, y1), w, h = SPRITE_FROM, SPRITE_TO, *SIZE
+    _draw(page, [((x0 + (x1 - x0) * i / 20) / w, (y0 + (y1 - y0) * i / 20) / h) for i in range(21)], pause=0.07)
+    expect(page.locator(".sc-msg")).to_contain_text("1 track(s)")
+    live = app.lives[page.evaluate("window.streamerCanvas.cid")]
+    stroke = live.strokes[0]
+    assert stroke.end_frame(live.fps) < FOLLOW_FRAMES - END_FRAMES, "the pen must lift before the last chunk"
+
+    page.click("#sc-start")
+    _wait_frames(page, FOLLOW_FRAMES, timeout=45)
+    frames = _recorded_frames(live, FOLLOW_FRAMES)
+    page.click("#sc-stop")
+    expect(page.locator("#sc-message")).to_contain_text("stopped after")
+    traj = live.trajectory(FOLLOW_FRAMES)
+    assert abs(traj.tracks[0, 0, 0] - x0) < 3 and abs(traj.tracks[0, 0, 1] - y0) < 3, "the stroke starts on the circle"
+    m = _follow(frames, traj)
+    print("\nwith the stroke:", m)
+    assert _moved_along(m), m
+
+    # the same check fails when nothing is dragged: same picture and prompt, the path cleared
+    page.evaluate("window.streamerCanvas.load([])")
+    expect(page.locator(".sc-msg")).to_contain_text("drag to paint")
+    page.click("#sc-start")
+    expect(page.locator("#sc-message")).to_contain_text("no path painted")
+    _wait_frames(page, FOLLOW_FRAMES, timeout=45)
+    frames = _recorded_frames(live, FOLLOW_FRAMES)
+    page.click("#sc-stop")
+    still = _follow(frames, traj)
+    print("no path:", still)
+    assert not _moved_along(still), still
