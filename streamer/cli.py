@@ -32,7 +32,8 @@ def latent_frames_for(video_frames: int, chunk: int, rule=None) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="DiT weights: diffusers folder, .safetensors, or Self-Forcing/CausVid/LongLive .pt")
-    g.add_argument("--vae", help="Wan VAE: diffusers folder (or pipeline folder with vae/), or Wan2.1_VAE.pth")
+    g.add_argument("--vae", help="Wan VAE: diffusers folder (or pipeline folder with vae/), or Wan2.1_VAE.pth; "
+                                 "or TAEHV's taew2_1.pth, the tiny decoder (fast decode)")
     g.add_argument("--text-encoder", help="umT5 folder (tokenizer + encoder, or a Wan pipeline folder)")
     g.add_argument("--weights-key", choices=["generator_ema", "generator"],
                    help="which weights of a Self-Forcing/CausVid .pt holding both (default: generator_ema, "

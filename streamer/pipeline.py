@@ -82,16 +82,18 @@ class Pipeline:
         """Load a pipeline. With nothing given: the shipped default model. `preset` (e.g. "tiny",
         "wan2.1-1.3b"): a random DiT of that size (timing, tests). `checkpoint` / `vae` /
         `text_encoder`: real weights. dtype default `device.default_dtype` (bf16 on CUDA; on CPU bf16
-        only where it runs natively). `decoder`: "full" (a random full-size Wan VAE) or "tiny" (a random
-        TAEHV-size decoder) in place of the model's own, for timing a decoder without its weights.
+        only where it runs natively). `decoder`: "full" (a random full-size Wan VAE), "tiny" (the project's
+        random tiny decoder) or "taehv" (a random TAEHV at taew2_1's size, models/taehv.py) in place of
+        the model's own, for timing a decoder without its weights. `vae` may also be a TAEHV file
+        (`taew2_1.pth`, detected by its keys): real Wan latents then decode at TAEHV speed.
         `compile`: torch.compile each block (dynamic shapes). checkpoint_options: keyword arguments of
         `models.loader.load_model` (weights_key, lora, lora_scale, lora_alpha, config)."""
         device = torch.device(device) if device is not None else default_device()
         if device.type == "cpu":
             configure_threads()
         dtype = dtype or default_dtype(device)
-        if decoder not in (None, "model", "full", "tiny"):
-            raise ValueError(f"decoder {decoder!r}: choose model, full or tiny")
+        if decoder not in (None, "model", "full", "tiny", "taehv"):
+            raise ValueError(f"decoder {decoder!r}: choose model, full, tiny or taehv")
         if checkpoint is None and vae is None and text_encoder is None and preset is None \
                 and (WEIGHTS_DIR / "dit.safetensors").is_file():
             pipe = cls.load_default(device=device, dtype=dtype)
@@ -113,6 +115,11 @@ class Pipeline:
                 torch.manual_seed(seed + 1)
                 pipe.decoder = TinyStreamingDecoder(TinyVAE().to(device=device, dtype=dtype))
             pipe.description += "; random tiny decoder"
+        elif decoder == "taehv":
+            from streamer.models.taehv import TAEHVDecoder
+
+            pipe.decoder = TAEHVDecoder.random(seed=seed + 1, device=device, dtype=dtype)
+            pipe.description += "; random TAEHV decoder (taew2_1 size)"
         if compile:
             for blk in pipe.model.blocks:
                 blk.forward = torch.compile(blk.forward, dynamic=True)
@@ -136,7 +143,17 @@ class Pipeline:
         cfg = model.config
         from streamer.models.vae import StreamingWanDecoder
 
-        if vae is not None:
+        from streamer.models.taehv import TAEHVDecoder, is_taehv_file
+
+        if vae is not None and is_taehv_file(vae):  # taew2_1.pth: the tiny decoder for Wan latents
+            decoder = TAEHVDecoder.from_file(vae, device=device, dtype=dtype)
+            if decoder.latent_channels != cfg.out_channels:
+                from streamer.models.errors import CheckpointError
+
+                raise CheckpointError(f"--vae {vae}: a TAEHV for {decoder.latent_channels}-channel latents; this DiT "
+                                      f"makes {cfg.out_channels} (Wan 2.1 needs taew2_1.pth)")
+            notes.append(f"TAEHV tiny decoder {vae}")
+        elif vae is not None:
             decoder = StreamingWanDecoder.from_pretrained(vae, device=device, dtype=dtype)
             notes.append(f"VAE {vae}")
         else:

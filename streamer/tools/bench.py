@@ -47,6 +47,7 @@ TARGETS = {  # (fps_e2e, first_frame_s) the project must reach
     "cpu": (24.0, 1.0),
     "cuda:full": (30.0, 0.4),
     "cuda:tiny": (50.0, 0.4),
+    "cuda:taehv": (50.0, 0.4),  # the tiny-decoder target, held by the real tiny decoder's size
 }
 SPEEDUP_TARGETS = {"recompute": 3.0, "diffusers": 1.5}  # over each baseline, same machine, same run
 
@@ -58,7 +59,7 @@ class Cell:
     steps: int = 4
     chunk: int = 3
     policy: str | None = None      # None: the model's own (what `streamer generate` runs)
-    decoder: str = "model"         # model (what the preset ships) | full (Wan VAE) | tiny (TAEHV-style)
+    decoder: str = "model"         # model (what the preset ships) | full (Wan VAE) | tiny (TAEHV-style) | taehv
     dtype: str = "auto"            # auto (generate's default for the device) | bf16 | fp16 | fp32
     attention: str = "auto"        # auto | torch | triton (resolved to torch or triton when run)
     compile: bool = False
@@ -473,8 +474,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", nargs="+", type=checks.int_in(1, 1024), default=[3])
     p.add_argument("--policy", nargs="+", choices=list(POLICIES),
                    help="cache policies (default: the model's own, with its trained knobs, as `generate` runs)")
-    p.add_argument("--decoder", nargs="+", default=["model"], choices=["model", "full", "tiny"],
-                   help="model | full (Wan VAE) | tiny")
+    p.add_argument("--decoder", nargs="+", default=["model"], choices=["model", "full", "tiny", "taehv"],
+                   help="model | full (Wan VAE) | tiny | taehv (TAEHV at taew2_1's size, random weights)")
     p.add_argument("--dtype", nargs="+", default=["auto"], choices=["auto", "bf16", "fp16", "fp32"],
                    help="auto | bf16 | fp16 | fp32")
     p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "torch", "triton"],
