@@ -234,11 +234,24 @@ class WanBlock(nn.Module):
 
         norm1 / norm3 (no affine) run inside `run_layernorm_modulate`: fp32 LayerNorm, then the frame's
         scale and shift, in x's dtype; residuals are fp32 adds of the gated branch, in x's dtype."""
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table[:, None] + e).unbind(2)  # [B, F, D]
+        q, k, v = self.attention_inputs(x, e, getattr(self_attention, "qk_rope", None))
+        return self.after_attention(x, e, self_attention(layer, q, k, v), text_kv)
 
-        h = run_layernorm_modulate(x, shift, scale, self.norm1.eps)
-        q, k, v = self.attn1.qkv(h, getattr(self_attention, "qk_rope", None))
-        x = run_gated_residual(x, self.attn1.out(self_attention(layer, q, k, v)), gate)
+    # The block is split at its self-attention, the one step whose shapes follow the cache: both halves
+    # see only the chunk's own tokens, so they have the same shapes at every chunk of a stream, whatever
+    # the policy or cache fill (what `Pipeline.load(compile="static" | "graphs")` compiles).
+    def attention_inputs(self, x: torch.Tensor, e: torch.Tensor, rope: Rope | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, S, H, D] of the chunk's tokens x [B, S, D] (modulated norm1, projections, qk-norm, RoPE)."""
+        shift, scale = (self.scale_shift_table[:, None, :2] + e[:, :, :2]).unbind(2)  # [B, F, D]
+        return self.attn1.qkv(run_layernorm_modulate(x, shift, scale, self.norm1.eps), rope)
+
+    def after_attention(self, x: torch.Tensor, e: torch.Tensor, attn: torch.Tensor,
+                        text_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The rest of the block from the self-attention output attn [B, S, H, D]: gated residual,
+        cross-attention to the text, feed-forward; returns x [B, S, D]."""
+        gate, c_shift, c_scale, c_gate = (self.scale_shift_table[:, None, 2:] + e[:, :, 2:]).unbind(2)
+        x = run_gated_residual(x, self.attn1.out(attn), gate)
 
         h = self.norm2(x).to(x.dtype)
         q = self.attn2.norm_q(self.attn2.to_q(h)).unflatten(-1, (self.attn2.heads, -1))

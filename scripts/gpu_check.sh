@@ -11,8 +11,8 @@
 #                      the small-shape ones last (CPU CI runs those too, interpreted)
 #        kernels.log, kernels.json, kernels.md    streamer bench --kernels at the wan2.1-1.3b shape
 #        e2e.log, e2e.tar.gz   streamer bench --preset wan2.1-1.3b --size 832x480 --policy window, one
-#                      run per (decoder, attention) cell, then the baselines beside the tiny/triton
-#                      cell; e2e.log ends with every cell's results.md, the tar holds json/md/png
+#                      run per (decoder, attention, compile) cell (compile off, or graphs: CUDA graphs),
+#                      then the baselines beside the taehv/triton cell; e2e.log ends with every cell's results.md, the tar holds json/md/png
 #   3. steps that summary.txt shows cut short or skipped run again on their own, with the whole budget:
 #        run(command="bash scripts/gpu_check.sh e2e baselines", carry=[".whl"], timeout_s=600)
 #      (steps: tests kernels e2e baselines; a warm machine keeps Triton's compile cache, so it is quicker)
@@ -235,24 +235,29 @@ else
     model=(--preset wan2.1-1.3b --size 832x480)
     chunks=(--chunks "${E2E_CHUNKS:-2}" --warmup "${E2E_WARMUP:-6}")
 fi
-e2e() {  # e2e DECODER ATTENTION REPEATS NAME [BASELINES...]
-    local decoder=$1 attention=$2 repeats=$3 name=$4
-    shift 4
+e2e() {  # e2e DECODER ATTENTION COMPILE REPEATS NAME [BASELINES...]
+    local decoder=$1 attention=$2 compile=$3 repeats=$4 name=$5
+    shift 5
     step "e2e $name" e2e.log "$(cap 240)" bench "${model[@]}" --decoder "$decoder" --attention "$attention" \
-        --policy window --steps 4 --chunk 3 "${chunks[@]}" --repeats "$repeats" --baselines "$@" --quiet \
+        --compile "$compile" --policy window --steps 4 --chunk 3 "${chunks[@]}" --repeats "$repeats" --baselines "$@" --quiet \
         --out "$SCRATCH/e2e/$name"
 }
 if wants e2e || wants baselines; then
     : > "$OUT/e2e.log"
     # 3 repeats: the median first-frame latency is then a warm one (the first pays compilation)
     if wants e2e; then
-        for cell in "tiny triton" "tiny torch" "full triton" "full torch"; do
+        # graphs: each block's halves around the cache attention compiled with static shapes and
+        # replayed as CUDA graphs (streamer.pipeline.compile_model); the dry run has no CUDA: static
+        local_graphs=graphs; [ "$DRY" = 1 ] && local_graphs=static
+        # taehv: TAEHV's own decoder at taew2_1's size (random weights time like the real file)
+        for cell in "taehv triton off" "taehv triton $local_graphs" "full triton $local_graphs" "full triton off" \
+                    "taehv torch off" "full torch off"; do
             set -- $cell
-            e2e "$1" "$2" "${E2E_REPEATS:-3}" "$1-$2"
+            e2e "$1" "$2" "$3" "${E2E_REPEATS:-3}" "$1-$2-$3"
         done
     fi
     # the baselines re-run the whole window at every step (several times a cached chunk's work): once
-    wants baselines && e2e tiny triton 1 baselines-tiny-triton recompute diffusers
+    wants baselines && e2e taehv triton off 1 baselines-taehv-triton recompute diffusers
     for md in "$SCRATCH"/e2e/*/results.md; do
         [ -f "$md" ] && { echo "--- $md"; cat "$md"; } >> "$OUT/e2e.log"
     done

@@ -9,11 +9,15 @@ import os
 import pickle
 import signal
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamer import checks
 from streamer.errors import CheckpointError, InputError, StreamerError
 from streamer.policies import POLICIES, PolicyError, parse_policy_args  # torch-free: keeps --help instant
+
+_IMPORTED = time.perf_counter()
 
 _size = checks.video_size  # WxH, both in 1..65536
 
@@ -175,10 +179,20 @@ def _stream_config(args, pipe):
                               steps=args.steps, chunk_frames=args.chunk, seed=args.seed)
 
 
+@dataclass
+class Generated:
+    """What `generate_video` wrote: `frames` video frames in all; `first_frame_s`, seconds from the
+    process's start (`process_seconds`) until the first generated frame was in the file (None when
+    none was): the latency a user pressing Enter sees, imports and model loading included."""
+
+    frames: int
+    first_frame_s: float | None
+
+
 def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, progress: bool = True,
-                   trajectory=None, start_latents=None, original: Path | None = None) -> int:
-    """Stream one video into `out`; returns the number of frames written. Frames are written as
-    they are decoded, so an interrupted run leaves a playable file with what was made.
+                   trajectory=None, start_latents=None, original: Path | None = None) -> Generated:
+    """Stream one video into `out`. Frames are written as they are decoded, so an interrupted run
+    leaves a playable file with what was made.
 
     `start_latents` [1, C, n, h, w]: clean latents that begin the stream (an encoded image: its
     decoded frame is the video's first). `original`: a video being continued, whose frames are
@@ -200,6 +214,7 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
     bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True)
     written = 0
     writer = None
+    first_frame_s = None
     try:
         with Mp4Writer(out, fps=pipe.fps, width=config.width, height=config.height) as writer:
             if original is not None:
@@ -218,6 +233,8 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
                     continue  # the continued video's last frames, already written as they were
                 frames = chunk.frames[: video_frames - written]
                 writer.write(frames)
+                if first_frame_s is None:
+                    first_frame_s = process_seconds()
                 written += len(frames)
                 seconds = chunk.dit_seconds + chunk.decode_seconds
                 bar.set_postfix(fps=f"{len(chunk.frames) / max(seconds, 1e-9):.1f}", chunk_ms=f"{seconds * 1e3:.0f}")
@@ -228,7 +245,17 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
         raise
     finally:
         bar.close()
-    return written
+    return Generated(written, first_frame_s)
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: from /proc, so the interpreter's own start-up and
+    every import count, as a user pressing Enter sees it); elsewhere, since this module was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -397,7 +424,7 @@ def cmd_generate(args) -> int:
 
     out = Path(args.out)
     try:
-        n = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet,
+        made = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet,
                            trajectory=trajectory, start_latents=start_latents, original=original)
     except KeyboardInterrupt as e:
         kept = getattr(e, "frames_written", 0)
@@ -408,7 +435,9 @@ def cmd_generate(args) -> int:
         else:
             print(f"\ninterrupted: {out} keeps the {kept} frames made so far", file=sys.stderr)
         return 130
-    print(f"wrote {n} frames ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}")
+    n = made.frames
+    first = f"; first frame {made.first_frame_s:.1f} s after start" if made.first_frame_s is not None else ""
+    print(f"wrote {n} frames ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}{first}")
     return 0
 
 

@@ -62,12 +62,12 @@ class Cell:
     decoder: str = "model"         # model (what the preset ships) | full (Wan VAE) | tiny (TAEHV-style) | taehv
     dtype: str = "auto"            # auto (generate's default for the device) | bf16 | fp16 | fp32
     attention: str = "auto"        # auto | torch | triton (resolved to torch or triton when run)
-    compile: bool = False
+    compile: str = "off"           # off | blocks | static | graphs (see streamer.pipeline.compile_model)
 
     def label(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "native"
         return (f"{self.preset} {size} steps={self.steps} chunk={self.chunk} {self.policy or 'own policy'} dec={self.decoder} "
-                f"{self.dtype} attn={self.attention}{' compiled' if self.compile else ''}")
+                f"{self.dtype} attn={self.attention}{'' if self.compile == 'off' else ' compile=' + self.compile}")
 
 
 @dataclass
@@ -181,7 +181,7 @@ def time_generate(pipe: Pipeline, config: StreamConfig, chunks: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         _sync(pipe.device)
         t0 = time.perf_counter()
-        n = generate_video(pipe, _fresh_prompt(), Path(tmp) / "bench.mp4", config, frames, progress=False)
+        n = generate_video(pipe, _fresh_prompt(), Path(tmp) / "bench.mp4", config, frames, progress=False).frames
         _sync(pipe.device)
         return n / (time.perf_counter() - t0)
 
@@ -480,7 +480,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto | bf16 | fp16 | fp32")
     p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "torch", "triton"],
                    help="torch (PyTorch only) | triton (the Triton kernels) | auto: triton on CUDA, else torch")
-    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on", "blocks", "static", "graphs"],
+                   help="off | blocks (each block, dynamic shapes; 'on' = this) | static (each block's two halves "
+                        "around the cache attention, static shapes) | graphs (static, replayed as CUDA graphs)")
     p.add_argument("--chunks", type=checks.int_in(1), default=20, help="chunks measured per stream, after warm-up")
     p.add_argument("--warmup", type=checks.int_in(0), default=3, help="chunks streamed before measuring")
     p.add_argument("--repeats", type=checks.int_in(1), default=3)
@@ -520,10 +522,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     checks.check_writable_folder(args.out)  # before any work: a bench must not end in an unwritable folder
     device = torch.device(args.device) if args.device else default_device()
     grid = [Cell(preset=p, size=_sizes(s), steps=st, chunk=c, policy=pol, decoder=d, dtype=dt, attention=a,
-                 compile=cp == "on")
+                 compile="blocks" if cp == "on" else cp)
             for p, s, st, c, pol, d, dt, a, cp in itertools.product(
                 args.preset, args.size, args.steps, args.chunk, args.policy or [None], args.decoder, args.dtype,
                 args.attention, args.compile)]
+    if "graphs" in args.compile and device.type != "cuda":
+        raise ValueError("--compile graphs captures CUDA graphs: it needs a CUDA device")
     for policy in args.policy or []:
         make_policy(policy, {}, args.chunk[0])  # impossible knobs for this chunk fail here, before any work
     machine = machine_info()

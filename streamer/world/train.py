@@ -364,7 +364,8 @@ def cmd_train(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(args.recipe, out / "recipe.toml")
+    if not (out / "recipe.toml").exists() or not (out / "recipe.toml").samefile(args.recipe):
+        shutil.copy(args.recipe, out / "recipe.toml")  # a resumed run may be given the run's own copy
     log = Log(out / "train.log", echo=not args.quiet)
     t0 = time.time()
     if args.stage == "finetune":
