@@ -11,7 +11,7 @@
 #                      the small-shape ones last (CPU CI runs those too, interpreted)
 #        kernels.log, kernels.json, kernels.md    streamer bench --kernels at the wan2.1-1.3b shape
 #        e2e.log, e2e.tar.gz   streamer bench --preset wan2.1-1.3b --size 832x480 --policy window, one
-#                      run per (decoder, attention, compile) cell (compile off, or graphs: CUDA graphs),
+#                      run per (decoder, attention, compile, fp8) cell (compile off, or graphs: CUDA graphs),
 #                      then the baselines beside the taehv/triton cell; e2e.log ends with every cell's results.md, the tar holds json/md/png
 #   3. steps that summary.txt shows cut short or skipped run again on their own, with the whole budget:
 #        run(command="bash scripts/gpu_check.sh e2e baselines", carry=[".whl"], timeout_s=600)
@@ -235,11 +235,11 @@ else
     model=(--preset wan2.1-1.3b --size 832x480)
     chunks=(--chunks "${E2E_CHUNKS:-2}" --warmup "${E2E_WARMUP:-6}")
 fi
-e2e() {  # e2e DECODER ATTENTION COMPILE REPEATS NAME [BASELINES...]
-    local decoder=$1 attention=$2 compile=$3 repeats=$4 name=$5
-    shift 5
+e2e() {  # e2e DECODER ATTENTION COMPILE FP8 REPEATS NAME [BASELINES...]
+    local decoder=$1 attention=$2 compile=$3 fp8=$4 repeats=$5 name=$6
+    shift 6
     step "e2e $name" e2e.log "$(cap 240)" bench "${model[@]}" --decoder "$decoder" --attention "$attention" \
-        --compile "$compile" --policy window --steps 4 --chunk 3 "${chunks[@]}" --repeats "$repeats" --baselines "$@" --quiet \
+        --compile "$compile" --fp8 "$fp8" --policy window --steps 4 --chunk 3 "${chunks[@]}" --repeats "$repeats" --baselines "$@" --quiet \
         --out "$SCRATCH/e2e/$name"
 }
 if wants e2e || wants baselines; then
@@ -248,16 +248,18 @@ if wants e2e || wants baselines; then
     if wants e2e; then
         # graphs: each block's halves around the cache attention compiled with static shapes and
         # replayed as CUDA graphs (streamer.pipeline.compile_model); the dry run has no CUDA: static
-        local_graphs=graphs; [ "$DRY" = 1 ] && local_graphs=static
+        # fp8: the DiT's block linears in FP8 through torchao (off in the dry run: no CUDA)
         # taehv: TAEHV's own decoder at taew2_1's size (random weights time like the real file)
-        for cell in "taehv triton off" "taehv triton $local_graphs" "full triton $local_graphs" "full triton off" \
-                    "taehv torch off" "full torch off"; do
+        local_graphs=graphs local_fp8=on; [ "$DRY" = 1 ] && local_graphs=static local_fp8=off
+        for cell in "taehv triton off off" "taehv triton $local_graphs off" "full triton $local_graphs off" \
+                    "taehv triton $local_graphs $local_fp8" "full triton off off" "taehv torch off off" \
+                    "full torch off off"; do
             set -- $cell
-            e2e "$1" "$2" "$3" "${E2E_REPEATS:-3}" "$1-$2-$3"
+            e2e "$1" "$2" "$3" "$4" "${E2E_REPEATS:-3}" "$1-$2-$3-fp8$4"
         done
     fi
     # the baselines re-run the whole window at every step (several times a cached chunk's work): once
-    wants baselines && e2e taehv triton off 1 baselines-taehv-triton recompute diffusers
+    wants baselines && e2e taehv triton off off 1 baselines-taehv-triton recompute diffusers
     for md in "$SCRATCH"/e2e/*/results.md; do
         [ -f "$md" ] && { echo "--- $md"; cat "$md"; } >> "$OUT/e2e.log"
     done

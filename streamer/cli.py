@@ -50,6 +50,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
     g.add_argument("--attention", default="auto", choices=["auto", "torch", "triton"],
                    help="auto (default): the Triton kernels on CUDA when installed, else torch")
+    g.add_argument("--fp8", action="store_true",
+                   help="FP8 weights and activations in the DiT's block linears (torchao; CUDA GPUs of compute "
+                        "capability 8.9+: Ada, Hopper)")
 
 
 def _add_stream_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +134,8 @@ def _load_pipeline(args):
                                      lora_alpha=args.lora_alpha).items() if v is not None}
     try:
         pipe = Pipeline.load(checkpoint=args.checkpoint, vae=vae, text_encoder=text_encoder,
-                             device=args.device, dtype=dtype, checkpoint_options=options or None)
+                             device=args.device, dtype=dtype, checkpoint_options=options or None,
+                             fp8=getattr(args, "fp8", False))
     except pickle.UnpicklingError as e:  # torch's multi-line weights-only refusal, from the VAE or text encoder
         from streamer.models.loader import unsafe_pickle_message
 

@@ -134,6 +134,7 @@ class Pipeline:
         text_encoder: str | Path | None = None, device: str | torch.device | None = None,
         dtype: torch.dtype | None = None, preset: str | None = None, seed: int = 0,
         checkpoint_options: dict | None = None, decoder: str | None = None, compile: bool | str = False,
+        fp8: bool = False,
     ) -> Pipeline:
         """Load a pipeline. With nothing given: the shipped default model. `preset` (e.g. "tiny",
         "wan2.1-1.3b"): a random DiT of that size (timing, tests). `checkpoint` / `vae` /
@@ -142,9 +143,14 @@ class Pipeline:
         random tiny decoder) or "taehv" (a random TAEHV at taew2_1's size, models/taehv.py) in place of
         the model's own, for timing a decoder without its weights. `vae` may also be a TAEHV file
         (`taew2_1.pth`, detected by its keys): real Wan latents then decode at TAEHV speed.
-        `compile`: see `compile_model` (False/"off", True/"blocks", "static", "graphs"). checkpoint_options: keyword arguments of
+        `compile`: see `compile_model` (False/"off", True/"blocks", "static", "graphs"). `fp8`: the
+        blocks' linear layers in FP8 through torchao (`models.fp8`; CUDA sm_89+). checkpoint_options: keyword arguments of
         `models.loader.load_model` (weights_key, lora, lora_scale, lora_alpha, config)."""
         device = torch.device(device) if device is not None else default_device()
+        if fp8:  # before any loading: a run that cannot use FP8 fails at once
+            from streamer.models.fp8 import check_fp8_device
+
+            check_fp8_device(device)
         if device.type == "cpu":
             configure_threads()
         dtype = dtype or default_dtype(device)
@@ -176,6 +182,11 @@ class Pipeline:
 
             pipe.decoder = TAEHVDecoder.random(seed=seed + 1, device=device, dtype=dtype)
             pipe.description += "; random TAEHV decoder (taew2_1 size)"
+        if fp8:  # before compiling: the compiled graphs then hold the FP8 matmuls
+            from streamer.models.fp8 import quantize_fp8
+
+            n = quantize_fp8(pipe.model)
+            pipe.description += f"; FP8 linears ({n})"
         compile_model(pipe.model, compile)
         return pipe
 

@@ -63,11 +63,12 @@ class Cell:
     dtype: str = "auto"            # auto (generate's default for the device) | bf16 | fp16 | fp32
     attention: str = "auto"        # auto | torch | triton (resolved to torch or triton when run)
     compile: str = "off"           # off | blocks | static | graphs (see streamer.pipeline.compile_model)
+    fp8: bool = False              # the DiT's block linears in FP8 (torchao; CUDA sm_89+)
 
     def label(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "native"
         return (f"{self.preset} {size} steps={self.steps} chunk={self.chunk} {self.policy or 'own policy'} dec={self.decoder} "
-                f"{self.dtype} attn={self.attention}{'' if self.compile == 'off' else ' compile=' + self.compile}")
+                f"{self.dtype} attn={self.attention}{'' if self.compile == 'off' else ' compile=' + self.compile}{' fp8' if self.fp8 else ''}")
 
 
 @dataclass
@@ -119,7 +120,8 @@ def build_pipeline(cell: Cell, device: torch.device) -> Pipeline:
     model, or a random model of a preset's size; the cell's decoder and compile choices."""
     preset = None if cell.preset == "default" else cell.preset
     return Pipeline.load(preset=preset, device=device, dtype=_dtype(cell.dtype, device),
-                         decoder=None if cell.decoder == "model" else cell.decoder, compile=cell.compile)
+                         decoder=None if cell.decoder == "model" else cell.decoder, compile=cell.compile,
+                         fp8=cell.fp8)
 
 
 def _sync(device: torch.device) -> None:
@@ -483,6 +485,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on", "blocks", "static", "graphs"],
                    help="off | blocks (each block, dynamic shapes; 'on' = this) | static (each block's two halves "
                         "around the cache attention, static shapes) | graphs (static, replayed as CUDA graphs)")
+    p.add_argument("--fp8", nargs="+", default=["off"], choices=["off", "on"],
+                   help="on: the DiT's block linears in FP8 through torchao (CUDA GPUs of compute capability 8.9+)")
     p.add_argument("--chunks", type=checks.int_in(1), default=20, help="chunks measured per stream, after warm-up")
     p.add_argument("--warmup", type=checks.int_in(0), default=3, help="chunks streamed before measuring")
     p.add_argument("--repeats", type=checks.int_in(1), default=3)
@@ -522,12 +526,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     checks.check_writable_folder(args.out)  # before any work: a bench must not end in an unwritable folder
     device = torch.device(args.device) if args.device else default_device()
     grid = [Cell(preset=p, size=_sizes(s), steps=st, chunk=c, policy=pol, decoder=d, dtype=dt, attention=a,
-                 compile="blocks" if cp == "on" else cp)
-            for p, s, st, c, pol, d, dt, a, cp in itertools.product(
+                 compile="blocks" if cp == "on" else cp, fp8=f8 == "on")
+            for p, s, st, c, pol, d, dt, a, cp, f8 in itertools.product(
                 args.preset, args.size, args.steps, args.chunk, args.policy or [None], args.decoder, args.dtype,
-                args.attention, args.compile)]
+                args.attention, args.compile, args.fp8)]
     if "graphs" in args.compile and device.type != "cuda":
         raise ValueError("--compile graphs captures CUDA graphs: it needs a CUDA device")
+    if "on" in args.fp8:
+        from streamer.models.fp8 import check_fp8_device
+
+        check_fp8_device(device)
     for policy in args.policy or []:
         make_policy(policy, {}, args.chunk[0])  # impossible knobs for this chunk fail here, before any work
     machine = machine_info()
