@@ -250,6 +250,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_kernels(args: argparse.Namespace) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise ValueError("TRITON_INTERPRET=1 turns the kernels into Python functions: unset it to compile them")
+    os.environ["STREAMER_TRITON"] = "1"  # compiling needs Triton even without a GPU (see kernels/_triton.py)
     from streamer.kernels._triton import HAVE_TRITON
 
     if not HAVE_TRITON:

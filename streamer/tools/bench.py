@@ -81,6 +81,9 @@ class StreamStats:
     chunk_ms_max: float
     peak_mem_mb: float
     peak_reserved_mb: float | None = None
+    # the stream's own admission estimate (streamer/memory.py, checked before any allocation), for
+    # comparison with the measured peak: KV cache, activations and decoder, weights excluded
+    estimate_mb: float | None = None
     fps_generate: float | None = None  # `streamer generate`'s own path, mp4 writer included, whole run
     chunk_ms: list[float] = field(default_factory=list)
 
@@ -168,7 +171,9 @@ def time_session(pipe: Pipeline, config: StreamConfig, chunks: int, warmup: int,
             dit_s.append(chunk.dit_seconds)
             frames.append(len(chunk.frames))
             rss.append(_rss_mb())
-    return _summarise(first_frame, chunk_s, dit_s, frames, *_peak_mem(dev, rss))
+    stats = _summarise(first_frame, chunk_s, dit_s, frames, *_peak_mem(dev, rss))
+    stats.estimate_mb = session.memory.total / 2**20
+    return stats
 
 
 def time_generate(pipe: Pipeline, config: StreamConfig, chunks: int) -> float:
@@ -280,7 +285,7 @@ def _median_stats(runs: list[StreamStats]) -> StreamStats:
     out = {f: statistics.median(getattr(r, f) for r in runs) for f in fields}
     reserved = [r.peak_reserved_mb for r in runs if r.peak_reserved_mb is not None]
     return StreamStats(**out, peak_reserved_mb=max(reserved) if reserved else None,
-                       chunk_ms=[m for r in runs for m in r.chunk_ms])
+                       estimate_mb=runs[0].estimate_mb, chunk_ms=[m for r in runs for m in r.chunk_ms])
 
 
 def run_cell(cell: Cell, device: torch.device, chunks: int, warmup: int, repeats: int,
@@ -368,7 +373,8 @@ def length_scaling(cell: Cell, device: torch.device, policies: list[str | None],
 # ---- output -------------------------------------------------------------------------------------
 COLUMNS = [("generate FPS", "fps_generate", "{:.1f}"), ("e2e FPS", "fps_e2e", "{:.1f}"), ("DiT FPS", "fps_dit", "{:.1f}"), ("first frame s", "first_frame_s", "{:.2f}"),
            ("chunk p50 ms", "chunk_ms_p50", "{:.0f}"), ("p95 ms", "chunk_ms_p95", "{:.0f}"),
-           ("max ms", "chunk_ms_max", "{:.0f}"), ("peak MB", "peak_mem_mb", "{:.0f}")]
+           ("max ms", "chunk_ms_max", "{:.0f}"), ("peak MB", "peak_mem_mb", "{:.0f}"),
+           ("stream estimate MB", "estimate_mb", "{:.0f}")]
 
 
 def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
