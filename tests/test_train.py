@@ -2,6 +2,7 @@
 batch builder gives the shapes the teacher-forcing forward expects."""
 
 import numpy as np
+import pytest
 import torch
 
 from streamer.models.tiny_vae import TinyVAE, TinyVAEConfig
@@ -134,3 +135,31 @@ def test_text_only_clips_have_no_tracks_and_keep_their_prompt():
     _, _, tracks = dit_batch(World(), np.random.default_rng(0), r, Vae(), text_enc, TrajectoryEncoder(8), 13, 4, 3,
                              torch.device("cpu"), blocks=(1, 3))
     assert tracks.abs().sum() > 0
+
+
+def test_cosine_schedule_ends_at_the_time_cap_when_time_runs_ahead():
+    from streamer.world.train import cosine_lr
+
+    assert cosine_lr(100, 1000, 1.0, warmup=0) > 0.9  # by steps: early in the schedule
+    assert cosine_lr(100, 1000, 1.0, warmup=0, time_frac=0.5) == pytest.approx(0.5)  # by time: half way
+    assert cosine_lr(100, 1000, 1.0, warmup=0, time_frac=1.2) == pytest.approx(0.0)  # past the cap: done
+
+
+def test_gpu_recipe_runs_every_stage_in_a_smoke_run(tmp_path):
+    """recipes/gpu.toml (the one-call GPU training of scripts/gpu_check.sh train) parses, and its
+    autoencoder, DiT and fine-tune stages connect: cut to 2 steps each, on the CPU, the run ends with
+    world-model weights the pipeline loads and streams from."""
+    import torch
+
+    from streamer.cli import main
+    from streamer.pipeline import Pipeline
+    from streamer.session import Session
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "recipes/gpu.toml", "--smoke", "2", "--device", "cpu", "--out", str(out),
+                 "--quiet", "--threads", "1"]) == 0
+    weights = out / "finetune"
+    assert (weights / "dit.safetensors").is_file() and (weights / "vae.safetensors").is_file()
+    pipe = Pipeline.load_default(weights, device="cpu", dtype=torch.float32)
+    chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
+    assert chunk.frames.shape[1:] == (128, 128, 3)

@@ -64,10 +64,21 @@ def to_video(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
-def cosine_lr(step: int, total: int, base: float, warmup: int = 50) -> float:
+def cosine_lr(step: int, total: int, base: float, warmup: int = 50, time_frac: float = 0.0) -> float:
+    """Warmup then cosine decay to 0 at step `total`, or earlier when `time_frac` (the share of a
+    wall-clock budget used, for recipes with `time_schedule = true`) runs ahead of the steps: a run
+    capped by time still ends its schedule, whatever the machine's speed."""
     if step < warmup:
         return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    frac = max((step - warmup) / max(1, total - warmup), time_frac)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def time_fraction(r: dict, t0: float) -> float:
+    """Share of the section's `max_minutes` used since t0, when it schedules by time (else 0)."""
+    if not r.get("time_schedule") or not r.get("max_minutes"):
+        return 0.0
+    return (time.time() - t0) / 60 / r["max_minutes"]
 
 
 # ---- stage 1: autoencoder ------------------------------------------------------------------------
@@ -107,6 +118,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         vae.encoder.requires_grad_(not frozen)
         opt = torch.optim.Adam(vae.decoder.parameters() if frozen else vae.parameters(), lr=r["lr"])
         bar = tqdm(range(r["steps"]), desc=f"vae phase {pi}", mininterval=5)
+        t_phase = time.time()
         for step in bar:
             video, bg = vae_batch(world, rng, r["batch"], r["frames"], r["crop"])
             video, bg = video.to(device), bg.to(device)
@@ -117,10 +129,13 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
             loss_rec = (weight * (rec - video) ** 2).mean() + 0.5 * (weight * (rec - video).abs()).mean()
             loss = loss_rec + r["latent_l2"] * z.pow(2).mean()
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, r["steps"], r["lr"])
+                g["lr"] = cosine_lr(step, r["steps"], r["lr"], time_frac=time_fraction(r, t_phase))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if r.get("max_minutes") and (time.time() - t_phase) / 60 > r["max_minutes"]:
+                log(f"vae phase {pi} stopped at step {step} after {r['max_minutes']} min")
+                break
             if step % 50 == 0 or step == r["steps"] - 1:
                 psnr = -10 * math.log10(F.mse_loss(rec.clamp(-1, 1), video).item() / 4 + 1e-12)
                 bar.set_postfix(loss=f"{loss_rec.item():.4f}", psnr=f"{psnr:.1f}")
@@ -211,7 +226,7 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
             loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx,
                              skip_first=image)
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, r["steps"], r["lr"], r["warmup"])
+            g["lr"] = cosine_lr(step, r["steps"], r["lr"], r["warmup"], time_frac=time_fraction(r, t0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -358,8 +373,26 @@ def ship(out: Path, dest: Path = WEIGHTS_DIR) -> None:
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
+def smoke_recipe(recipe: dict, steps: int) -> dict:
+    """The recipe cut to `steps` steps per stage (autoencoder phases, DiT, fine-tune), batches of 2 and
+    2 clips for the latent statistics: every stage runs and connects, in seconds (tests, dry runs)."""
+    cut = lambda sec: {**sec, "steps": min(sec.get("steps", steps), steps), "batch": min(sec.get("batch", 2), 2)}  # noqa: E731
+    out = dict(recipe)
+    vae = cut(recipe["vae"])
+    vae["stats_clips"] = min(vae.get("stats_clips", 2), 2)
+    if "phases" in vae:
+        vae["phases"] = [cut(ph) for ph in vae["phases"]]
+    out["vae"] = vae
+    for name in ("dit", "finetune"):
+        if name in recipe:
+            out[name] = {**cut(recipe[name]), "checkpoint_every": 1, "bf16": False}  # wiring, not speed
+    return out
+
+
 def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe)
+    if args.smoke:
+        recipe = smoke_recipe(recipe, args.smoke)
     torch.set_num_threads(int(args.threads or recipe.get("threads", 2)))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)
@@ -408,5 +441,7 @@ def register(subparsers) -> None:
     p.add_argument("--ship", action="store_true", help="copy the final weights into streamer/weights/")
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's)")
+    p.add_argument("--smoke", type=int, metavar="STEPS",
+                   help="cut every stage to this many steps with batches of 2: checks a recipe end to end in seconds")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
