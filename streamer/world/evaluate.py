@@ -413,7 +413,7 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, se
 
 def reference_frames(pipe, clip: Clip) -> np.ndarray:
     """Ground-truth frames through the autoencoder only (what a perfect DiT would give)."""
-    from streamer.models.vae import video_to_uint8
+    from streamer.models.frames import video_to_uint8  # not models.vae: that imports diffusers
 
     vae = pipe.decoder.vae
     video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
