@@ -1,6 +1,7 @@
 """`streamer generate` end to end, as a user runs it."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from streamer.cli import latent_frames_for, main
+from streamer.cli import latent_frames_for, main, process_seconds
 from streamer.video import probe_mp4
 
 SMALL = ["--size", "64x64", "--quiet"]
@@ -27,7 +28,18 @@ def test_generate_writes_a_playable_mp4(tmp_path, capsys):
     assert main(["generate", "--prompt", "a red fox", "--frames", "30", "--out", str(out), *SMALL]) == 0
     info = probe_mp4(out)
     assert (info["frames"], info["width"], info["height"], info["codec"]) == (30, 64, 64, "h264")
-    assert "wrote 30 frames" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote 30 frames" in printed
+    # the first frame's latency, counted from the process's start (this test process: pytest's own
+    # start-up included, so only bounded below by what the run itself took)
+    first = float(re.search(r"first frame ([0-9.]+) s after start", printed).group(1))
+    assert 0 < first <= process_seconds()
+
+
+def test_process_seconds_counts_from_the_process_start():
+    a = process_seconds()
+    time.sleep(0.05)
+    assert a > 0 and process_seconds() - a == pytest.approx(0.05, abs=0.04)
 
 
 def test_prompt_file_makes_one_video_per_line_and_resumes(tmp_path, capsys):
