@@ -237,7 +237,8 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
             bar.set_postfix(loss=f"{ema:.4f}")
             log(f"dit step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
                 f"(steps tf/image/rollout {counts['tf']}/{counts['image']}/{counts['rollout']})")
-        done = step == r["steps"] - 1 or minutes > r["max_minutes"]
+        # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
+        done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
         if step % r["checkpoint_every"] == 0 or done:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
             stream = dict(recipe.get("stream", {}))
