@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--size", help="WxH of every stream (default: the model's native size)")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="extra model choice: DiT weights (repeatable); loaded with --vae / --text-encoder")
-    p.add_argument("--vae", help="Wan VAE for --checkpoint models")
+    p.add_argument("--vae", help="Wan VAE (diffusers folder or Wan2.1_VAE.pth), or TAEHV's taew2_1.pth, for --checkpoint models")
     p.add_argument("--text-encoder", help="umT5 folder for --checkpoint models")
     p.add_argument("--weights-key", choices=["generator_ema", "generator"],
                    help="which weights of a Self-Forcing .pt holding both (default generator_ema)")
