@@ -50,6 +50,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
     g.add_argument("--attention", default="auto", choices=["auto", "torch", "triton"],
                    help="auto (default): the Triton kernels on CUDA when installed, else torch")
+    g.add_argument("--compile", default="off", choices=["off", "blocks", "static", "graphs"],
+                   help="torch.compile the DiT: static (each block's two halves around the cache attention, one "
+                        "shape for the whole stream) or graphs (static, replayed as CUDA graphs; CUDA only); "
+                        "the first chunk pays the compilation")
     g.add_argument("--fp8", action="store_true",
                    help="FP8 weights and activations in the DiT's block linears (torchao; CUDA GPUs of compute "
                         "capability 8.9+: Ada, Hopper)")
@@ -82,10 +86,19 @@ def _command_of(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad argument is one line (`streamer generate: error: ...`, exit 2)
+    rather than the whole usage block first: the project's rule for every bad input. --help still
+    prints the usage. Subparsers made from it are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `streamer` parser. With `argv`, only the subcommand it names is built in full (the others
     appear in --help by name and one line); without, every subcommand is built."""
-    parser = argparse.ArgumentParser(prog="streamer", description="Real-time autoregressive video diffusion.")
+    parser = OneLineParser(prog="streamer", description="Real-time autoregressive video diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate videos headless to mp4",
                          description="Generate a video (or one per line of a prompt file) to H.264 mp4, "
@@ -128,6 +141,9 @@ def _load_pipeline(args):
     from streamer.pipeline import Pipeline
 
     kernels.select(args.attention)
+    on_cuda = str(args.device or "cuda").startswith("cuda") and torch.cuda.is_available()
+    if getattr(args, "compile", "off") == "graphs" and not on_cuda:
+        raise InputError("--compile graphs captures CUDA graphs: it needs a CUDA device")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
     vae, text_encoder = checkpoint_companions(args)
     options = {k: v for k, v in dict(weights_key=args.weights_key, lora=args.lora, lora_scale=args.lora_scale,
@@ -135,7 +151,7 @@ def _load_pipeline(args):
     try:
         pipe = Pipeline.load(checkpoint=args.checkpoint, vae=vae, text_encoder=text_encoder,
                              device=args.device, dtype=dtype, checkpoint_options=options or None,
-                             fp8=getattr(args, "fp8", False))
+                             fp8=getattr(args, "fp8", False), compile=getattr(args, "compile", "off"))
     except pickle.UnpicklingError as e:  # torch's multi-line weights-only refusal, from the VAE or text encoder
         from streamer.models.loader import unsafe_pickle_message
 

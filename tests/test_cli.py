@@ -239,3 +239,17 @@ def test_help_imports_no_torch():
             "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'gradio', 'streamer.tools.bench') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--prompt", "x", "--size", "0x0", "--out", "o.mp4"],
+    ["generate", "--out", "o.mp4"],                                  # no --prompt
+    ["generate", "--prompt", "x", "--chunk", "0", "--out", "o.mp4"],
+    ["generate", "--prompt", "x", "--compile", "graphs", "--device", "cpu", "--frames", "1", "--out", "o.mp4"],
+    ["bogus"],
+])
+def test_argument_errors_are_one_line_and_exit_2(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and "usage:" not in err[0]
