@@ -37,8 +37,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", help="DiT weights: diffusers folder, .safetensors, or Self-Forcing/CausVid/LongLive .pt")
     g.add_argument("--vae", help="Wan VAE: diffusers folder (or pipeline folder with vae/), or Wan2.1_VAE.pth; "
-                                 "or TAEHV's taew2_1.pth, the tiny decoder (fast decode)")
-    g.add_argument("--text-encoder", help="umT5 folder (tokenizer + encoder, or a Wan pipeline folder)")
+                                 "or TAEHV's taew2_1.pth, the tiny decoder (fast decode); 'random' for a random tiny VAE (timing)")
+    g.add_argument("--text-encoder", help="umT5 folder (tokenizer + encoder, or a Wan pipeline folder); 'hash' for a "
+                                          "meaningless hash encoder of umT5's size (timing)")
     g.add_argument("--weights-key", choices=["generator_ema", "generator"],
                    help="which weights of a Self-Forcing/CausVid .pt holding both (default: generator_ema, "
                         "as Self-Forcing's inference uses)")
@@ -47,7 +48,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-alpha", type=checks.finite_float,
                    help="LoRA alpha (default: the rank, i.e. alpha/r = 1, as LongLive's config has)")
     g.add_argument("--device", type=checks.device, help="cuda / cpu (default: cuda when available)")
-    g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU; on a CPU bf16 only where it has native bf16 units (AVX512-BF16, AMX), else fp32")
     g.add_argument("--attention", default="auto", choices=["auto", "torch", "triton"],
                    help="auto (default): the Triton kernels on CUDA when installed, else torch")
     g.add_argument("--compile", default="off", choices=["off", "blocks", "static", "graphs"],
