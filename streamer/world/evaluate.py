@@ -663,7 +663,7 @@ def cmd_eval(args) -> int:
         pipe = Pipeline.load_default(args.weights, device=device, dtype=default_dtype(device))
     if args.speed:
         defaults = pipe.stream_defaults or {}
-        res = measure_speed(pipe, args.seconds if args.seconds != 60.0 else 10.0, args.steps,
+        res = measure_speed(pipe, args.seconds or 10.0, args.steps,
                             defaults.get("policy", "window"), defaults.get("policy_args"))
         print(json.dumps(res))
         return 0
@@ -682,6 +682,7 @@ def cmd_eval(args) -> int:
             raise InputError(f"--policy-arg {item!r} must look like policy:key=value")
         pol, kv = item.split(":", 1)
         policy_args.setdefault(pol, {}).update(parse_policy_args([kv]))
+    args.seconds = args.seconds or 60.0
     sets = tuple(x.strip() for x in args.sets.split(","))
     if bad := [x for x in sets if x not in SETS]:
         raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(SETS)}")
@@ -726,7 +727,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score long streams of the default world model against ground truth",
                               description="Stream held-out scenes of the synthetic world and score trajectory error, "
                                           "identity drift, background stability and motion kept, per cache policy.")
-    p.add_argument("--seconds", type=checks.positive_seconds, default=60.0, help="stream length (default 60)")
+    p.add_argument("--seconds", type=checks.positive_seconds, help="stream length (default 60; 10 with --speed)")
     p.add_argument("--policies", type=_policy_list, default="window", help="comma-separated cache policies, or 'all'")
     p.add_argument("--policy-arg", action="append", default=[], metavar="POLICY:K=V", help="policy knob, repeatable")
     p.add_argument("--scenes", type=checks.int_in(1, len(HELD_OUT_SEEDS)), default=2, help=f"held-out scenes per policy (at most {len(HELD_OUT_SEEDS)})")
