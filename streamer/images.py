@@ -226,9 +226,9 @@ class VideoInfo:
 
 
 def open_video(path: str | os.PathLike, what: str = "--continue") -> VideoInfo:
-    """The first video stream's size, frame rate and codec, from the container's header.
-    Raises InputError for a missing/empty/non-regular file, a file FFmpeg cannot open, or one with no
-    video stream."""
+    """The first video stream's size, frame rate and codec, from the container's header (and one
+    decoded frame). Raises InputError for a missing/empty/non-regular file, a file FFmpeg cannot
+    open, one with no video stream, or one whose first frame does not decode."""
     import av
 
     path = Path(path)
@@ -239,8 +239,13 @@ def open_video(path: str | os.PathLike, what: str = "--continue") -> VideoInfo:
                 raise InputError(f"{what} {path} has no video stream")
             s = container.streams.video[0]
             rate = s.average_rate or s.guessed_rate or 0
-            return VideoInfo(width=s.codec_context.width, height=s.codec_context.height, fps=float(rate),
+            info = VideoInfo(width=s.codec_context.width, height=s.codec_context.height, fps=float(rate),
                              codec=s.codec_context.name)
+            # a header can be guessed from garbage: one decoded frame proves it is a video, before any
+            # note about its frame rate or size is printed or the model is loaded
+            if next(container.decode(video=0), None) is None or info.width <= 0 or info.height <= 0:
+                raise InputError(f"{what} {path} has no decodable video frame")
+            return info
     except InputError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
