@@ -21,9 +21,18 @@ from streamer.models.wan import CausalWanModel, WanConfig, get_config
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-
-
 COMPILE_MODES = ("off", "blocks", "static", "graphs")
+
+
+def check_compile(mode: bool | str | None, device: torch.device | str) -> str:
+    """The compile mode by name (True = "blocks", False/None = "off"), checked for `device` before
+    anything is loaded. Raises ValueError for an unknown mode, or "graphs" (CUDA graphs) off CUDA."""
+    mode = "blocks" if mode is True else "off" if mode in (False, None) else mode
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "graphs" and torch.device(device).type != "cuda":
+        raise ValueError("compile 'graphs' captures CUDA graphs: it needs a CUDA device")
+    return mode
 
 
 def compile_model(model: CausalWanModel, mode: bool | str, backend: str | Callable = "inductor") -> None:
@@ -34,25 +43,18 @@ def compile_model(model: CausalWanModel, mode: bool | str, backend: str | Callab
     - "static": each block's two halves around its self-attention (`WanBlock.attention_inputs`,
       `WanBlock.after_attention`), static shapes. They see only the chunk's own tokens, so their
       shapes are the same at every chunk whatever the cache policy or fill: one graph per half, shared
-      by all blocks (plus one for a first chunk of another size, e.g. an image start's single frame). The self-attention
-      over the cache, whose key length changes until the cache is full, stays eager: one SDPA or
-      cache-attention kernel call per layer.
+      by all blocks (plus one for a first chunk of another size, e.g. an image start's single frame).
+      The self-attention over the cache, whose key length changes until the cache is full, stays
+      eager: one SDPA or cache-attention kernel call per layer.
     - "graphs": "static" with mode="reduce-overhead", i.e. each half replayed as a CUDA graph (its
       inputs copied into static buffers; CUDA only), which removes the per-kernel launch cost that
       dominates a small chunk's forward on a fast GPU.
 
     `backend`: torch.compile's backend for "blocks" and "static" (tests pass a counting one).
     Raises ValueError for another mode, or "graphs" on a model that is not on CUDA."""
-    if mode is True:
-        mode = "blocks"
-    elif mode is False or mode is None:
-        mode = "off"
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+    mode = check_compile(mode, next(model.parameters()).device)
     if mode == "off":
         return
-    if mode == "graphs" and next(model.parameters()).device.type != "cuda":
-        raise ValueError("compile='graphs' captures CUDA graphs: it needs the model on a CUDA device")
     for blk in model.blocks:
         if mode == "blocks":
             blk.forward = torch.compile(blk.forward, dynamic=True, backend=backend)
@@ -76,6 +78,7 @@ def _graphed(fn):
         return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
 
     return call
+
 
 @dataclass
 class Pipeline:
@@ -144,9 +147,11 @@ class Pipeline:
         the model's own, for timing a decoder without its weights. `vae` may also be a TAEHV file
         (`taew2_1.pth`, detected by its keys): real Wan latents then decode at TAEHV speed.
         `compile`: see `compile_model` (False/"off", True/"blocks", "static", "graphs"). `fp8`: the
-        blocks' linear layers in FP8 through torchao (`models.fp8`; CUDA sm_89+). checkpoint_options: keyword arguments of
-        `models.loader.load_model` (weights_key, lora, lora_scale, lora_alpha, config)."""
+        blocks' linear layers in FP8 through torchao (`models.fp8`; CUDA sm_89+). checkpoint_options:
+        keyword arguments of `models.loader.load_model` (weights_key, lora, lora_scale, lora_alpha,
+        config). Raises ValueError for a compile mode or FP8 this device cannot run, before loading."""
         device = torch.device(device) if device is not None else default_device()
+        compile = check_compile(compile, device)  # before any loading, as FP8 below: fail at once
         if fp8:  # before any loading: a run that cannot use FP8 fails at once
             from streamer.models.fp8 import check_fp8_device
 

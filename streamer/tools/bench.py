@@ -33,7 +33,7 @@ from streamer import checks
 from streamer.models.wan import PRESETS
 from streamer.device import cpu_model
 from streamer.models.frames import video_to_uint8
-from streamer.pipeline import Pipeline, default_device
+from streamer.pipeline import Pipeline, check_compile, default_device
 from streamer.policies import POLICIES, make_policy
 from streamer.sampler import SeededNoise, denoise
 from streamer.session import Session, StreamConfig
@@ -541,8 +541,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for p, s, st, c, pol, d, dt, a, cp, f8 in itertools.product(
                 args.preset, args.size, args.steps, args.chunk, args.policy or [None], args.decoder, args.dtype,
                 args.attention, args.compile, args.fp8)]
-    if "graphs" in args.compile and device.type != "cuda":
-        raise ValueError("--compile graphs captures CUDA graphs: it needs a CUDA device")
+    for mode in args.compile:  # before any cell runs: a mode this device cannot run fails at once
+        check_compile("blocks" if mode == "on" else mode, device)
     if "on" in args.fp8:
         from streamer.models.fp8 import check_fp8_device
 
