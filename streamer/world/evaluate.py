@@ -344,8 +344,8 @@ def _f(x) -> float | None:
 
 def in_view(clip: Clip) -> np.ndarray:
     """bool [T, N]: each sprite visible and whole inside the frame (its radius from every edge)."""
-    traj, cfg = clip.trajectory, clip.scene.sprites
-    r = np.array([sp.radius for sp in cfg])
+    traj = clip.trajectory
+    r = np.array([sp.radius for sp in clip.scene.sprites])
     x, y = traj.tracks[..., 0], traj.tracks[..., 1]
     return traj.visible & (x >= r) & (x <= traj.width - r) & (y >= r) & (y <= traj.height - r)
 
