@@ -177,6 +177,19 @@ def test_text_only_scores_presence_colour_and_shape():
     frames = World().render(clip.background, [other], clip.trajectory)
     s = summarize_text([score_text_only(frames, clip)], FPS)["summary"]
     assert s["found_rate"] == 1.0 and s["shape_right_rate"] < 0.2
+    # the sprite's colour as a ragged blotch of the sprite's area (scattered 3x3 specks, 8-connected
+    # by their corners), or as a smear 5x its area: not the sprite
+    drawn = int(np.pi * sp.radius**2)
+    for kind in ("ragged", "smear"):
+        frames = np.broadcast_to(clip.background, clip.frames.shape).copy()
+        if kind == "ragged":
+            for i in range(max(1, drawn // 9)):
+                y, x = 10 + 3 * (i % 12), 10 + 3 * (i % 12) + 6 * (i // 12)
+                frames[:, y : y + 3, x : x + 3] = sp.rgb
+        else:
+            frames[:, 40 : 40 + 2 * int(sp.radius), 2:-2] = sp.rgb
+        s = summarize_text([score_text_only(frames, clip)], FPS)["summary"]
+        assert s["found_rate"] == 0.0, kind
 
 
 def test_moving_average_smooths_and_skips_gaps():
