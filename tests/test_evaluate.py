@@ -214,3 +214,18 @@ def test_contact_sheet_has_one_tile_per_row_and_time(tmp_path):
     contact_sheet([("text only", found["text"]), ("two", found["two"])], (0.0, 1.0, 60.0), tmp_path / "c.png")
     img = cv2.imread(str(tmp_path / "c.png"))
     assert img.shape == (2 * (32 + 18 + 4), 3 * (32 + 4), 3)
+
+
+def test_a_pixel_counts_for_the_nearest_sprite_colour():
+    # red (225, 35, 35) and orange (250, 135, 20) are 104 apart: a reddish orange lies within the
+    # colour tolerance of both. Drawn that way, the red square must not pull the orange centroid.
+    from streamer.world.evaluate import two_sprite_clips
+
+    clip = two_sprite_clips(World(), 2, 33)[1]
+    assert [sp.colour for sp in clip.scene.sprites] == ["red", "orange"]
+    frames = clip.frames.copy()
+    red = np.linalg.norm(frames.astype(np.float32) - np.float32([225, 35, 35]), axis=-1) < 1
+    frames[red] = (235, 75, 30)  # 41 from red, 62 from orange
+    s = summary(frames, clip)
+    assert s["identity_kept"] == 1.0
+    assert s["trajectory_error_px"] < 1.0

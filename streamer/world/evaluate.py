@@ -19,7 +19,8 @@ its ground-truth trajectory as the track condition. Every frame is scored:
   sprite): how far those pixels moved from the first frame's background toward the sprite's colour
   (0: background as it was, 1: the sprite's colour);
 - identity (scenes of several sprites): every sprite's colour centroid within its radius of its own
-  track and nearest to it (a swap or a mix of colours fails).
+  track and nearest to it (a swap or a mix of colours fails). With several sprites a pixel counts
+  only for the sprite colour nearest to it (sprite_masks), so a reddish orange is not both.
 
 Two more scene sets: "text" streams a one-sprite prompt alone (no tracks) and asks whether its
 sprite is there with the named colour (a compact blob of 0.35-3x its drawn area: is_sprite_blob)
@@ -44,13 +45,14 @@ from tqdm import tqdm
 
 from streamer import checks
 from streamer.errors import InputError
-from streamer.world.scenes import Clip, World, colour_centroid
+from streamer.world.scenes import Clip, World
 
 HELD_OUT_SEEDS = (900_001, 900_002, 900_003, 900_004, 900_005, 900_006, 900_007, 900_008)
 MOTION_WINDOW = 4  # frames over which achieved and requested displacement are compared
 BORDER = 8         # px: the band along the frame's edges scored for border artefacts
 SMEAR_LAG = 4      # frames: a path pixel counts as vacated this long after the sprite left it
 COLOUR_TOL = 70.0  # RGB distance within which a pixel has a sprite's colour (as colour_centroid)
+MIN_PIXELS = 6     # fewer pixels of a sprite's colour than this: the sprite is missing (as colour_centroid)
 # Held-out scenes of each set: fixed large seeds the training's generator never drew. The text-only
 # and two-sprite sets take, from these ranges, the first seeds whose scene fits the set.
 TEXT_SEED_BASE, TWO_SEED_BASE = 910_001, 920_001
@@ -117,6 +119,7 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
     ref_dist = [np.linalg.norm(ref - np.asarray(sp.rgb, np.float32), axis=-1) for sp in sprites]
     for t in range(t_len):
         frame = frames[t]
+        masks = sprite_masks(frame, sprites)
         far = np.ones((h, w), bool)
         for n, sprite in enumerate(sprites):
             x, y = traj.tracks[t, n]
@@ -138,14 +141,13 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
             x, y = traj.tracks[t, n]
             if not traj.visible[t, n] or not (sprite.radius <= x <= w - sprite.radius and sprite.radius <= y <= h - sprite.radius):
                 continue
-            c = colour_centroid(frame, sprite.rgb)
-            if c is None:
+            d = masks[n]
+            if d.sum() < MIN_PIXELS:
                 miss[t, n] = 1.0
                 continue
             miss[t, n] = 0.0
-            cents[t, n] = c
+            cents[t, n] = c = (float(xx[d].mean()), float(yy[d].mean()))
             err[t, n] = math.hypot(c[0] - x, c[1] - y)
-            d = np.linalg.norm(frame.astype(np.float32) - np.asarray(sprite.rgb, np.float32), axis=-1) < 70.0
             mean_rgb, area = frame[d].mean(0), int(d.sum())
             if first[n] is None:
                 first[n] = (mean_rgb, area)
@@ -179,6 +181,15 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
             area_drift=_nanmean_rows(area_d), bg_change=bg_change, achieved=achieved, requested=requested,
             border_change=border_c, interior_change=interior_c, smear=smear, identity=ident,
         )
+
+
+def sprite_masks(frame: np.ndarray, sprites, tol: float = COLOUR_TOL) -> np.ndarray:
+    """bool [N, H, W]: the pixels of each sprite's colour. A pixel within `tol` of several sprites'
+    colours (red and orange are 104 apart, so a reddish orange is near both) counts only for the
+    nearest, so one sprite's pixels never pull another's centroid. With one sprite: has_colour."""
+    f = frame.astype(np.float32)
+    d = np.stack([np.linalg.norm(f - np.asarray(sp.rgb, np.float32), axis=-1) for sp in sprites])
+    return (d < tol) & (d <= d.min(0, keepdims=True))
 
 
 def has_colour(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = COLOUR_TOL) -> np.ndarray:
