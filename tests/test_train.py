@@ -163,3 +163,21 @@ def test_gpu_recipe_runs_every_stage_in_a_smoke_run(tmp_path):
     pipe = Pipeline.load_default(weights, device="cpu", dtype=torch.float32)
     chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
     assert chunk.frames.shape[1:] == (128, 128, 3)
+
+
+def test_a_missing_init_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """The DiT's `init` (the default recipe warm-starts from the previous model, fetched from git)
+    and a fine-tune alone without an `init`: one clear line each, exit 2, before any DiT step."""
+    import streamer.world.train as train
+    from streamer.cli import main
+
+    base = load_recipe(DEFAULT_RECIPE)
+    cases = [({**base, "dit": {**base["dit"], "init": str(tmp_path / "none")}}, "all", "init: no "),
+             ({**base, "finetune": {k: v for k, v in base["finetune"].items() if k != "init"}}, "finetune",
+              "needs init")]
+    for recipe, stage, words in cases:
+        monkeypatch.setattr(train, "load_recipe", lambda path, recipe=recipe: recipe)
+        code = main(["train", "--smoke", "1", "--stage", stage, "--device", "cpu", "--out", str(tmp_path / stage),
+                     "--quiet", "--threads", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and words in err[0], err

@@ -390,8 +390,25 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
     return out
 
 
+def check_inits(recipe: dict, stage: str) -> None:
+    """Every weights folder the run will start from exists, checked before any stage trains (a
+    missing DiT init would otherwise fail only after the autoencoder's 36 minutes).
+    Raises ValueError (one line) naming the recipe key."""
+    if stage == "finetune" and "init" not in recipe.get("finetune", {}):
+        raise ValueError("--stage finetune: the recipe's [finetune] needs init = <folder with dit + vae "
+                         "safetensors> (--stage all fine-tunes its own DiT)")
+    need = [("dit", "dit.safetensors")] if stage in ("all", "dit") and recipe["dit"].get("init") else []
+    if stage == "finetune":
+        need = [("finetune", "dit.safetensors"), ("finetune", "vae.safetensors")]
+    for section, name in need:
+        path = resolve_path(recipe[section]["init"]) / name
+        if not path.is_file():
+            raise ValueError(f"recipe [{section}] init: no {path} (the recipe's header says how to fetch it)")
+
+
 def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe)
+    check_inits(recipe, args.stage)
     if args.smoke:
         recipe = smoke_recipe(recipe, args.smoke)
     torch.set_num_threads(int(args.threads or recipe.get("threads", 2)))
