@@ -181,3 +181,24 @@ def test_a_missing_init_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, cap
                      "--quiet", "--threads", "1"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_default_recipe_runs_every_stage_in_a_smoke_run(tmp_path, monkeypatch):
+    """recipes/default.toml (the shipped model's recipe) connects: autoencoder phases, the DiT
+    warm-started from its `init` (here the shipped weights, which have the same architecture) and
+    the fine-tune, 1 step each, end with weights the pipeline loads and streams from."""
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR, Pipeline
+    from streamer.session import Session
+
+    base = load_recipe(DEFAULT_RECIPE)
+    assert base["dit"].get("init"), "the default recipe warm-starts its DiT"
+    recipe = {**base, "dit": {**base["dit"], "init": str(WEIGHTS_DIR)}}
+    monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    out = tmp_path / "run"
+    assert main(["train", "--smoke", "1", "--device", "cpu", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    assert "dit initialised from" in (out / "train.log").read_text()
+    pipe = Pipeline.load_default(out / "finetune", device="cpu", dtype=torch.float32)
+    chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
+    assert chunk.frames.shape[1:] == (128, 128, 3)

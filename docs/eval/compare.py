@@ -2,8 +2,8 @@
 
     python docs/eval/compare.py OUT_DIR name=EVAL_DIR [name=EVAL_DIR ...]
 
-writes OUT_DIR/compare.md (each set's summary and per-scene rows; the autoencoder reference row once,
-from the first run) and OUT_DIR/contact.png (every run's contact rows, interleaved by set)."""
+writes OUT_DIR/compare.md (each set's summary and per-scene rows; the autoencoder reference row once
+per distinct autoencoder) and OUT_DIR/contact.png (every run's contact rows, interleaved by set)."""
 
 import json
 import sys
@@ -24,7 +24,6 @@ def main(argv: list[str]) -> None:
     out = Path(argv[0])
     runs = [(a.split("=", 1)[0], Path(a.split("=", 1)[1])) for a in argv[1:]]
     res = {name: json.loads((d / "eval.json").read_text())["policies"] for name, d in runs}
-    first = res[runs[0][0]]
     md = []
     for title, part, cols, keys in (
         ("Prompt + tracks, from noise", None, TRACK_COLS, ["trajectory_error_px", "missing_rate", "smear"]),
@@ -33,7 +32,13 @@ def main(argv: list[str]) -> None:
          ["trajectory_error_px", "identity_kept", "missing_rate"]),
     ):
         pick = (lambda r: r) if part is None else (lambda r, p=part: r[p])
-        rows = [(REF, pick(first[REF]))] + [(name, pick(r["window"])) for name, r in res.items()]
+        # each run's own autoencoder reference, once per distinct autoencoder (runs may differ in it)
+        refs: list = []
+        for name, r in res.items():
+            if REF in r and all(pick(r[REF])["summary"] != pick(x)["summary"] for _, x in refs):
+                refs.append((name, r[REF]))
+        rows = [(REF if len(refs) == 1 else f"{name}: {REF}", pick(x)) for name, x in refs]
+        rows += [(name, pick(r["window"])) for name, r in res.items()]
         md += [f"### {title}\n", "| model | " + " | ".join(c[1] for c in cols) + " |",
                "|---" * (len(cols) + 1) + "|"]
         md += [f"| {name} | " + _fmt(x["summary"], [k for k, _ in cols]) + " |" for name, x in rows]
