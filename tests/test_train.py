@@ -127,14 +127,38 @@ def test_text_only_clips_have_no_tracks_and_keep_their_prompt():
 
     r = {"batch": 3, "paraphrase": False, "text_dropout": 1.0, "track_dropout": 0.0, "text_only": 1.0}
     text_enc = Text()
-    _, _, tracks = dit_batch(World(), np.random.default_rng(0), r, Vae(), text_enc, TrajectoryEncoder(8), 13, 4, 3,
+    _, _, tracks, _ = dit_batch(World(), np.random.default_rng(0), r, Vae(), text_enc, TrajectoryEncoder(8), 13, 4, 3,
                              torch.device("cpu"), blocks=(1, 3))
     assert tracks.abs().sum() == 0
     assert all(p.strip() for p in text_enc.prompts)  # text dropout never empties a text-only clip
     r["text_only"] = 0.0
-    _, _, tracks = dit_batch(World(), np.random.default_rng(0), r, Vae(), text_enc, TrajectoryEncoder(8), 13, 4, 3,
+    _, _, tracks, _ = dit_batch(World(), np.random.default_rng(0), r, Vae(), text_enc, TrajectoryEncoder(8), 13, 4, 3,
                              torch.device("cpu"), blocks=(1, 3))
     assert tracks.abs().sum() > 0
+
+
+def test_spawn_text_makes_text_only_clips_the_worlds_text_only_layout():
+    """With spawn_text, text-only clips are World.clip(spawn=True) (the sprites at the spawn points);
+    without it, or for clips that keep their tracks, the clip of the same seed as before."""
+    from streamer.world.train import dit_batch
+
+    class Text:
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), 4, 8)
+
+    class Vae:  # identity "latents": the frames themselves, so the test sees what was drawn
+        def encode(self, video):
+            return video
+
+    w = World()
+    first = lambda r: dit_batch(w, np.random.default_rng(1), r, Vae(), Text(), TrajectoryEncoder(8), 5, 2, 1,  # noqa: E731
+                                torch.device("cpu"))[0][:, :, 0]
+    seed = int(np.random.default_rng(1).integers(1 << 30))
+    r = {"batch": 1, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 1.0}
+    want = lambda clip: torch.from_numpy(clip.frames[0]).permute(2, 0, 1).float() / 127.5 - 1  # noqa: E731
+    assert torch.equal(first({**r, "spawn_text": True})[0], want(w.clip(seed, 5, spawn=True)))
+    assert torch.equal(first(r)[0], want(w.clip(seed, 5)))
+    assert torch.equal(first({**r, "spawn_text": True, "text_only": 0.0})[0], want(w.clip(seed, 5)))
 
 
 def test_cosine_schedule_ends_at_the_time_cap_when_time_runs_ahead():
@@ -163,6 +187,61 @@ def test_gpu_recipe_runs_every_stage_in_a_smoke_run(tmp_path):
     pipe = Pipeline.load_default(weights, device="cpu", dtype=torch.float32)
     chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
     assert chunk.frames.shape[1:] == (128, 128, 3)
+
+
+def test_sprite_cells_cover_each_latent_frames_sprites_and_weight_the_loss():
+    """sprite_cells marks the latent cells under a sprite in any video frame of a latent frame (frame
+    0 alone, then 4 each), nothing far from it; flow_loss weights exactly those cells."""
+    from streamer.models.wan import CausalWanModel, get_config
+    from streamer.world.train import flow_loss, sprite_cells
+
+    clip = World().clip(3, 9, spawn=True)  # spawn layout: the sprites' places are known
+    cells = sprite_cells([clip], 3, (16, 16))[0, 0]
+    assert cells.shape == (3, 16, 16)
+    for f, frames in ((0, [0]), (1, [1, 2, 3, 4]), (2, [5, 6, 7, 8])):
+        for t in frames:
+            for x, y in clip.trajectory.tracks[t]:
+                assert cells[f, int(y // 8), int(x // 8)] == 1  # the cell under each sprite centre
+        far = [(i, j) for i in range(16) for j in range(16)
+               if min(np.hypot(8 * j + 4 - x, 8 * i + 4 - y) for t in frames for x, y in clip.trajectory.tracks[t]) > 20]
+        assert far and all(cells[f, i, j] == 0 for i, j in far)
+    assert 0.01 < cells.float().mean() < 0.15
+    cfg = get_config("tiny", track_channels=8)
+    model = CausalWanModel(cfg).eval()
+    x0, text = torch.randn(1, 16, 3, 4, 4), torch.randn(1, cfg.text_len, cfg.text_dim)
+    tracks, mask = torch.zeros(1, 8, 3, 4, 4), torch.zeros(1, 1, 3, 4, 4)
+    mask[..., 0, 0] = 1
+    loss = lambda w: flow_loss(model, x0, text, tracks, np.random.default_rng(0),  # noqa: E731
+                               {"timestep_shift": 5.0, "sprite_weight": w}, 3, sprites=mask)
+    with torch.no_grad():
+        plain, weighted = loss(0.0), loss(4.0)
+    assert weighted > plain * 1.05  # 3 of 48 cells weighted 5x: the loss grows by about a quarter
+
+
+def test_fine_tune_phases_run_in_order_and_resume_at_the_next_phase(tmp_path, monkeypatch):
+    """[[finetune.phases]]: each phase overrides the section's keys and trains on the previous phase's
+    weights in the same folder; a resumed run whose phase 0 ended starts phase 1 (not phase 0 again)."""
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR
+
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": [{}, {"text_only": 1.0, "spawn_text": True}]}}
+    monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    args = ["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1"]
+    out = tmp_path / "ft"
+    assert main(args + ["--out", str(out)]) == 0
+    log = (out / "train.log").read_text()
+    assert log.index("finetune phase 0") < log.index("dit p0_stopped") < log.index("finetune phase 1: text_only = 1.0")
+    assert "dit p1_stopped" in log
+    # resume after phase 0 ended: phase 1 only
+    state = torch.load(out / "dit_last.pt", weights_only=True)
+    torch.save({**state, "phase": 0, "done": True}, out / "dit_last.pt")
+    (out / "train.log").write_text("")
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    log = (out / "train.log").read_text()
+    assert "finetune phase 0" not in log and "finetune phase 1" in log and "dit resumed" not in log
 
 
 def test_a_missing_init_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):

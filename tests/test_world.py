@@ -114,3 +114,31 @@ def test_looped_trajectory_repeats_from_the_start():
     assert np.array_equal(traj.looped(3).tracks, traj.tracks[:3])
     with pytest.raises(ValueError, match="at least one frame"):
         traj.looped(0)
+
+
+def test_text_only_layout_spawns_at_fixed_points_and_bounces():
+    """World.clip(spawn=True): the prompt's sprites start at the spawn points in prompt order, of the
+    middle radius, and move the same way for every seed (one answer per prompt), drawn where the
+    track says and always whole in view; the seed still picks background, shapes and colours."""
+    from streamer.world.scenes import SPAWN_SPEED
+
+    w = World()
+    seeds = [s for s in range(40) if len(w.scene(s).sprites) == 2][:3]
+    clips = [w.clip(s, 161, spawn=True) for s in seeds]
+    for clip in clips:
+        tr = clip.trajectory.tracks
+        assert np.allclose(tr[0], w.spawn_points(2))
+        assert np.array_equal(tr, clips[0].trajectory.tracks)  # the same motion whatever the seed
+        assert [s.colour for s in clip.scene.sprites] == [s.colour for s in w.scene(clip.scene.seed).sprites]
+        r = clip.scene.sprites[0].radius
+        assert r == pytest.approx(9.0) and all(s.radius == r for s in clip.scene.sprites)
+        assert ((tr >= r - 1e-4) & (tr <= 128 - r + 1e-4)).all()  # bounced, never cut by an edge
+        step = np.linalg.norm(np.diff(tr, axis=0), axis=-1)
+        assert np.median(step) == pytest.approx(SPAWN_SPEED, abs=1e-3)
+        for t in (0, 80, 160):
+            for n, s in enumerate(clip.scene.sprites):
+                if np.linalg.norm(tr[t, n] - tr[t, 1 - n]) > 3 * r:
+                    c = colour_centroid(clip.frames[t], s.rgb)
+                    assert c is not None and np.hypot(c[0] - tr[t, n, 0], c[1] - tr[t, n, 1]) < 1.5
+    assert np.allclose(w.spawn_points(1), [[64, 64]])
+    assert len({c.scene.background for c in clips} | {c.prompt for c in clips}) > 2

@@ -378,13 +378,13 @@ def in_view(clip: Clip) -> np.ndarray:
 
 
 def text_only_clips(world: World, n: int, num_frames: int) -> list[Clip]:
-    """The first `n` held-out one-sprite scenes from TEXT_SEED_BASE (a prompt naming one sprite) whose
-    sprite stays whole in view for the entire clip, so the ground truth itself is found in every frame
-    (a sprite that crosses out of view would cap the found rate below 1 for reasons of the scene)."""
+    """The first `n` held-out one-sprite scenes from TEXT_SEED_BASE in the world's text-only layout
+    (`World.clip(spawn=True)`: the sprite at the centre, bouncing, always whole in view, so the
+    ground truth itself is found in every frame)."""
     out, seed = [], TEXT_SEED_BASE
     while len(out) < n:
         if len(world.scene(seed).sprites) == 1:
-            clip = world.clip(seed, num_frames)
+            clip = world.clip(seed, num_frames, spawn=True)
             if in_view(clip).all():
                 out.append(clip)
         seed += 1

@@ -169,7 +169,9 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     from streamer.models.trajectory_encoder import TrajectoryEncoder
     from streamer.models.wan import CausalWanModel, count_parameters, get_config
 
-    r = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
+    base = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
+    phases = base.pop("phases", None) or [{}]
+    r = {**base, **phases[0]}
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
     seed = recipe.get("seed", 0)
     torch.manual_seed(seed)
@@ -179,30 +181,50 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     if cfg.text_dim != text_enc.dim or cfg.text_len != text_enc.text_len or cfg.track_channels != r["track_dim"]:
         raise ValueError("recipe: the DiT preset's text_dim/text_len/track_channels do not match the encoders")
     tracks_enc = TrajectoryEncoder(dim=r["track_dim"])
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
-    start = 0
     ckpt = out / "dit_last.pt"
-    if r.get("init") and not (resume and ckpt.is_file()):
+    state = torch.load(ckpt, weights_only=True) if resume and ckpt.is_file() else None
+    if r.get("init") and state is None:
         from safetensors.torch import load_file
 
         init = resolve_path(r["init"]) / "dit.safetensors"
         model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
         log(f"dit initialised from {init}")
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
+    if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = int(state["step"]) + 1
-        log(f"dit resumed at step {start}")
-    # keyed by the first step, so a resumed run draws fresh clips instead of replaying the first ones
-    rng = np.random.default_rng([seed, 200, start] if start else [seed, 200])
     log(f"dit {r['preset']}: {count_parameters(model) / 1e6:.2f}M parameters")
     vae = vae.to(device).eval()
+    # phases (fine-tune only): each overrides the section's keys and runs its own optimizer and
+    # schedule on the previous phase's weights, in the same folder
+    first_phase = int(state.get("phase", 0)) if state is not None else 0
+    if state is not None and state.get("done"):  # that phase ended: the next one starts afresh
+        first_phase, state = first_phase + 1, None
+    for pi in range(first_phase, len(phases)):
+        r = {**base, **phases[pi]}
+        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
+        start = 0
+        if state is not None and pi == first_phase:
+            opt.load_state_dict(state["opt"])
+            start = int(state["step"]) + 1
+            log(f"dit resumed at step {start}" + (f" of phase {pi}" if len(phases) > 1 else ""))
+        if len(phases) > 1:
+            log(f"{section} phase {pi}: " + ", ".join(f"{k} = {v}" for k, v in phases[pi].items()))
+        _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, out, log, device, seed,
+                         start, pi if len(phases) > 1 else None)
+
+
+def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, out, log, device, seed,
+                     start: int, phase: int | None) -> None:
+    """One schedule of train_dit (a stage, or one phase of the fine-tune) from step `start`."""
+    ckpt = out / "dit_last.pt"
+    # keyed by the first step (and phase), so a resumed run draws fresh clips instead of replaying the first ones
+    key = [seed, 200] + ([phase] if phase else []) + ([start] if start else [])
+    rng = np.random.default_rng(key)
+    tag = f"p{phase}_" if phase is not None else ""
     n_lat, chunk = r["latent_frames"], r["chunk_frames"]
     n_video = 1 + 4 * (n_lat - 1)
     t0 = time.time()
     ema = None
-    bar = tqdm(range(start, r["steps"]), desc="dit", mininterval=5, initial=start, total=r["steps"])
+    bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
     counts = {"tf": 0, "image": 0, "rollout": 0}
     for step in bar:
         # the step's layout: teacher forcing from frame 0, or an image start (blocks [1, chunk, ...])
@@ -216,15 +238,15 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
             blocks, nl = (1,) + (chunk,) * k, 1 + chunk * k
         else:
             blocks, nl = chunk, n_lat
-        x0, text, tracks = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1), nl, chunk, device,
-                                     blocks=blocks)
+        x0, text, tracks, sprites = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1), nl, chunk,
+                                              device, blocks=blocks)
         # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
             ctx = None
             if roll:  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
                 ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r)
             loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx,
-                             skip_first=image)
+                             skip_first=image, sprites=sprites)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, r["steps"], r["lr"], r["warmup"], time_frac=time_fraction(r, t0))
         opt.zero_grad(set_to_none=True)
@@ -235,24 +257,25 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
         minutes = (time.time() - t0) / 60
         if step % 20 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
-            log(f"dit step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
+            log(f"dit {tag}step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
                 f"(steps tf/image/rollout {counts['tf']}/{counts['image']}/{counts['rollout']})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
         if step % r["checkpoint_every"] == 0 or done:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "phase": phase or 0, "done": done}, ckpt)
             stream = dict(recipe.get("stream", {}))
             stream = {"policy": stream.pop("policy", "window"), "policy_args": stream}
-            extra = {"step": str(step), "track_dim": str(r["track_dim"]), "text_encoder": r["text_encoder"],
+            extra = {"step": str(step) if phase is None else f"{step} (phase {phase})", "track_dim": str(r["track_dim"]), "text_encoder": r["text_encoder"],
                      "stream": json.dumps(stream)}
             save_dit(model, out / "dit.safetensors", extra=extra)
             if r.get("keep_every") and step % r["keep_every"] == 0:  # earlier checkpoints, to pick by eval
-                keep = out / f"step{step}"
+                keep = out / f"{tag}step{step}"
                 keep.mkdir(exist_ok=True)
                 save_dit(model, keep / "dit.safetensors", extra=extra)
                 shutil.copy(out / "vae.safetensors", keep / "vae.safetensors")
         if done:
-            log(f"dit stopped at step {step} after {minutes:.1f} min")
+            log(f"dit {tag}stopped at step {step} after {minutes:.1f} min")
             break
 
 
@@ -267,13 +290,17 @@ def resolve_path(p: str | Path) -> Path:
 def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None):
     """Latents x0 [B, C, n_lat, h, w], text embeddings and track channels [B, C_track, n_lat, h, w] of a
     batch of fresh clips. Tracks are dropped per block (p = track_dropout) and, with p = text_only,
-    for the whole clip (a prompt alone must make its sprites); text-only clips always keep their prompt."""
+    for the whole clip (a prompt alone must make its sprites); text-only clips always keep their prompt
+    and, with `spawn_text`, are the world's text-only layout (World.clip(spawn=True): spawn points,
+    fixed bounce)."""
     from streamer.models.wan import block_index
 
-    clips = [world.clip(int(rng.integers(1 << 30)), n_video, paraphrase=r["paraphrase"]) for _ in range(r["batch"])]
+    seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
+    text_only = (rng.random(r["batch"]) < r["text_only"]) if r.get("text_only") else np.zeros(r["batch"], bool)
+    clips = [world.clip(s, n_video, paraphrase=r["paraphrase"], spawn=bool(t and r.get("spawn_text")))
+             for s, t in zip(seeds, text_only)]
     with torch.no_grad():
         x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
-    text_only = (rng.random(r["batch"]) < r["text_only"]) if r.get("text_only") else np.zeros(r["batch"], bool)
     prompts = [c.prompt if (t_only or rng.random() >= r["text_dropout"]) else " " for c, t_only in zip(clips, text_only)]
     # clone: the text encoder runs in inference mode, and an fp32 (non-autocast) step would save its
     # output for backward
@@ -285,7 +312,26 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     keep[text_only] = False
     keep = torch.from_numpy(keep).float()[:, idx]
     tracks = tracks * keep[:, None, :, None, None].to(device)
-    return x0, text, tracks
+    return x0, text, tracks, sprite_cells(clips, n_lat, (h, w)).to(device)
+
+
+def sprite_cells(clips, n_lat: int, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """float [B, 1, n_lat, h, w]: 1 on latent cells a sprite covers (its radius plus half a cell from
+    the cell's centre) in any video frame of that latent frame (frame 0 alone, then 4 per latent
+    frame), else 0. The flow loss weights these (`sprite_weight`): a sprite is ~3% of the cells, so
+    unweighted its error hardly moves the gradient (a prompt alone learned no sprite in 200 steps)."""
+    h, w = latent_hw
+    out = np.zeros((len(clips), 1, n_lat, h, w), np.float32)
+    for b, clip in enumerate(clips):
+        traj = clip.trajectory
+        sx, sy = traj.width / w, traj.height / h
+        yy, xx = np.meshgrid((np.arange(h) + 0.5) * sy, (np.arange(w) + 0.5) * sx, indexing="ij")
+        for f in range(n_lat):
+            for t in ([0] if f == 0 else range(4 * f - 3, 4 * f + 1)):
+                for n, sp in enumerate(clip.scene.sprites):
+                    x, y = traj.tracks[t, n]
+                    out[b, 0, f] = np.maximum(out[b, 0, f], (xx - x) ** 2 + (yy - y) ** 2 < (sp.radius + max(sx, sy) / 2) ** 2)
+    return torch.from_numpy(out)
 
 
 def sigma_per_block(rng, b: int, blocks, n: int, shift: float) -> torch.Tensor:
@@ -297,13 +343,15 @@ def sigma_per_block(rng, b: int, blocks, n: int, shift: float) -> torch.Tensor:
     return (shift * u / (1 + (shift - 1) * u))[:, idx]
 
 
-def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: bool = False) -> torch.Tensor:
+def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: bool = False,
+              sprites: torch.Tensor | None = None) -> torch.Tensor:
     """Flow matching on the teacher-forcing shape: one noise level per block (as the sampler sees),
     timesteps drawn uniformly and warped by the schedule shift, so the few high-noise steps train most.
 
     chunk: chunk length, or block sizes (e.g. (1, 3, 3) for an image start). context: the clean
     history [B, C, F, h, w] the noisy blocks see (default: the true x0; a rollout for Self-Forcing
-    against the truth). skip_first: no loss on the first block (an image start's given frame)."""
+    against the truth). skip_first: no loss on the first block (an image start's given frame).
+    sprites: [B, 1, F, h, w] sprite cells (sprite_cells), weighted 1 + r["sprite_weight"] (default 0)."""
     b, _, n, _, _ = x0.shape
     sigma = sigma_per_block(rng, b, chunk, n, r["timestep_shift"]).to(x0.device)  # [B, F]
     eps = torch.randn_like(x0)
@@ -314,6 +362,8 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     ctx = base + r.get("context_noise", 0.0) * torch.rand(b, 1, 1, 1, 1, device=x0.device) * torch.randn_like(x0)
     v = model(xt, sigma * 1000, text, chunk_frames=chunk, clean_x=ctx, tracks=tracks, clean_tracks=tracks)
     err = (v.float() - (eps - x0)) ** 2
+    if sprites is not None and r.get("sprite_weight"):
+        err = err * (1.0 + r["sprite_weight"] * sprites)
     if skip_first:
         first = chunk if isinstance(chunk, int) else chunk[0]
         err = err[:, :, first:]
@@ -387,6 +437,8 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
     for name in ("dit", "finetune"):
         if name in recipe:
             out[name] = {**cut(recipe[name]), "checkpoint_every": 1, "bf16": False}  # wiring, not speed
+            if "phases" in recipe[name]:
+                out[name]["phases"] = [cut(ph) for ph in recipe[name]["phases"]]
     return out
 
 
