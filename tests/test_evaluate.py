@@ -84,6 +84,28 @@ def test_eval_command_scores_a_weights_folder(tmp_path):
     assert (out / "eval.png").is_file() and "| window |" in (out / "eval.md").read_text()
 
 
+def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
+    """Without --policies, eval streams with the policy and knobs in the weights' metadata (a model
+    trained for a 9-frame context must not be scored at a paper default of 21 frames)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(WEIGHTS_DIR / "vae.safetensors", run / "vae.safetensors")
+    with safe_open(str(WEIGHTS_DIR / "dit.safetensors"), "pt") as f:
+        meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta["stream"] = json.dumps({"policy": "ema-sink", "policy_args": {"window": 6, "sink": 2}})
+    save_file(sd, str(run / "dit.safetensors"), metadata=meta)
+    out = tmp_path / "eval"
+    assert main(["eval", "--weights", str(run), "--seconds", "1", "--scenes", "1", "--sets", "track",
+                 "--no-reference", "--out", str(out), "--threads", "1", "--quiet"]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    assert set(res["policies"]) == {"ema-sink"}
+    assert res["config"]["policy_args"] == {"ema-sink": {"window": 6, "sink": 2}}
+    assert "Policies: ema-sink window=6 sink=2" in (out / "eval.md").read_text()
+
+
 def test_eval_command_names_a_missing_weights_file(tmp_path, capsys):
     (tmp_path / "dit.safetensors").write_bytes(b"")
     assert main(["eval", "--weights", str(tmp_path), "--seconds", "1", "--quiet"]) == 2

@@ -545,7 +545,11 @@ def scene_table(results: dict) -> str:
 def write_markdown(results: dict, path: Path) -> None:
     cfg = results["config"]
     text = (f"# streamer eval ({cfg['seconds']:g} s streams, {cfg['scenes']} scenes, {cfg['steps']} steps)\n\n"
-            f"{results['model']}\n\n{markdown_table(results)}")
+            f"{results['model']}\n\n")
+    knobs = [f"{p} " + " ".join(f"{k}={v}" for k, v in cfg.get("policy_args", {}).get(p, {}).items())
+             for p in cfg["policies"]]
+    text += f"Policies: {'; '.join(k.strip() for k in knobs)} (knobs not named: the policy's defaults)\n\n"
+    text += markdown_table(results)
     if cfg["scenes"] > 1 and (scenes := scene_table(results)):
         text += f"\nPer scene:\n\n{scenes}"
     first = next(iter(results["policies"].values()), {})
@@ -696,12 +700,14 @@ def cmd_eval(args) -> int:
         return 0
     if not pipe.model.config.track_channels:
         raise InputError("streamer eval needs a model with trajectory channels (the default world model)")
+    defaults = pipe.stream_defaults or {}
+    if args.policies is None:  # the policy (and knobs) the model streams with by default
+        args.policies = defaults.get("policy", "window")
     policies = BOUNDED_POLICIES if args.policies == "all" else tuple(p.strip() for p in args.policies.split(","))
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise InputError(f"--policies: unknown policies {unknown}; known: {', '.join(POLICIES)}")
     policy_args: dict[str, dict] = {}
-    defaults = pipe.stream_defaults or {}
     if defaults.get("policy") in policies:  # the window the model was trained for
         policy_args[defaults["policy"]] = dict(defaults.get("policy_args", {}))
     for item in args.policy_arg:  # policy:key=value
@@ -755,7 +761,8 @@ def register(subparsers) -> None:
                               description="Stream held-out scenes of the synthetic world and score trajectory error, "
                                           "identity drift, background stability and motion kept, per cache policy.")
     p.add_argument("--seconds", type=checks.positive_seconds, help="stream length (default 60; 10 with --speed)")
-    p.add_argument("--policies", type=_policy_list, default="window", help="comma-separated cache policies, or 'all'")
+    p.add_argument("--policies", type=_policy_list,
+                   help="comma-separated cache policies, or 'all' (default: the model's own, with its trained knobs)")
     p.add_argument("--policy-arg", action="append", default=[], metavar="POLICY:K=V", help="policy knob, repeatable")
     p.add_argument("--scenes", type=checks.int_in(1, len(HELD_OUT_SEEDS)), default=2, help=f"held-out scenes per policy (at most {len(HELD_OUT_SEEDS)})")
     p.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), default=4, help="denoising steps")
