@@ -80,8 +80,11 @@ def test_bad_checkpoint_gives_a_clear_error(tmp_path, capsys):
 
 def _start(out, frames=100_000):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # SIGINT back to its default in the child, as in a terminal: a test run launched in the background
+    # by a non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "streamer", "generate", "--prompt", "a long walk", "--frames",
-                             str(frames), "--out", str(out), *SMALL], env=env, stderr=subprocess.PIPE, text=True)
+                             str(frames), "--out", str(out), *SMALL], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_frames(out, n, proc, timeout=120):

@@ -1,7 +1,7 @@
 """The README's pictures of the three ways in: a strip of frames from each video.
 
     python docs/start/strips.py text.mp4 image.mp4 longer.mp4 --image examples/start.png \
-        --tracks examples/start_tracks.json --out docs/start
+        --tracks examples/start_tracks.json --alone prompt.mp4 --out docs/start
 
 Each strip shows frames every 0.5 s (the continued video: the last original frames, a red bar,
 then the new ones); it also prints each sprite's distance from its track (pixels) per video.
@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--tracks", required=True)
     p.add_argument("--prompt", default="a green diamond and a red diamond on a night background")
+    p.add_argument("--alone", help="a video from a prompt alone (no tracks): prompt.png, 0.5 s apart for 5 s")
     p.add_argument("--out", default="docs/start")
     a = p.parse_args()
     out = Path(a.out)
@@ -75,6 +76,9 @@ def main() -> None:
         print(f"{name}: median distance of each sprite from its own track (px): "
               + ", ".join(f"{e:.1f}" for e in track_error(v, a.prompt, traj)))
     print(f"continue: {len(longer)} frames = {n_orig} original + {len(longer) - n_orig} new")
+    if a.alone:
+        alone = np.stack(list(read_video(a.alone)))
+        Image.fromarray(strip([alone[i] for i in range(0, min(len(alone), 80), every)])).save(out / "prompt.png")
 
 
 if __name__ == "__main__":
