@@ -266,8 +266,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                         "phase": phase or 0, "done": done}, ckpt)
             stream = dict(recipe.get("stream", {}))
             stream = {"policy": stream.pop("policy", "window"), "policy_args": stream}
-            extra = {"step": str(step) if phase is None else f"{step} (phase {phase})", "track_dim": str(r["track_dim"]), "text_encoder": r["text_encoder"],
-                     "stream": json.dumps(stream)}
+            extra = {"step": str(step) if phase is None else f"{step} (phase {phase})",
+                     "track_dim": str(r["track_dim"]), "text_encoder": r["text_encoder"], "stream": json.dumps(stream)}
             save_dit(model, out / "dit.safetensors", extra=extra)
             if r.get("keep_every") and step % r["keep_every"] == 0:  # earlier checkpoints, to pick by eval
                 keep = out / f"{tag}step{step}"
@@ -288,8 +288,8 @@ def resolve_path(p: str | Path) -> Path:
 
 
 def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None):
-    """Latents x0 [B, C, n_lat, h, w], text embeddings and track channels [B, C_track, n_lat, h, w] of a
-    batch of fresh clips. Tracks are dropped per block (p = track_dropout) and, with p = text_only,
+    """Latents x0 [B, C, n_lat, h, w], text embeddings, track channels [B, C_track, n_lat, h, w] and
+    sprite cells [B, 1, n_lat, h, w] (`sprite_cells`) of a batch of fresh clips. Tracks are dropped per block (p = track_dropout) and, with p = text_only,
     for the whole clip (a prompt alone must make its sprites); text-only clips always keep their prompt
     and, with `spawn_text`, are the world's text-only layout (World.clip(spawn=True): spawn points,
     fixed bounce)."""
