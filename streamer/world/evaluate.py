@@ -692,15 +692,14 @@ def cmd_eval(args) -> int:
     else:  # a `streamer train` run folder: score a checkpoint before (or instead of) shipping it
         device = torch.device(args.device) if args.device else default_device()
         pipe = Pipeline.load_default(args.weights, device=device, dtype=default_dtype(device))
+    defaults = pipe.stream_defaults or {}  # the policy and knobs the model was trained to stream with
     if args.speed:
-        defaults = pipe.stream_defaults or {}
         res = measure_speed(pipe, args.seconds or 10.0, args.steps,
                             defaults.get("policy", "window"), defaults.get("policy_args"))
         print(json.dumps(res))
         return 0
     if not pipe.model.config.track_channels:
         raise InputError("streamer eval needs a model with trajectory channels (the default world model)")
-    defaults = pipe.stream_defaults or {}
     if args.policies is None:  # the policy (and knobs) the model streams with by default
         args.policies = defaults.get("policy", "window")
     policies = BOUNDED_POLICIES if args.policies == "all" else tuple(p.strip() for p in args.policies.split(","))

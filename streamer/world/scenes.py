@@ -194,25 +194,33 @@ class World:
         starts = self.spawn_points(len(scene.sprites))
         for n, (sprite, motion) in enumerate(zip(scene.sprites, scene.motions)):
             rng = np.random.default_rng([scene.seed, 2, n])
-            if motion == "spawn":
-                tracks[:, n] = self._bounce(starts[n], SPAWN_HEADINGS[n % len(SPAWN_HEADINGS)], sprite.radius, num_frames)
+            if motion == "spawn":  # a straight bounce from the spawn point, the same for every seed
+                tracks[:, n] = self._path(rng, "bounce", sprite.radius, num_frames, start=starts[n],
+                                          heading=np.deg2rad(SPAWN_HEADINGS[n % len(SPAWN_HEADINGS)]),
+                                          speed=SPAWN_SPEED * cfg.scale)
                 continue
             tracks[:, n] = self._path(rng, motion, sprite.radius, num_frames)
         w, h = cfg.width, cfg.height
         visible = (tracks[..., 0] >= 0) & (tracks[..., 0] < w) & (tracks[..., 1] >= 0) & (tracks[..., 1] < h)
         return Trajectory(tracks, visible, cfg.fps, w, h)
 
-    def _path(self, rng: np.random.Generator, motion: str, radius: float, n: int) -> np.ndarray:
+    def _path(self, rng: np.random.Generator, motion: str, radius: float, n: int, start: np.ndarray | None = None,
+              heading: float | None = None, speed: float | None = None) -> np.ndarray:
         """One sprite's centre per frame. Velocity integration with a smoothly wandering heading:
         'bounce' keeps its heading, 'smooth' wanders, 'stopstart' pauses now and then, 'cross'
-        flies straight through the frame without bouncing and re-enters from another edge later."""
+        flies straight through the frame without bouncing and re-enters from another edge later.
+        start (x, y px), heading (radians) and speed (px per frame) replace the random draws (which
+        are still made, so the other draws stay as they were)."""
         cfg = self.config
         w, h = cfg.width, cfg.height
         lo, hi = radius, np.array([w - radius, h - radius])
-        speed = rng.uniform(*cfg.speed) * cfg.scale
-        heading = rng.uniform(0, 2 * np.pi)
+        drawn_speed = rng.uniform(*cfg.speed) * cfg.scale
+        drawn_heading = rng.uniform(0, 2 * np.pi)
         turn_rate = {"smooth": 0.08, "bounce": 0.0, "stopstart": 0.05, "cross": 0.01}[motion]
-        pos = rng.uniform(lo, hi)
+        drawn_pos = rng.uniform(lo, hi)
+        speed = drawn_speed if speed is None else speed
+        heading = drawn_heading if heading is None else heading
+        pos = drawn_pos if start is None else np.asarray(start, np.float64)
         if motion == "cross":
             pos, heading = self._entry(rng, radius)
         out = np.zeros((n, 2), np.float32)
@@ -249,21 +257,6 @@ class World:
                 elif pos[a] > hi[a]:
                     pos[a] = 2 * hi[a] - pos[a]
                     heading = np.pi - heading if a == 0 else -heading
-        return out
-
-    def _bounce(self, start: np.ndarray, heading_deg: float, radius: float, n: int) -> np.ndarray:
-        """[n, 2] centres of a sprite moving straight at SPAWN_SPEED from `start`, reflected off the walls."""
-        cfg = self.config
-        lo, hi = np.full(2, radius), np.array([cfg.width - radius, cfg.height - radius])
-        v = SPAWN_SPEED * cfg.scale * np.array([np.cos(np.deg2rad(heading_deg)), np.sin(np.deg2rad(heading_deg))])
-        pos, out = np.asarray(start, np.float64).copy(), np.zeros((n, 2), np.float32)
-        for i in range(n):
-            out[i] = pos
-            pos = pos + v
-            for a in range(2):
-                if pos[a] < lo[a] or pos[a] > hi[a]:
-                    pos[a] = 2 * (lo[a] if pos[a] < lo[a] else hi[a]) - pos[a]
-                    v[a] = -v[a]
         return out
 
     def _entry(self, rng: np.random.Generator, radius: float) -> tuple[np.ndarray, float]:

@@ -289,10 +289,10 @@ def resolve_path(p: str | Path) -> Path:
 
 def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None):
     """Latents x0 [B, C, n_lat, h, w], text embeddings, track channels [B, C_track, n_lat, h, w] and
-    sprite cells [B, 1, n_lat, h, w] (`sprite_cells`) of a batch of fresh clips. Tracks are dropped per block (p = track_dropout) and, with p = text_only,
-    for the whole clip (a prompt alone must make its sprites); text-only clips always keep their prompt
-    and, with `spawn_text`, are the world's text-only layout (World.clip(spawn=True): spawn points,
-    fixed bounce)."""
+    sprite cells [B, 1, n_lat, h, w] (`sprite_cells`) of a batch of fresh clips. Tracks are dropped per
+    block (p = track_dropout) and, with p = text_only, for the whole clip (a prompt alone must make its
+    sprites); text-only clips always keep their prompt and, with `spawn_text`, are the world's
+    text-only layout (World.clip(spawn=True): spawn points, fixed bounce)."""
     from streamer.models.wan import block_index
 
     seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
