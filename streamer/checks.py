@@ -58,6 +58,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def video_size(text: str) -> tuple[int, int]:
     """argparse type: `WxH` with 0 < W, H <= 65536 (multiples of the model's stride are checked later)."""
     try:

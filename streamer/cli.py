@@ -66,6 +66,10 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0)
     g.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), help="denoising steps (default: Self-Forcing's 4)")
     g.add_argument("--chunk", type=checks.int_in(1, 1024), default=3, help="latent frames per chunk (3 = 12 video frames)")
+    g.add_argument("--guidance", type=checks.non_negative_float,
+                   help="text classifier-free guidance scale, 1 = off; each guided step runs the DiT twice "
+                        "(default: the model's own, stored with its weights; 1 for checkpoints without one, "
+                        "such as the distilled Self-Forcing ones)")
     g.add_argument("--policy", help=f"KV cache policy: {', '.join(POLICIES)} (default: the model's own, else window)")
     g.add_argument("--policy-arg", action="append", default=[], metavar="K=V", help="policy knob, repeatable")
 
@@ -194,7 +198,7 @@ def checkpoint_companions(args) -> tuple[str | None, str | None]:
 
 def _stream_config(args, pipe):
     return pipe.stream_config(size=args.size, policy=args.policy, policy_args=parse_policy_args(args.policy_arg),
-                              steps=args.steps, chunk_frames=args.chunk, seed=args.seed)
+                              steps=args.steps, chunk_frames=args.chunk, seed=args.seed, guidance=args.guidance)
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """Device defaults, chosen from the machine at hand rather than assumed: the one place for them.
 
-- dtype: bf16 on CUDA. On a CPU, bf16 only where it has native bf16 matrix units (AVX512-BF16 or
-  AMX: oneDNN then runs bf16 matmuls ~2-4x faster than fp32); without them torch emulates bf16 and
-  the shipped model runs ~3x *slower* than in fp32 (measured: 22 vs 61 frames/s on a 2-core EPYC
-  without AVX512-BF16). Where the flags say nothing either way, a short timed probe at the model's
-  matmul shape decides, cached per machine so only the first run pays for it (~0.3 s).
+- dtype: bf16 on CUDA. On a CPU, whichever of bf16 and fp32 streams the shipped model's shape faster
+  *here*, measured once and cached per machine (~3 s, `_probe_bf16_speedup`). CPU flags alone do not
+  decide it: without native bf16 units (AVX512-BF16/AMX) torch emulates bf16 and the shipped model
+  runs ~3x slower than in fp32 (22 vs 61 frames/s on a 2-core AMD EPYC), but having them is not
+  enough either: on a 2-core Intel Xeon with AMX the default model streamed 44 frames/s in fp32 and
+  38 in bf16 (`streamer bench --dtype fp32 bf16`), though a lone bf16 matmul ran 4x faster there
+  (at 3.4M parameters the casts and the non-matmul ops outweigh the matmuls). A CPU without AVX-512
+  at all can only emulate bf16 and gets fp32 without a probe.
 - threads: the cores this process may actually use (affinity mask and cgroup quota), not the
   machine's count, unless the user set OMP_NUM_THREADS.
 """
@@ -12,14 +15,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import time
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+log = logging.getLogger(__name__)
 _reason: str = ""
 
 
@@ -76,51 +82,56 @@ def _cache_file() -> Path:
     return Path(root) / "streamer" / "cpu_dtype.json"
 
 
-def _probe_bf16_speedup(repeats: int = 5) -> float:
-    """fp32 time / bf16 time of a matmul at the shipped model's shape (3 latent frames of 16x16
-    tokens x dim 192 -> FFN 768), best of `repeats`."""
-    a32, b32 = torch.randn(768, 192), torch.randn(192, 768)
-    times = {}
+def _probe_bf16_speedup(timed_chunks: int = 3) -> float:
+    """fp32 time / bf16 time per chunk of a stream with a random model of the shipped default's shape
+    (the world-128 DiT in the dtype, 4 sampler steps, deep-sink cache, the tiny decoder in fp32,
+    128x128): what `streamer generate` runs, so the ratio counts the casts and the non-matmul ops as
+    well as the matmuls. One warm-up chunk, then the median of `timed_chunks` (DiT + decode seconds) per dtype."""
+    from streamer.models.tiny_vae import TinyStreamingDecoder, TinyVAE
+    from streamer.pipeline import Pipeline
+    from streamer.session import Session, StreamConfig
+
+    seconds = {}
     for dtype in (torch.float32, torch.bfloat16):
-        a, b = a32.to(dtype), b32.to(dtype)
-        torch.mm(a, b)  # first call: oneDNN picks and builds its kernel
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for _ in range(10):
-                torch.mm(a, b)
-            best = min(best, time.perf_counter() - t)
-        times[dtype] = best
-    return times[torch.float32] / times[torch.bfloat16]
+        pipe = Pipeline.load(preset="world-128", device="cpu", dtype=dtype)
+        pipe.decoder = TinyStreamingDecoder(TinyVAE())  # fp32 in both, as `Pipeline.load_default` keeps it on CPU
+        config = StreamConfig(width=128, height=128, policy="deep-sink", policy_args={"window": 9, "sink": 3})
+        session = Session(pipe, "probe", config)
+        times = [c.dit_seconds + c.decode_seconds for c in session.stream(config.chunk_frames * (1 + timed_chunks))]
+        seconds[dtype] = statistics.median(times[1:])
+    return seconds[torch.float32] / seconds[torch.bfloat16]
 
 
-def cpu_dtype() -> torch.dtype:
-    """bf16 where the CPU runs it natively (or measurably faster), else fp32; `dtype_reason()` says why."""
+def cpu_dtype(probe: Callable[[], float] | None = None) -> torch.dtype:
+    """bf16 where it streams measurably faster (>= 1.1x) than fp32 on this CPU, else fp32;
+    `dtype_reason()` says why. The measured ratio is cached per CPU model, torch version and thread
+    count (`$XDG_CACHE_HOME/streamer/cpu_dtype.json`), so only a machine's first run pays for it.
+    probe: the measurement (default `_probe_bf16_speedup`; tests pass their own)."""
     global _reason
     flags = cpu_flags()
     native = sorted(f for f in _NATIVE_BF16_FLAGS if f in flags)
-    if native:
-        _reason = f"CPU has native bf16 ({', '.join(native)}): bf16"
-        return torch.bfloat16
     if flags and "avx512f" not in flags:  # no AVX-512 at all: bf16 can only be emulated
         _reason = "CPU has no native bf16 units (no AVX512-BF16/AMX): fp32, ~3x faster than emulated bf16 here"
         return torch.float32
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | stream v2"
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    speedup = cached.get(key)
+    speedup = cached.get(key) if isinstance(cached, dict) else None
     if not isinstance(speedup, (int, float)):
-        speedup = _probe_bf16_speedup()
+        cached = cached if isinstance(cached, dict) else {}
+        log.info("measuring bf16 against fp32 on this CPU, once (cached in %s)", path)
+        speedup = (probe or _probe_bf16_speedup)()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({**cached, key: speedup}))
         except OSError:
             pass  # a read-only home: probe again next time
-    dtype = torch.bfloat16 if speedup > 1.15 else torch.float32
-    _reason = (f"CPU without bf16 flags; measured bf16 {speedup:.2f}x fp32 at the model's matmul shape "
+    dtype = torch.bfloat16 if speedup >= 1.1 else torch.float32
+    units = f"native bf16 ({', '.join(native)})" if native else "no bf16 flags"
+    _reason = (f"CPU with {units}; measured bf16 {speedup:.2f}x fp32 streaming the default model's shape "
                f"(cached in {path}): {'bf16' if dtype == torch.bfloat16 else 'fp32'}")
     return dtype
 

@@ -101,12 +101,16 @@ class Pipeline:
 
     def stream_config(self, *, size: tuple[int, int] | None = None, policy: str | None = None,
                       policy_args: dict | None = None, steps: int | None = None, chunk_frames: int = 3,
-                      seed: int = 0, noise=None):
+                      seed: int = 0, noise=None, guidance: float | None = None):
         """A `StreamConfig` with this model's defaults under the given overrides: the one place stream
         defaults are decided (CLI, UI, eval and bench all come here). size (width, height) in pixels,
         default the model's native size; policy default the model's trained one, else "window"; knobs
         default the model's trained knobs when the policy is the one it was trained with, else the
-        paper's; steps default Self-Forcing's 4."""
+        paper's; steps default Self-Forcing's 4; guidance (text CFG scale, 1 = off) default the
+        model's own (its metadata's, with its timestep interval), else 1. Raises ValueError for a
+        guidance below 0."""
+        import dataclasses
+
         from streamer.sampler import SamplerConfig, sampler_for_steps
         from streamer.session import StreamConfig
 
@@ -116,6 +120,10 @@ class Pipeline:
         if not policy_args and trained.get("policy") == policy:
             policy_args = trained.get("policy_args", {})
         sampler = sampler_for_steps(steps) if steps else SamplerConfig()
+        guide = {"guidance": float(trained.get("guidance", 1.0) if guidance is None else guidance)}
+        if "guidance_interval" in trained:
+            guide["guidance_interval"] = tuple(float(t) for t in trained["guidance_interval"])
+        sampler = dataclasses.replace(sampler, **guide)
         return StreamConfig(width=width, height=height, chunk_frames=chunk_frames, sampler=sampler, policy=policy,
                             policy_args=dict(policy_args or {}), seed=seed, noise=noise)
 

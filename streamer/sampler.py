@@ -9,6 +9,7 @@ x0 with fresh Gaussian noise drawn from the caller's generator. Timesteps stay f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,24 @@ class SamplerConfig:
     num_train_timesteps: int = 1000
     warp: bool = True
     context_timestep: float = 0.0  # timestep of the clean pass that writes the chunk's K/V
+    # Text classifier-free guidance: v = v(empty prompt) + guidance * (v(prompt) - v(empty prompt)),
+    # the chunk's cache view and tracks the same in both calls. 1 = off (one model call per step, as
+    # the distilled Self-Forcing/CausVid checkpoints are run). Applied only at the steps whose
+    # timestep lies in guidance_interval [low, high] (Kynkaanniemi et al. 2024, "Applying guidance in
+    # a limited interval"): each guided step costs a second model call.
+    guidance: float = 1.0
+    guidance_interval: tuple[float, float] = (0.0, 1000.0)
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ValueError(f"guidance {self.guidance} must be a finite number >= 0 (1: off)")
+        low, high = self.guidance_interval
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"guidance_interval {self.guidance_interval} must be [low, high] timesteps, low <= high")
+
+    def guided(self, t: float) -> bool:
+        """Whether the step at timestep t runs the guided (two-call) prediction."""
+        return self.guidance != 1.0 and self.guidance_interval[0] <= t <= self.guidance_interval[1]
 
     def timesteps(self) -> list[float]:
         n = self.num_train_timesteps

@@ -123,6 +123,7 @@ class Session:
         self.decoder_state = pipe.decoder.new_state()
         self.prompt = ""
         self._text = None
+        self._null = None  # the empty prompt's text context, made at the first guided step
         self._pending_prompt: str | None = None
         self._latents: dict[int, torch.Tensor] = {}  # clean latents of cached frames, for re-cache
         self._next_frame = 0
@@ -157,6 +158,13 @@ class Session:
         self.prompt = prompt
         emb = self.pipe.text_encoder.encode([prompt])
         self._text = self.pipe.model.encode_text(emb)
+
+    def _null_text(self):
+        """The empty prompt's text context, the unconditional half of guidance: " ", the prompt the
+        default model's training drops text to (`text_dropout`)."""
+        if self._null is None:
+            self._null = self.pipe.model.encode_text(self.pipe.text_encoder.encode([" "]))
+        return self._null
 
     def _check_start(self, x: torch.Tensor) -> torch.Tensor:
         want = (1, self.pipe.model.config.out_channels, self.latent_h, self.latent_w)
@@ -235,8 +243,17 @@ class Session:
             noise = self.noise((1, self.pipe.model.config.out_channels, n, self.latent_h, self.latent_w)).to(dev)
             tracks = self._tracks(frames)  # read once: every step and the clean pass see the same tracks
 
+            sampler = self.config.sampler
+
             def flow(x: torch.Tensor, t: float) -> torch.Tensor:
-                return self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._text, view, tracks).float()
+                v = self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._text, view, tracks).float()
+                if not sampler.guided(t):
+                    return v
+                view.record_mass = False  # attention mass is the prompted call's
+                v_null = self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._null_text(), view,
+                                                       tracks).float()
+                view.record_mass = self.record_attention
+                return v_null + sampler.guidance * (v - v_null)
 
             x0 = denoise(flow, noise, self.timesteps, self.noise, self.config.sampler.num_train_timesteps)
             self._commit(view, x0, tracks)

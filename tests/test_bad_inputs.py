@@ -101,6 +101,8 @@ def _make(kind: str, tmp: Path):
         "seconds nan": lambda: (["--seconds", "nan", *out], ["--seconds"]),
         "seconds -2": lambda: (["--seconds", "-2", *out], ["--seconds"]),
         "steps 0": lambda: (["--steps", "0", *out], ["--steps"]),
+        "guidance -1": lambda: (["--guidance", "-1", *out], ["--guidance"]),
+        "guidance nan": lambda: (["--guidance", "nan", *out], ["--guidance"]),
         "frames 0": lambda: (["--frames", "0", *out], ["--frames"]),
         "seed -1": lambda: (["--seed", "-1", *out], ["--seed"]),
         "seed 2**64": lambda: (["--seed", str(2**64), *out], ["--seed"]),
@@ -206,7 +208,8 @@ def _nan(state):
 
 
 KINDS = [
-    "chunk 0", "chunk -1", "seconds inf", "seconds nan", "seconds -2", "steps 0", "frames 0", "seed -1", "seed 2**64",
+    "chunk 0", "chunk -1", "seconds inf", "seconds nan", "seconds -2", "steps 0", "guidance -1", "guidance nan",
+    "frames 0", "seed -1", "seed 2**64",
     "size 0x64", "size 100000x100000", "device foo",
     "size 60000x60000", "window 1e8", "keep_blocks 1e6", "budget 1e6",
     "out is a folder", "out parent is a file", "out in read-only fs", "out is /dev/full", "out is the tracks",
@@ -255,6 +258,7 @@ def test_device_cuda_without_cuda_is_refused(tmp_path, capsys):
     (["bench", "--steps", "0"], "--steps"),
     (["eval", "--seconds", "0"], "--seconds"),
     (["eval", "--policies", "nope"], "--policies"),
+    (["eval", "--guidance", "-2"], "--guidance"),
 ])
 def test_bench_and_eval_arguments_are_refused(args, needle, capsys):
     code, err = _run(args, capsys)

@@ -171,3 +171,43 @@ def test_overlapped_decode_gives_the_same_chunks_in_order(pipe):
     for a, b in zip(plain, overlapped):
         np.testing.assert_array_equal(a.frames, b.frames)
         assert torch.equal(a.latents, b.latents)
+
+
+def test_guidance_zero_is_the_empty_prompt_and_one_is_off(pipe):
+    """Text CFG v = v(null) + g (v(prompt) - v(null)): with another prompt's text as the null text,
+    g = 0 samples the first chunk that prompt samples (no cached history yet, so only the text
+    differs); g = 1, or a timestep interval no step falls in, is the unguided stream bit for bit;
+    g = 3 changes it; the null text is the empty prompt's, the one training drops text to."""
+    import dataclasses
+
+    def session(prompt, **kw):
+        return Session(pipe, prompt, _config(sampler=dataclasses.replace(STEPS, **kw), seed=5))
+
+    first = lambda prompt, **kw: session(prompt, **kw).step().latents  # noqa: E731
+    plain = first("a red fox")
+    swapped = session("a red fox", guidance=0.0)
+    swapped._null = session("a blue whale")._text
+    assert torch.allclose(swapped.step().latents, first("a blue whale"), atol=1e-6)
+    null = session("a red fox")._null_text()
+    want = pipe.model.encode_text(pipe.text_encoder.encode([" "]))
+    assert all(torch.equal(a, b) for ab, wb in zip(null.kv, want.kv) for a, b in zip(ab, wb))
+    assert not torch.equal(null.kv[0][0], session("a red fox")._text.kv[0][0])
+    assert torch.equal(first("a red fox", guidance=1.0), plain)
+    assert torch.equal(first("a red fox", guidance=3.0, guidance_interval=(0.0, 400.0)), plain)
+    assert (first("a red fox", guidance=3.0) - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kw", [{"guidance": -1.0}, {"guidance": float("nan")}, {"guidance_interval": (900.0, 100.0)}])
+def test_bad_guidance_is_refused(kw):
+    with pytest.raises(ValueError, match="guidance"):
+        SamplerConfig(**kw)
+
+
+def test_stream_config_takes_the_models_guidance(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "stream_defaults", {"policy": "window", "guidance": 2.5, "guidance_interval": [500, 1000]})
+    sampler = pipe.stream_config().sampler
+    assert (sampler.guidance, sampler.guidance_interval) == (2.5, (500.0, 1000.0))
+    assert sampler.guided(1000.0) and not sampler.guided(250.0)
+    assert pipe.stream_config(guidance=1.0).sampler.guidance == 1.0
+    monkeypatch.setattr(pipe, "stream_defaults", None)
+    assert pipe.stream_config().sampler.guidance == 1.0  # checkpoints without one: unguided

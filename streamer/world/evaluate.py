@@ -71,6 +71,7 @@ class EvalConfig:
     reference: bool = True
     policy_args: dict[str, dict] = field(default_factory=dict)
     sets: tuple[str, ...] = SETS
+    guidance: float | None = None  # text CFG scale; None: the model's own (`Pipeline.stream_config`)
 
 
 @dataclass
@@ -415,15 +416,17 @@ def encode_first_frame(pipe, clip: Clip) -> torch.Tensor:
 
 
 def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, seed: int,
-                tracks: bool = True, image_start: bool = False) -> tuple[np.ndarray, dict]:
+                tracks: bool = True, image_start: bool = False,
+                guidance: float | None = None) -> tuple[np.ndarray, dict]:
     """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
-    `image_start`); frames [T, H, W, 3] and timing."""
+    `image_start`; text guidance `guidance`, None: the model's own); frames [T, H, W, 3] and timing."""
 
     from streamer.session import Session
 
     traj = clip.trajectory
     w, h = traj.width, traj.height
-    cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed)
+    cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
+                             guidance=guidance)
     out, dit, dec = [], 0.0, 0.0
     start = encode_first_frame(pipe, clip) if image_start else None
     session = Session(pipe, clip.prompt, cfg, tracks=traj if tracks else None, start_latents=start)
@@ -479,7 +482,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                 else:
                     args = cfg.policy_args.get(policy, {})
                     frames, t = stream_clip(pipe, clip, policy, args, cfg.steps, cfg.seed,
-                                            tracks=set_name != "text", image_start=set_name == "two")
+                                            tracks=set_name != "text", image_start=set_name == "two",
+                                            guidance=cfg.guidance)
                     timing.append(t)
                 if keep_frames is not None:
                     keep_frames[(set_name, name, i)] = frames
@@ -549,6 +553,8 @@ def write_markdown(results: dict, path: Path) -> None:
     knobs = [f"{p} " + " ".join(f"{k}={v}" for k, v in cfg.get("policy_args", {}).get(p, {}).items())
              for p in cfg["policies"]]
     text += f"Policies: {'; '.join(k.strip() for k in knobs)} (knobs not named: the policy's defaults)\n\n"
+    if cfg.get("guidance") is not None:
+        text += f"Text guidance: {cfg['guidance']:g} (classifier-free; 1 = off)\n\n"
     text += markdown_table(results)
     if cfg["scenes"] > 1 and (scenes := scene_table(results)):
         text += f"\nPer scene:\n\n{scenes}"
@@ -656,14 +662,15 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], times: tuple[float, 
 
 
 def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "window",
-                  policy_args: dict | None = None, seed: int = 0) -> dict:
+                  policy_args: dict | None = None, seed: int = 0, guidance: float | None = None) -> dict:
     """End-to-end speed of one stream (DiT + decode, trajectory channels included): the time from
     `Session(...)` (prompt encoding included) to the first frames, and the steady frames per second."""
     from streamer.session import Session
 
     clip = World().clip(HELD_OUT_SEEDS[0], 1 + 4 * math.ceil((seconds * pipe.fps - 1) / 4))
     w, h = pipe.native_size
-    cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed)
+    cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
+                             guidance=guidance)
     t0 = time.perf_counter()
     session = Session(pipe, clip.prompt + f" #{seed}", cfg)  # a new prompt: the text encoder runs
     session.set_tracks(clip.trajectory)
@@ -695,7 +702,7 @@ def cmd_eval(args) -> int:
     defaults = pipe.stream_defaults or {}  # the policy and knobs the model was trained to stream with
     if args.speed:
         res = measure_speed(pipe, args.seconds or 10.0, args.steps,
-                            defaults.get("policy", "window"), defaults.get("policy_args"))
+                            defaults.get("policy", "window"), defaults.get("policy_args"), guidance=args.guidance)
         print(json.dumps(res))
         return 0
     if not pipe.model.config.track_channels:
@@ -719,7 +726,8 @@ def cmd_eval(args) -> int:
     if bad := [x for x in sets if x not in SETS]:
         raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(SETS)}")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
-                     reference=not args.no_reference, policy_args=policy_args, sets=sets)
+                     reference=not args.no_reference, policy_args=policy_args, sets=sets,
+                     guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -765,6 +773,8 @@ def register(subparsers) -> None:
     p.add_argument("--policy-arg", action="append", default=[], metavar="POLICY:K=V", help="policy knob, repeatable")
     p.add_argument("--scenes", type=checks.int_in(1, len(HELD_OUT_SEEDS)), default=2, help=f"held-out scenes per policy (at most {len(HELD_OUT_SEEDS)})")
     p.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), default=4, help="denoising steps")
+    p.add_argument("--guidance", type=checks.non_negative_float,
+                   help="text classifier-free guidance scale, 1 = off (default: the model's own)")
     p.add_argument("--sets", default=",".join(SETS),
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
                         "true first frame, a track on each); default all")

@@ -225,7 +225,9 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     t0 = time.time()
     ema = None
     bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
-    counts = {"tf": 0, "image": 0, "rollout": 0}
+    counts = {"tf": 0, "image": 0, "rollout": 0, "guided": 0}
+    teacher = load_teacher(r, model, device)
+    null_text = text_enc.encode([" "]).to(device).clone() if teacher is not None else None
     for step in bar:
         # the step's layout: teacher forcing from frame 0, or an image start (blocks [1, chunk, ...])
         # (no draws when off: the teacher-forcing stage keeps the clip stream it was trained on)
@@ -245,8 +247,12 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
             ctx = None
             if roll:  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
                 ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r)
-            loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx,
-                             skip_first=image, sprites=sprites)
+            # guided teacher targets on teacher-forced and image-start steps (p = guidance_p); a rollout
+            # keeps the truth as its target: the point of it is to steer own history back to the truth
+            guided = teacher is not None and not roll and rng.random() < r.get("guidance_p", 1.0)
+            loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx, skip_first=image, sprites=sprites,
+                             teacher=teacher if guided else None, null_text=null_text)
+            counts["guided"] += guided
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, r["steps"], r["lr"], r["warmup"], time_frac=time_fraction(r, t0))
         opt.zero_grad(set_to_none=True)
@@ -258,14 +264,13 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if step % 20 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
             log(f"dit {tag}step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
-                f"(steps tf/image/rollout {counts['tf']}/{counts['image']}/{counts['rollout']})")
+                f"(steps tf/image/rollout {counts['tf']}/{counts['image']}/{counts['rollout']}, guided {counts['guided']})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
         if step % r["checkpoint_every"] == 0 or done:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "phase": phase or 0, "done": done}, ckpt)
-            stream = dict(recipe.get("stream", {}))
-            stream = {"policy": stream.pop("policy", "window"), "policy_args": stream}
+            stream = stream_metadata(recipe)
             extra = {"step": str(step) if phase is None else f"{step} (phase {phase})",
                      "track_dim": str(r["track_dim"]), "text_encoder": r["text_encoder"], "stream": json.dumps(stream)}
             save_dit(model, out / "dit.safetensors", extra=extra)
@@ -277,6 +282,17 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if done:
             log(f"dit {tag}stopped at step {step} after {minutes:.1f} min")
             break
+
+
+def stream_metadata(recipe: dict) -> dict:
+    """The recipe's [stream] as the weights' "stream" metadata (`Pipeline.stream_defaults`): the
+    cache policy, its knobs, and the text guidance (with its timestep interval) when given."""
+    stream = dict(recipe.get("stream", {}))
+    out = {"policy": stream.pop("policy", "window")}
+    for key in ("guidance", "guidance_interval"):
+        if key in stream:
+            out[key] = stream.pop(key)
+    return {**out, "policy_args": stream}
 
 
 def resolve_path(p: str | Path) -> Path:
@@ -344,14 +360,19 @@ def sigma_per_block(rng, b: int, blocks, n: int, shift: float) -> torch.Tensor:
 
 
 def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: bool = False,
-              sprites: torch.Tensor | None = None) -> torch.Tensor:
+              sprites: torch.Tensor | None = None, teacher=None, null_text: torch.Tensor | None = None) -> torch.Tensor:
     """Flow matching on the teacher-forcing shape: one noise level per block (as the sampler sees),
     timesteps drawn uniformly and warped by the schedule shift, so the few high-noise steps train most.
 
     chunk: chunk length, or block sizes (e.g. (1, 3, 3) for an image start). context: the clean
     history [B, C, F, h, w] the noisy blocks see (default: the true x0; a rollout for Self-Forcing
     against the truth). skip_first: no loss on the first block (an image start's given frame).
-    sprites: [B, 1, F, h, w] sprite cells (sprite_cells), weighted 1 + r["sprite_weight"] (default 0)."""
+    sprites: [B, 1, F, h, w] sprite cells (sprite_cells), weighted 1 + r["sprite_weight"] (default 0).
+    teacher: a frozen DiT (`load_teacher`): the target is then its text-guided flow at the same
+    noisy input and history, v(null) + r["guidance_scale"] (v(text) - v(null)), instead of the
+    data's (eps - x0): guidance distillation (Meng et al. 2023), so the student samples what the
+    guided teacher samples in one model call per step. null_text [1, L, D]: the empty prompt's
+    embedding."""
     b, _, n, _, _ = x0.shape
     sigma = sigma_per_block(rng, b, chunk, n, r["timestep_shift"]).to(x0.device)  # [B, F]
     eps = torch.randn_like(x0)
@@ -361,13 +382,36 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     base = x0 if context is None else context
     ctx = base + r.get("context_noise", 0.0) * torch.rand(b, 1, 1, 1, 1, device=x0.device) * torch.randn_like(x0)
     v = model(xt, sigma * 1000, text, chunk_frames=chunk, clean_x=ctx, tracks=tracks, clean_tracks=tracks)
-    err = (v.float() - (eps - x0)) ** 2
+    target = eps - x0
+    if teacher is not None:
+        with torch.no_grad():  # one batch: the prompted half, then the empty-prompt half
+            two = lambda a: torch.cat([a, a])  # noqa: E731
+            vt = teacher(two(xt), two(sigma) * 1000, torch.cat([text, null_text.expand_as(text)]), chunk_frames=chunk,
+                         clean_x=two(ctx), tracks=two(tracks), clean_tracks=two(tracks)).float()
+            v_text, v_null = vt.chunk(2)
+            target = v_null + r["guidance_scale"] * (v_text - v_null)
+    err = (v.float() - target) ** 2
     if sprites is not None and r.get("sprite_weight"):
         err = err * (1.0 + r["sprite_weight"] * sprites)
     if skip_first:
         first = chunk if isinstance(chunk, int) else chunk[0]
         err = err[:, :, first:]
     return err.mean()
+
+
+def load_teacher(r: dict, model, device: torch.device):
+    """The frozen guidance teacher of a fine-tune phase: `guidance_teacher` (a folder with a
+    dit.safetensors of the student's shape) when the phase sets `guidance_scale`, else None."""
+    if not r.get("guidance_scale"):
+        return None
+    import copy
+
+    from safetensors.torch import load_file
+
+    teacher = copy.deepcopy(model)
+    path = resolve_path(r["guidance_teacher"]) / "dit.safetensors"
+    teacher.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return teacher.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
