@@ -149,8 +149,8 @@ class Pipeline:
     ) -> Pipeline:
         """Load a pipeline. With nothing given: the shipped default model. `preset` (e.g. "tiny",
         "wan2.1-1.3b"): a random DiT of that size (timing, tests). `checkpoint` / `vae` /
-        `text_encoder`: real weights. dtype default `device.default_dtype` (bf16 on CUDA; on CPU bf16
-        only where it runs natively). `decoder`: "full" (a random full-size Wan VAE), "tiny" (the project's
+        `text_encoder`: real weights. dtype default `device.default_dtype` (bf16 on CUDA; on CPU whichever
+        of bf16 and fp32 streams faster there, measured once per machine). `decoder`: "full" (a random full-size Wan VAE), "tiny" (the project's
         random tiny decoder) or "taehv" (a random TAEHV at taew2_1's size, models/taehv.py) in place of
         the model's own, for timing a decoder without its weights. `vae` may also be a TAEHV file
         (`taew2_1.pth`, detected by its keys): real Wan latents then decode at TAEHV speed.
