@@ -120,6 +120,9 @@ def test_past_the_live_limit_a_client_is_told_its_place(api):
     ({"prompt": "a", "seed": 1.5}, 400, "seed must be a whole number"),
     ({"prompt": "a", "steps": 0}, 400, "steps must be a whole number from 1 to 8; got 0"),
     ({"prompt": "a", "steps": 100}, 400, "steps must be a whole number from 1 to 8; got 100"),
+    ({"prompt": "a", "guidance": -1}, 400, "guidance must be a number from 0 to 20; got -1"),
+    ({"prompt": "a", "guidance": "lots"}, 400, "guidance must be a number from 0 to 20; got 'lots'"),
+    ({"prompt": "a", "guidance": True}, 400, "guidance must be a number from 0 to 20"),
     ({"prompt": "a", "policy_args": {"window": "abc"}}, 400, "knob window must be a whole number"),
     ({"prompt": "a", "policy": "nope"}, 400, "unknown cache policy"),
     ({"prompt": "a", "size": "100x"}, 400, "size must look like"),
@@ -311,3 +314,13 @@ def test_the_python_client_sends_a_start_image_as_base64(tmp_path, monkeypatch):
     assert base64.b64decode(sent["image"]) == png
     with pytest.raises(StreamerError, match="cannot read"):
         Client().create("a", image=tmp_path / "missing.png")
+
+
+def test_guidance_field_reaches_the_stream(api):
+    """`guidance` sets the stream's text CFG scale; left out, the model's own (1 for a model without one)."""
+    client, app_api = api
+    guided, plain = _create(client, guidance=2.5), _create(client)
+    assert app_api.streams[guided["id"]].session.config.sampler.guidance == 2.5
+    assert app_api.streams[plain["id"]].session.config.sampler.guidance == 1.0
+    for s in (guided, plain):
+        client.delete(f"/api/sessions/{s['id']}")

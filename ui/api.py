@@ -56,7 +56,7 @@ from streamer.trajectory import Trajectory, from_json
 from streamer.ui import params
 from streamer.video import Mp4Writer
 
-FIELDS = {"prompt", "model", "policy", "policy_args", "size", "seed", "steps", "tracks", "image"}
+FIELDS = {"prompt", "model", "policy", "policy_args", "size", "seed", "steps", "guidance", "tracks", "image"}
 MAX_SESSIONS = 64          # API streams held at once (live, in line or paused), all devices
 IDLE_SECONDS = 600         # a stream nobody has read or steered for this long is freed
 MAX_BODY = 8 << 20         # bytes of a request body (tracks and a base64 start image included: ~6 MiB of file)
@@ -250,6 +250,8 @@ class Api:
             size = params.size(body.get("size"))
             seed = params.whole("seed", body.get("seed", 0), 0, params.SEED_MAX)
             steps = params.whole("steps", body.get("steps", 4), 1, params.STEPS_MAX)
+            guidance = (params.number("guidance", body["guidance"], 0.0, params.GUIDANCE_MAX)
+                        if body.get("guidance") is not None else None)  # None: the model's own
             # read before a device is chosen or a model loaded: a bad picture costs nothing
             image = self._image(body["image"]) if body.get("image") is not None else None
             sched, device = self.app.place()
@@ -263,7 +265,8 @@ class Api:
             if image is not None:  # the size rule, and what was converted or resized, said in `notes`
                 notes = list((image := fit_start_image(image, *size)).notes)
                 tracks = _tracks_on_image(tracks, image, size, notes)
-            config = pipe.stream_config(size=size, policy=policy, policy_args=knobs, steps=steps, seed=seed)
+            config = pipe.stream_config(size=size, policy=policy, policy_args=knobs, steps=steps, seed=seed,
+                                        guidance=guidance)
             session = sched.call(partial(_open, pipe, prompt, config, tracks, image, device))
         except ResourceError as e:
             _fail(413, str(e))

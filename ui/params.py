@@ -14,6 +14,7 @@ SEED_MAX = 2**63 - 1
 STEPS_MAX = 8          # Self-Forcing samples with 4; more gives little and costs time
 SIZE_MAX = 4096        # pixels per side; memory admission refuses what does not fit long before
 PROMPT_MAX = 2000      # characters
+GUIDANCE_MAX = 20.0    # text CFG scales in use are 1-10 (Wan's default is 5)
 
 
 def whole(name: str, value, lo: int, hi: int) -> int:
@@ -36,6 +37,21 @@ def whole(name: str, value, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise InputError(f"{name} must be {rng}; got {value}")
     return value
+
+
+def number(name: str, value, lo: float, hi: float) -> float:
+    """`value` as a finite float in [lo, hi]: ints, floats and numeric strings pass; anything else
+    (True, 'abc', NaN, inf) is an InputError naming `name` and the range."""
+    rng = f"a number from {lo:g} to {hi:g}"
+    if isinstance(value, bool) or value is None or not isinstance(value, (int, float, str)):
+        raise InputError(f"{name} must be {rng}")
+    try:
+        out = float(value)
+    except ValueError:
+        raise InputError(f"{name} must be {rng}; got {str(value)[:40]!r}") from None
+    if not (math.isfinite(out) and lo <= out <= hi):
+        raise InputError(f"{name} must be {rng}; got {str(value)[:40]}")
+    return out
 
 
 def prompt_text(value) -> str:
