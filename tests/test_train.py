@@ -329,3 +329,26 @@ def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
     assert stream_metadata(recipe) == {"policy": "deep-sink", "guidance": 2.0, "guidance_interval": [0, 900],
                                        "policy_args": {"window": 9, "sink": 3}}
     assert stream_metadata({}) == {"policy": "window", "policy_args": {}}
+
+
+def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):
+    """guidance_teacher = "start": the model as the phase starts, saved in the run folder, so a phase
+    resumed later (with the student moved on) gets that same teacher back; a fresh start re-freezes."""
+    from streamer.models.wan import CausalWanModel, get_config
+    from streamer.world.train import load_teacher
+
+    torch.manual_seed(0)
+    model = CausalWanModel(get_config("tiny"))
+    r = {"guidance_scale": 3.0}
+    assert load_teacher({}, model, torch.device("cpu")) is None  # no guidance: no teacher
+    first = load_teacher(r, model, torch.device("cpu"), tmp_path / "teacher.safetensors")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the student trains on
+    resumed = load_teacher(r, model, torch.device("cpu"), tmp_path / "teacher.safetensors", fresh=False)
+    w = "blocks.0.ffn.net.2.weight"
+    assert torch.equal(resumed.state_dict()[w], first.state_dict()[w])
+    assert not torch.equal(resumed.state_dict()[w], model.state_dict()[w])
+    assert not any(p.requires_grad for p in resumed.parameters())
+    refrozen = load_teacher(r, model, torch.device("cpu"), tmp_path / "teacher.safetensors", fresh=True)
+    assert torch.equal(refrozen.state_dict()[w], model.state_dict()[w])

@@ -226,7 +226,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     ema = None
     bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
     counts = {"tf": 0, "image": 0, "rollout": 0, "guided": 0}
-    teacher = load_teacher(r, model, device)
+    teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
     null_text = text_enc.encode([" "]).to(device).clone() if teacher is not None else None
     for step in bar:
         # the step's layout: teacher forcing from frame 0, or an image start (blocks [1, chunk, ...])
@@ -405,9 +405,11 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     return err.mean()
 
 
-def load_teacher(r: dict, model, device: torch.device):
-    """The frozen guidance teacher of a fine-tune phase: `guidance_teacher` (a folder with a
-    dit.safetensors of the student's shape) when the phase sets `guidance_scale`, else None."""
+def load_teacher(r: dict, model, device: torch.device, frozen: Path | None = None, fresh: bool = True):
+    """The frozen guidance teacher of a fine-tune phase when it sets `guidance_scale` (else None):
+    `guidance_teacher` = "start" (default) is the model as the phase starts, kept in `frozen` (a
+    dit.safetensors in the run folder, written when the phase starts `fresh`, so a resumed phase
+    keeps the same teacher); anything else is a folder with a dit.safetensors of the student's shape."""
     if not r.get("guidance_scale"):
         return None
     import copy
@@ -415,7 +417,12 @@ def load_teacher(r: dict, model, device: torch.device):
     from safetensors.torch import load_file
 
     teacher = copy.deepcopy(model)
-    path = resolve_path(r["guidance_teacher"]) / "dit.safetensors"
+    source = r.get("guidance_teacher", "start")
+    path = frozen if source == "start" else resolve_path(source) / "dit.safetensors"
+    if path is None:
+        raise ValueError("guidance_teacher = \"start\" needs the run folder to keep the teacher in")
+    if source == "start" and (fresh or not path.is_file()):
+        save_dit(model, path)
     teacher.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return teacher.to(device).eval().requires_grad_(False)
 
