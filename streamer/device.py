@@ -112,8 +112,7 @@ def cpu_dtype(probe: Callable[[], float] | None = None) -> torch.dtype:
     """bf16 where it streams clearly faster (>= 1.2x) than fp32 on this CPU, else fp32;
     `dtype_reason()` says why. The measured ratio is cached per CPU model, torch version and thread
     count (`$XDG_CACHE_HOME/streamer/cpu_dtype.json`), so only a machine's first run pays for it
-    (~4 s); one taken while the load average exceeded the usable cores is provisional, measured
-    again by the first run that finds the machine idle.
+    (~4 s; delete the file to measure again).
     probe: the measurement (default `_probe_bf16_speedup`; tests pass their own)."""
     global _reason
     flags = cpu_flags()
@@ -121,28 +120,21 @@ def cpu_dtype(probe: Callable[[], float] | None = None) -> torch.dtype:
     if flags and "avx512f" not in flags:  # no AVX-512 at all: bf16 can only be emulated
         _reason = "CPU has no native bf16 units (no AVX512-BF16/AMX): fp32, ~3x faster than emulated bf16 here"
         return torch.float32
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | stream v3"
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | stream v4"
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
     cached = cached if isinstance(cached, dict) else {}
-    entry = cached.get(key)
-    ok = isinstance(entry, dict) and isinstance(entry.get("speedup"), (int, float))
-    # a machine already running more than it has cores times both dtypes unevenly: such a
-    # measurement is kept as provisional, and the next run on an idle machine measures again
-    busy = _load_average() > available_cpus()
-    if ok and not (entry.get("busy") and not busy):
-        speedup = float(entry["speedup"])
-        where = f"cached in {path}" + (", measured on a busy machine" if entry.get("busy") else "")
-    else:
-        log.info("measuring bf16 against fp32 on this CPU (cached in %s)", path)
+    speedup = cached.get(key)
+    where = f"cached in {path}"
+    if not isinstance(speedup, (int, float)):
+        log.info("measuring bf16 against fp32 on this CPU, once (cached in %s)", path)
         speedup = (probe or _probe_bf16_speedup)()
-        where = f"cached in {path}" + (", measured on a busy machine: provisional" if busy else "")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**cached, key: {"speedup": speedup, "busy": busy}}))
+            path.write_text(json.dumps({**cached, key: speedup}))
         except OSError:
             where = "not cached: the cache folder is not writable"  # probe again next time
     dtype = torch.bfloat16 if speedup >= 1.2 else torch.float32
@@ -150,14 +142,6 @@ def cpu_dtype(probe: Callable[[], float] | None = None) -> torch.dtype:
     _reason = (f"CPU with {units}; measured bf16 {speedup:.2f}x fp32 streaming the default model's shape "
                f"({where}): {'bf16' if dtype == torch.bfloat16 else 'fp32'}")
     return dtype
-
-
-def _load_average() -> float:
-    """Runnable processes averaged over the last minute (0 where the OS does not say)."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
 
 
 def default_device() -> torch.device:

@@ -11,7 +11,6 @@ from streamer import device
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(device, "_load_average", lambda: 0.0)  # an idle machine, whatever runs beside the tests
     return tmp_path
 
 
@@ -34,21 +33,6 @@ def test_native_bf16_units_still_measured(cache_home, monkeypatch, speedup, want
     # cached per machine: the next run does not measure again
     assert device.cpu_dtype(probe=_no_probe) == want
     assert (cache_home / "streamer" / "cpu_dtype.json").is_file()
-
-
-def test_a_busy_machines_measurement_is_provisional(cache_home, monkeypatch):
-    """Measured while the load average exceeds the cores: used, and by later busy runs too, but
-    measured again by the first run on an idle machine, whose result then stands."""
-    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
-    monkeypatch.setattr(device, "_load_average", lambda: 2.0 * device.available_cpus() + 1)
-    assert device.cpu_dtype(probe=lambda: 1.5) == torch.bfloat16
-    assert "provisional" in device.dtype_reason()
-    assert device.cpu_dtype(probe=_no_probe) == torch.bfloat16  # still busy: the provisional one
-    monkeypatch.setattr(device, "_load_average", lambda: 0.0)
-    assert device.cpu_dtype(probe=lambda: 0.8) == torch.float32  # idle: measured again
-    assert "provisional" not in device.dtype_reason()
-    monkeypatch.setattr(device, "_load_average", lambda: 2.0 * device.available_cpus() + 1)
-    assert device.cpu_dtype(probe=_no_probe) == torch.float32  # an idle measurement stands
 
 
 def test_corrupt_cache_is_measured_again(cache_home, monkeypatch):
