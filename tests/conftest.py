@@ -34,3 +34,12 @@ def _default_compute_path():
     from streamer import kernels
 
     kernels.set_mode("auto")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_dtype_measured():
+    """A machine's first default-dtype choice measures bf16 against fp32 (~4 s, then cached per
+    machine, streamer/device.py): paid here once, not inside a test that times its first frame."""
+    from streamer.device import cpu_dtype
+
+    cpu_dtype()
