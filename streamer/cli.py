@@ -68,7 +68,8 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), help="denoising steps (default: Self-Forcing's 4)")
     g.add_argument("--chunk", type=checks.int_in(1, 1024), default=3, help="latent frames per chunk (3 = 12 video frames)")
     g.add_argument("--guidance", type=checks.non_negative_float,
-                   help="text classifier-free guidance scale, 1 = off; each guided step runs the DiT twice "
+                   help="text classifier-free guidance scale: 1 = off, 0 = the empty prompt alone, above 1 the prompt "
+                        "weighs more; each guided step runs the DiT twice "
                         "(default: the model's own, stored with its weights; 1 for checkpoints without one, "
                         "such as the distilled Self-Forcing ones)")
     g.add_argument("--policy", help=f"KV cache policy: {', '.join(POLICIES)} (default: the model's own, else window)")
