@@ -246,12 +246,12 @@ class Session:
             sampler = self.config.sampler
 
             def flow(x: torch.Tensor, t: float) -> torch.Tensor:
-                v = self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._text, view, tracks).float()
+                ts = self._timesteps(n, t)
+                v = self.pipe.model.forward_chunk(x, ts, self._text, view, tracks).float()
                 if not sampler.guided(t):
                     return v
                 view.record_mass = False  # attention mass is the prompted call's
-                v_null = self.pipe.model.forward_chunk(x, self._timesteps(n, t), self._null_text(), view,
-                                                       tracks).float()
+                v_null = self.pipe.model.forward_chunk(x, ts, self._null_text(), view, tracks).float()
                 view.record_mass = self.record_attention
                 return v_null + sampler.guidance * (v - v_null)
 

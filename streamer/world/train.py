@@ -386,8 +386,8 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     # guided targets only for clips the model sees without any track: measured on v3, text guidance
     # 3.5 at inference took a prompt alone from 37% to 63% found, but with tracks it lost the sprite
     # (one scene 0.07 -> 0.97 missing) and doubled the background change
-    free = (tracks == 0).flatten(1).all(1) if teacher is not None else torch.zeros(b, dtype=torch.bool)
-    if free.any():
+    free = (tracks == 0).flatten(1).all(1) if teacher is not None else None
+    if free is not None and free.any():
         with torch.no_grad():  # one batch: the prompted half, then the empty-prompt half
             two = lambda a: torch.cat([a[free], a[free]])  # noqa: E731
             nulls = null_text.expand(int(free.sum()), -1, -1)
