@@ -249,14 +249,20 @@ def test_three_pages_stream_at_once_apart_and_closing_frees(server, open_page):
     for k, page in enumerate(pages):  # each paints its own path
         _draw(page, [(0.2 + 0.05 * i, 0.2 + 0.25 * k) for i in range(6)])
         expect(page.locator(".sc-msg")).to_contain_text("1 track(s)")
-    started = {}
     for page in pages:
         page.click("#sc-start")
-        started[page] = time.monotonic()
-    for page in pages:
-        _wait_frames(page, 1, timeout=30)
-        waited = time.monotonic() - started[page]
-        assert waited < 3.0 + 1.0 * len(pages), f"first frame after {waited:.1f} s"  # every page at once, no queue
+    # Every page at once, no queue: the streams never end, so a queued page would never see a
+    # frame. And fair turns: when the last page shows its first frame, no other page is more than
+    # a few chunks ahead. Counted in frames, not seconds, so a slow CPU (fp32, no AMX) passes too.
+    ahead: list[int] | None = None
+    end = time.monotonic() + 60
+    while ahead is None and time.monotonic() < end:
+        counts = [_frames(p) for p in pages]
+        if min(counts) >= 1:
+            ahead = counts
+        time.sleep(0.1)
+    assert ahead is not None, f"a page never showed a frame: {[_frames(p) for p in pages]} frames"
+    assert max(ahead) <= 3 * 12, f"frames shown when the last page began: {ahead}"
     keys = [p.evaluate("window.streamerCanvas.cid") for p in pages]
     lives = [app.lives[k] for k in keys]
     assert len({id(lv.session) for lv in lives}) == 3 and all(len(lv.strokes) == 1 for lv in lives)
