@@ -107,6 +107,10 @@ def test_rollout_context_replaces_only_the_rolled_out_chunks():
     assert torch.equal(ctx[:, :, :1], x0[:, :, :1])      # the image start is the truth
     assert torch.equal(ctx[:, :, 7:], x0[:, :, 7:])      # chunks past the rollout keep the truth
     assert (ctx[:, :, 1:7] - x0[:, :, 1:7]).abs().mean() > 0.1  # the model's own samples
+    # without a start image the first chunk is the model's own too (sampled from noise, no history)
+    noise = rollout_context(model, x0[:, :, :9], text, tracks[:, :, :9], 3, 2, {}, from_noise=True)
+    assert torch.equal(noise[:, :, 6:], x0[:, :, 6:9])
+    assert all((noise[:, :, f] - x0[:, :, f]).abs().mean() > 0.1 for f in range(6))
     # a loss with the rollout as history runs and skips the given first frame
     loss = flow_loss(model, x0, text, tracks, np.random.default_rng(0), {"timestep_shift": 5.0}, (1, 3, 3, 3),
                      context=ctx, skip_first=True)
@@ -352,3 +356,15 @@ def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):
     assert not any(p.requires_grad for p in resumed.parameters())
     refrozen = load_teacher(r, model, torch.device("cpu"), tmp_path / "teacher.safetensors", fresh=True)
     assert torch.equal(refrozen.state_dict()[w], model.state_dict()[w])
+    # a later phase may keep distilling an earlier phase's teacher, never re-freezing it
+    (tmp_path / "teacher.safetensors").rename(tmp_path / "p2_teacher.safetensors")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    later = load_teacher({**r, "guidance_teacher": "phase 2"}, model, torch.device("cpu"),
+                         tmp_path / "p3_teacher.safetensors")
+    assert torch.equal(later.state_dict()[w], refrozen.state_dict()[w])
+    assert not (tmp_path / "p3_teacher.safetensors").exists()
+    with pytest.raises(ValueError, match="p1_teacher"):
+        load_teacher({**r, "guidance_teacher": "phase 1"}, model, torch.device("cpu"), tmp_path / "p3_teacher.safetensors")
+

@@ -225,7 +225,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     t0 = time.time()
     ema = None
     bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
-    counts = {"tf": 0, "image": 0, "rollout": 0, "guided": 0}
+    counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
     null_text = text_enc.encode([" "]).to(device).clone() if teacher is not None else None
     for step in bar:
@@ -233,7 +233,9 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # (no draws when off: the teacher-forcing stage keeps the clip stream it was trained on)
         image = r.get("image_start", 0.0) > 0 and rng.random() < r["image_start"]
         roll = image and r.get("rollout", 0.0) > 0 and rng.random() < r["rollout"]
-        mode = "rollout" if roll else "image" if image else "tf"
+        # a stream without a start image: its first chunk too is the model's own (p = noise_rollout)
+        noise_roll = not image and r.get("noise_rollout", 0.0) > 0 and rng.random() < r["noise_rollout"]
+        mode = "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
         counts[mode] += 1
         if image:
             k = int(r.get("image_chunks", 3))
@@ -245,11 +247,12 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
             ctx = None
-            if roll:  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
-                ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r)
+            if roll or noise_roll:  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
+                ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r,
+                                      from_noise=noise_roll)
             # guided teacher targets on teacher-forced and image-start steps (p = guidance_p); a rollout
             # keeps the truth as its target: the point of it is to steer own history back to the truth
-            guided = teacher is not None and not roll and rng.random() < r.get("guidance_p", 1.0)
+            guided = teacher is not None and mode in ("tf", "image") and rng.random() < r.get("guidance_p", 1.0)
             loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx, skip_first=image, sprites=sprites,
                              teacher=teacher if guided else None, null_text=null_text)
             counts["guided"] += guided
@@ -264,7 +267,9 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if step % 20 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
             log(f"dit {tag}step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
-                f"(steps tf/image/rollout {counts['tf']}/{counts['image']}/{counts['rollout']}, guided {counts['guided']})")
+                f"(steps tf/noise rollout/image/rollout {counts['tf']}/{counts['noise rollout']}/"
+                f"{counts['image']}/{counts['rollout']}, "
+                f"guided {counts['guided']})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
         if step % r["checkpoint_every"] == 0 or done:
@@ -409,7 +414,10 @@ def load_teacher(r: dict, model, device: torch.device, frozen: Path | None = Non
     """The frozen guidance teacher of a fine-tune phase when it sets `guidance_scale` (else None):
     `guidance_teacher` = "start" (default) is the model as the phase starts, kept in `frozen` (a
     dit.safetensors in the run folder, written when the phase starts `fresh`, so a resumed phase
-    keeps the same teacher); anything else is a folder with a dit.safetensors of the student's shape."""
+    keeps the same teacher); "phase N" is the teacher an earlier phase N of the same run kept (so a
+    later phase goes on distilling the same guided model, not a guided copy of its own, which would
+    compound the guidance); anything else is a folder with a dit.safetensors of the student's shape.
+    Raises ValueError when that file is missing."""
     if not r.get("guidance_scale"):
         return None
     import copy
@@ -418,29 +426,39 @@ def load_teacher(r: dict, model, device: torch.device, frozen: Path | None = Non
 
     teacher = copy.deepcopy(model)
     source = r.get("guidance_teacher", "start")
-    path = frozen if source == "start" else resolve_path(source) / "dit.safetensors"
+    if source.startswith("phase "):
+        if frozen is None:
+            raise ValueError(f"guidance_teacher = {source!r} needs the run folder the teacher was kept in")
+        path = frozen.parent / f"p{int(source.split()[1])}_teacher.safetensors"
+    else:
+        path = frozen if source == "start" else resolve_path(source) / "dit.safetensors"
     if path is None:
         raise ValueError("guidance_teacher = \"start\" needs the run folder to keep the teacher in")
     if source == "start" and (fresh or not path.is_file()):
         save_dit(model, path)
+    if not path.is_file():
+        raise ValueError(f"guidance_teacher = {source!r}: no {path}")
     teacher.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return teacher.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def rollout_context(model, x0, text, tracks, blocks, n_chunks: int, r: dict) -> torch.Tensor:
+def rollout_context(model, x0, text, tracks, blocks, n_chunks: int, r: dict, from_noise: bool = False) -> torch.Tensor:
     """The model's own few-step rollout as clean history: block 0 (the image start) is the truth,
     blocks 1..n_chunks are sampled one after another by the sampler of streamer/sampler.py (4 steps,
     shift 5), each attending block-causally to the clean history at t=0 (what the KV cache holds);
-    later blocks keep the truth (no noisy block attends to them). x0 [B, C, F, h, w] -> same shape."""
+    later blocks keep the truth (no noisy block attends to them). x0 [B, C, F, h, w] -> same shape.
+    from_noise: block 0 is sampled too (from noise, no history: a stream without a start image),
+    then blocks 1..n_chunks-1, so n_chunks blocks in all are the model's own."""
     from streamer.sampler import SamplerConfig, denoise
 
     sizes = [blocks] * (x0.shape[2] // blocks) if isinstance(blocks, int) else list(blocks)
     ctx = x0.clone()
     text_ctx = model.encode_text(text)
     times = SamplerConfig(**({"steps": tuple(r["rollout_steps"])} if r.get("rollout_steps") else {})).timesteps()
-    start = sizes[0]
-    for k in range(1, min(n_chunks, len(sizes) - 1) + 1):
+    first = 0 if from_noise else 1
+    start = sum(sizes[:first])
+    for k in range(first, min(n_chunks - 1 + first, len(sizes) - 1) + 1):
         end = start + sizes[k]
         hist = ctx[:, :, :start]
         tr = tracks[:, :, :end]
@@ -486,11 +504,12 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
     2 clips for the latent statistics: every stage runs and connects, in seconds (tests, dry runs)."""
     cut = lambda sec: {**sec, "steps": min(sec.get("steps", steps), steps), "batch": min(sec.get("batch", 2), 2)}  # noqa: E731
     out = dict(recipe)
-    vae = cut(recipe["vae"])
-    vae["stats_clips"] = min(vae.get("stats_clips", 2), 2)
-    if "phases" in vae:
-        vae["phases"] = [cut(ph) for ph in vae["phases"]]
-    out["vae"] = vae
+    if "vae" in recipe:  # a fine-tune-only recipe has none
+        vae = cut(recipe["vae"])
+        vae["stats_clips"] = min(vae.get("stats_clips", 2), 2)
+        if "phases" in vae:
+            vae["phases"] = [cut(ph) for ph in vae["phases"]]
+        out["vae"] = vae
     for name in ("dit", "finetune"):
         if name in recipe:
             out[name] = {**cut(recipe[name]), "checkpoint_every": 1, "bf16": False}  # wiring, not speed
