@@ -259,6 +259,8 @@ def test_device_cuda_without_cuda_is_refused(tmp_path, capsys):
     (["eval", "--seconds", "0"], "--seconds"),
     (["eval", "--policies", "nope"], "--policies"),
     (["eval", "--guidance", "-2"], "--guidance"),
+    (["train", "--threads", "0", "--out", "x"], "--threads"),
+    (["train", "--smoke", "-1", "--out", "x"], "--smoke"),
 ])
 def test_bench_and_eval_arguments_are_refused(args, needle, capsys):
     code, err = _run(args, capsys)

@@ -778,7 +778,8 @@ def register(subparsers) -> None:
     p.add_argument("--sets", default=",".join(SETS),
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
                         "true first frame, a track on each); default all")
-    p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0)
+    p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0,
+                   help="noise seed of every stream (default 0); the scenes are the held-out ones whatever the seed")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--no-reference", action="store_true", help="skip the autoencoder-only reference row")
     p.add_argument("--contact", action="store_true",
@@ -787,7 +788,7 @@ def register(subparsers) -> None:
                    help="world-model folder with dit.safetensors + vae.safetensors, e.g. a `streamer train --out` "
                         "run (default: the shipped weights)")
     p.add_argument("--device", type=checks.device, help="cuda / cpu")
-    p.add_argument("--threads", type=checks.int_in(1, 1024), default=2)
+    p.add_argument("--threads", type=checks.int_in(1, 1024), default=2, help="torch CPU threads (default 2)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--speed", action="store_true",
                    help="only measure end-to-end FPS and first-frame latency (a 10 s stream unless --seconds)")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from streamer import checks
 from streamer.models.tiny_vae import PRESETS as VAE_PRESETS
 from streamer.models.tiny_vae import TinyVAE
 from streamer.world.scenes import PRESETS as WORLD_PRESETS
@@ -586,8 +587,8 @@ def register(subparsers) -> None:
                    help="continue: skip finished autoencoder phases, continue the DiT from <out>/dit_last.pt")
     p.add_argument("--ship", action="store_true", help="copy the final weights into streamer/weights/")
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's)")
-    p.add_argument("--smoke", type=int, metavar="STEPS",
+    p.add_argument("--threads", type=checks.int_in(1, 1024), help="torch CPU threads (default: the recipe's)")
+    p.add_argument("--smoke", type=checks.int_in(1, 1_000_000), metavar="STEPS",
                    help="cut every stage to this many steps with batches of 2: checks a recipe end to end in seconds")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
