@@ -267,6 +267,21 @@ def test_bench_and_eval_arguments_are_refused(args, needle, capsys):
     _assert_refused(code, err, needle)
 
 
+def test_serve_on_a_busy_port_is_refused_before_loading(capsys):
+    """Another server on the port: one line naming it, exit 2, before any model loads (uvicorn alone
+    would log the failure after the page's address had been printed)."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, err = _run(["serve", "--port", port], capsys)
+    _assert_refused(code, err, f"127.0.0.1:{port} is in use", "--port")
+    code, err = _run(["serve", "--port", "70000"], capsys)
+    _assert_refused(code, err, "--port")
+
+
 def test_bench_out_that_cannot_be_a_folder_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, err = _run(["bench", "--preset", "tiny", "--out", tmp_path / "file" / "results"], capsys)

@@ -16,6 +16,7 @@ an even pace (scheduler.Pacer) from a buffer of about one chunk.
 from __future__ import annotations
 
 import argparse
+import errno
 import html
 import json
 import shutil
@@ -634,6 +635,28 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
     return demo
 
 
+def _check_port(host: str, port: int) -> None:
+    """Raises InputError (one line) when `host`:`port` cannot be bound: another server holds it, or
+    the address is not this machine's. Otherwise uvicorn would log it after the page was announced."""
+    import socket
+
+    from streamer.errors import InputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise InputError(f"--host {host!r} cannot be resolved: {e.strerror or e}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing one is fine
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            why = "is in use (another server?): pick another with --port" if e.errno == errno.EADDRINUSE \
+                else f"cannot be bound: {e.strerror or e}"
+            raise InputError(f"{host}:{port} {why}") from None
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the page and the API (ui/api.py) in one process: uvicorn serving FastAPI with Gradio mounted."""
     import secrets
@@ -642,6 +665,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from streamer.ui.api import make_server
 
+    _check_port(args.host, args.port)  # before the models load: a busy port fails in a second, not after
     devices = args.device if isinstance(args.device, list) else [args.device] if args.device else None
     common: dict = {}
     models = {"default": dict(common), "tiny (random)": dict(common, preset="tiny")}

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                               description="Serve the Gradio app: a canvas to paint trajectories over the live "
                                           "frame, the live stream, its controls and recording.")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=checks.int_in(1, 65535), default=7860, help="port to serve on (default 7860)")
     p.add_argument("--size", help="WxH of every stream (default: the model's native size)")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="extra model choice: DiT weights (repeatable); loaded with --vae / --text-encoder")

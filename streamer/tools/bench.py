@@ -513,7 +513,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="time the Triton kernels against torch SDPA and their references instead of streams")
     k.add_argument("--kernel-shape", choices=["full", "tiny"],
                    help="full: wan2.1-1.3b at 832x480 (default on CUDA); tiny: seconds on a CPU (default there)")
-    k.add_argument("--kernel-history", nargs="+", type=int, metavar="N",
+    k.add_argument("--kernel-history", nargs="+", type=checks.int_in(1, 4096), metavar="N",
                    help="history lengths in latent frames (default: 9 12 18 at full size)")
     p.set_defaults(func=cmd_bench)
 
