@@ -35,7 +35,6 @@ from streamer.video import probe_mp4  # noqa: E402
 
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
 expect.set_options(timeout=20_000)  # the CPU may be shared with other work: be patient, not flaky
 
 
@@ -45,8 +44,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# The shipped model at its native size when its weights are there (what users see, and what the
-# README screenshot shows); else a random model of the same architecture, smaller and faster.
+# The shipped model at its native size when its weights are there (what users see, as in the
+# README screenshot); else a random model of the same architecture, smaller and faster.
 if (WEIGHTS_DIR / "dit.safetensors").is_file():
     MODEL, SIZE = ("default", {"device": "cpu"}), (128, 128)
 else:
@@ -155,8 +154,7 @@ def test_paint_stream_steer_stop_download(server, open_page, tmp_path):
     _draw(page, [(0.7, 0.3), (0.7, 0.4), (0.7, 0.5)])  # a live track mid-stream
     expect(page.locator(".sc-msg")).to_contain_text("2 track(s) from the next chunk")
     assert live.strokes[1].start > 0
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)  # the README's: docs/screenshot.py
 
     page.click("#sc-stop")
     expect(page.locator("#sc-message")).to_contain_text("stopped after")

@@ -578,7 +578,7 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
                 stats = gr.HTML(IDLE_STATS)
                 cache = gr.HTML("", elem_id="sc-cache")  # beside the video: what the chunk attended to
         with gr.Row():
-            prompt = gr.Textbox(label="prompt", value="a red circle moving on a sand background", scale=4,
+            prompt = gr.Textbox(label="prompt", value="a red circle on a grass background", scale=4,
                                 elem_id="sc-prompt")
             apply_prompt = gr.Button("Apply prompt", scale=1, elem_id="sc-apply")
         with gr.Row():
