@@ -99,11 +99,12 @@ def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     save_file(sd, str(run / "dit.safetensors"), metadata=meta)
     out = tmp_path / "eval"
     assert main(["eval", "--weights", str(run), "--seconds", "1", "--scenes", "1", "--sets", "track",
-                 "--no-reference", "--out", str(out), "--threads", "1", "--quiet"]) == 0
+                 "--no-reference", "--out", str(out), "--threads", "1", "--quiet", "--dtype", "fp32"]) == 0
     res = json.loads((out / "eval.json").read_text())
     assert set(res["policies"]) == {"ema-sink"}
     assert res["config"]["policy_args"] == {"ema-sink": {"window": 6, "sink": 2}}
     assert "Policies: ema-sink window=6 sink=2" in (out / "eval.md").read_text()
+    assert res["dtype"] == "float32" and "DiT dtype: float32, 1 CPU thread(s)" in (out / "eval.md").read_text()
 
 
 def test_eval_command_names_a_missing_weights_file(tmp_path, capsys):

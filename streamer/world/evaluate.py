@@ -467,6 +467,7 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
     text_clips = text_only_clips(world, cfg.scenes, n_frames) if "text" in cfg.sets else []
     two_clips = two_sprite_clips(world, cfg.scenes, n_frames) if "two" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
+                     "dtype": str(pipe.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
                      "size": list(pipe.native_size), "policies": {}}
     rows = ([("reference (autoencoder)", None)] if cfg.reference and hasattr(pipe.decoder, "vae")
             and hasattr(pipe.decoder.vae, "encode") else []) + [(p, p) for p in cfg.policies]
@@ -555,6 +556,8 @@ def write_markdown(results: dict, path: Path) -> None:
     text += f"Policies: {'; '.join(k.strip() for k in knobs)} (knobs not named: the policy's defaults)\n\n"
     if cfg.get("guidance") is not None:
         text += f"Text guidance: {cfg['guidance']:g} (classifier-free; 1 = off)\n\n"
+    if results.get("dtype"):
+        text += f"DiT dtype: {results['dtype']}, {results.get('threads', '?')} CPU thread(s)\n\n"
     text += markdown_table(results)
     if cfg["scenes"] > 1 and (scenes := scene_table(results)):
         text += f"\nPer scene:\n\n{scenes}"
@@ -694,11 +697,12 @@ def cmd_eval(args) -> int:
     from streamer.policies import BOUNDED_POLICIES, POLICIES, parse_policy_args
 
     torch.set_num_threads(args.threads)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
     if args.weights is None:
-        pipe = Pipeline.load(device=args.device)
+        pipe = Pipeline.load(device=args.device, dtype=dtype)
     else:  # a `streamer train` run folder: score a checkpoint before (or instead of) shipping it
         device = torch.device(args.device) if args.device else default_device()
-        pipe = Pipeline.load_default(args.weights, device=device, dtype=default_dtype(device))
+        pipe = Pipeline.load_default(args.weights, device=device, dtype=dtype or default_dtype(device))
     defaults = pipe.stream_defaults or {}  # the policy and knobs the model was trained to stream with
     if args.speed:
         res = measure_speed(pipe, args.seconds or 10.0, args.steps,
@@ -789,6 +793,9 @@ def register(subparsers) -> None:
                         "run (default: the shipped weights)")
     p.add_argument("--device", type=checks.device, help="cuda / cpu")
     p.add_argument("--threads", type=checks.int_in(1, 1024), default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
+                   help="as for generate (default: bf16 on GPU, on a CPU the faster of bf16 and fp32 there); "
+                        "fix it to compare models scored on different machines")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--speed", action="store_true",
                    help="only measure end-to-end FPS and first-frame latency (a 10 s stream unless --seconds)")
