@@ -367,4 +367,6 @@ def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):
     assert not (tmp_path / "p3_teacher.safetensors").exists()
     with pytest.raises(ValueError, match="p1_teacher"):
         load_teacher({**r, "guidance_teacher": "phase 1"}, model, torch.device("cpu"), tmp_path / "p3_teacher.safetensors")
+    with pytest.raises(ValueError, match="phase N"):
+        load_teacher({**r, "guidance_teacher": "phase two"}, model, torch.device("cpu"), tmp_path / "p3_teacher.safetensors")
 

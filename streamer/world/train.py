@@ -427,10 +427,13 @@ def load_teacher(r: dict, model, device: torch.device, frozen: Path | None = Non
 
     teacher = copy.deepcopy(model)
     source = r.get("guidance_teacher", "start")
-    if source.startswith("phase "):
+    if source.startswith("phase"):
+        number = source.removeprefix("phase").strip()
+        if not number.isdigit():
+            raise ValueError(f"guidance_teacher = {source!r}: expected \"phase N\" with N a whole number")
         if frozen is None:
             raise ValueError(f"guidance_teacher = {source!r} needs the run folder the teacher was kept in")
-        path = frozen.parent / f"p{int(source.split()[1])}_teacher.safetensors"
+        path = frozen.parent / f"p{int(number)}_teacher.safetensors"
     else:
         path = frozen if source == "start" else resolve_path(source) / "dit.safetensors"
     if path is None:
