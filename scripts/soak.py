@@ -21,6 +21,7 @@ from collections import deque
 
 import numpy as np
 
+from streamer import checks
 from streamer.client import Client
 from streamer.scheduler import Pacer
 
@@ -83,13 +84,16 @@ def play(client: Client, i: int, args, stop: threading.Event, first: threading.B
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sessions", type=int, default=3)
-    p.add_argument("--minutes", type=float, default=10)
-    p.add_argument("--size", default="128x128")
-    p.add_argument("--model", default="default")
-    p.add_argument("--port", type=int, default=7950)
+    p.add_argument("--sessions", type=checks.int_in(1, 64), default=3, help="API streams at once (default 3)")
+    p.add_argument("--minutes", type=checks.non_negative_float, default=10, help="how long they stream (default 10)")
+    p.add_argument("--size", type=checks.video_size, default="128x128", help="WxH of every stream (default 128x128)")
+    p.add_argument("--model", default="default", help="model label of `streamer serve` (default: default)")
+    p.add_argument("--port", type=checks.int_in(1, 65535), default=7950, help="port of the server it starts (default 7950)")
     args = p.parse_args()
-    args.size_wh = tuple(int(v) for v in args.size.split("x"))
+    if args.minutes == 0:
+        p.error("argument --minutes: must be > 0")
+    args.size_wh = args.size
+    args.size = "x".join(map(str, args.size_wh))
     server = subprocess.Popen([sys.executable, "-m", "streamer", "serve", "--port", str(args.port), "--size", args.size],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
