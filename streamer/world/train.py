@@ -268,9 +268,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if step % 20 == 0:
             bar.set_postfix(loss=f"{ema:.4f}")
             log(f"dit {tag}step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
-                f"(steps tf/noise rollout/image/rollout {counts['tf']}/{counts['noise rollout']}/"
-                f"{counts['image']}/{counts['rollout']}, "
-                f"guided {counts['guided']})")
+                f"(steps {', '.join(f'{k} {v}' for k, v in counts.items())})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
         if step % r["checkpoint_every"] == 0 or done:
