@@ -370,3 +370,61 @@ def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):
     with pytest.raises(ValueError, match="phase N"):
         load_teacher({**r, "guidance_teacher": "phase two"}, model, torch.device("cpu"), tmp_path / "p3_teacher.safetensors")
 
+
+
+def test_weight_ema_is_the_exponential_average_of_the_steps():
+    """WeightEMA after steps w1, w2 from w0: d^2 w0 + d (1-d) w1 + (1-d) w2, per weight; a resumed
+    average continues from its saved shadow, and the live weights are never touched."""
+    from streamer.world.train import WeightEMA
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    w0 = net.weight.detach().clone()
+    ema = WeightEMA(net, 0.9)
+    steps = [torch.randn(2, 3), torch.randn(2, 3)]
+    with torch.no_grad():
+        net.weight.copy_(steps[0])
+    ema.update()
+    with torch.no_grad():
+        net.weight.copy_(steps[1])
+    ema.update()
+    want = 0.81 * w0 + 0.09 * steps[0] + 0.1 * steps[1]
+    torch.testing.assert_close(ema.state_dict(net)["weight"], want)
+    assert torch.equal(net.weight, steps[1])
+    resumed = WeightEMA(net, 0.9, state=ema.shadow)
+    torch.testing.assert_close(resumed.state_dict(net)["weight"], want)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightEMA(net, 1.0)
+
+
+def test_ema_decay_writes_the_average_and_keeps_the_live_weights_for_a_resume(tmp_path, monkeypatch):
+    """ema_decay in a fine-tune: dit.safetensors holds the averaged weights (the live ones stay in
+    dit_last.pt, beside the average, for a resume); without it dit.safetensors is the live model."""
+    from safetensors.torch import load_file
+
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR
+
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    args = ["train", "--smoke", "2", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1"]
+    w = "blocks.0.ffn.net.2.weight"
+    init = load_file(str(WEIGHTS_DIR / "dit.safetensors"))[w].float()
+    for decay in (0.5, None):
+        recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "lr": 1e-2, "warmup": 0,
+                                       **({"ema_decay": decay} if decay else {})}}
+        monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+        out = tmp_path / f"ft{decay}"
+        assert main(args + ["--out", str(out)]) == 0
+        state = torch.load(out / "dit_last.pt", weights_only=True)
+        shipped = load_file(str(out / "dit.safetensors"))[w]
+        live = state["model"][w]
+        assert not torch.equal(live, init)  # it trained
+        if decay:
+            assert "weights averaged with decay 0.5" in (out / "train.log").read_text()
+            torch.testing.assert_close(shipped, state["ema"][w])
+            assert not torch.allclose(shipped, live)
+        else:
+            assert "ema" not in state
+            torch.testing.assert_close(shipped, live)

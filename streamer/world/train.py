@@ -159,6 +159,34 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
     return vae
 
 
+class WeightEMA:
+    """An exponential moving average of a model's floating-point weights (fp32 shadow copies).
+
+    After each optimizer step, `update()` moves every shadow w_ema <- decay * w_ema + (1 - decay) * w.
+    The average, not the last step's weights, is what a run writes as dit.safetensors: it smooths
+    the step-to-step swing of a small-batch fine-tune. Self-Forcing ships its generator's EMA the
+    same way (`generator_ema`, decay 0.99). The shadow starts at the model's weights when made.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict | None = None):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        live = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.shadow = {k: (state[k] if state is not None else v).detach().float().clone() for k, v in live.items()}
+        # state_dict() tensors share storage with the parameters, which the optimizer updates in place
+        self._pairs = [(self.shadow[k], v) for k, v in live.items()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for w_ema, w in self._pairs:
+            w_ema.lerp_(w.float(), 1.0 - self.decay)
+
+    def state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The model's state dict with the averaged weights in place of the live ones."""
+        return {k: self.shadow.get(k, v).to(v.dtype) for k, v in model.state_dict().items()}
+
+
 # ---- stage 2: the DiT --------------------------------------------------------------------------
 def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.device,
               resume: bool = False, section: str = "dit") -> None:
@@ -202,19 +230,20 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     for pi in range(first_phase, len(phases)):
         r = {**base, **phases[pi]}
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
-        start = 0
+        start, ema_state = 0, None
         if state is not None and pi == first_phase:
             opt.load_state_dict(state["opt"])
+            ema_state = state.get("ema")
             start = int(state["step"]) + 1
             log(f"dit resumed at step {start}" + (f" of phase {pi}" if len(phases) > 1 else ""))
         if len(phases) > 1:
             log(f"{section} phase {pi}: " + ", ".join(f"{k} = {v}" for k, v in phases[pi].items()))
         _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, out, log, device, seed,
-                         start, pi if len(phases) > 1 else None)
+                         start, pi if len(phases) > 1 else None, ema_state)
 
 
 def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, out, log, device, seed,
-                     start: int, phase: int | None) -> None:
+                     start: int, phase: int | None, ema_state: dict | None = None) -> None:
     """One schedule of train_dit (a stage, or one phase of the fine-tune) from step `start`."""
     ckpt = out / "dit_last.pt"
     # keyed by the first step (and phase), so a resumed run draws fresh clips instead of replaying the first ones
@@ -224,7 +253,13 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     n_lat, chunk = r["latent_frames"], r["chunk_frames"]
     n_video = 1 + 4 * (n_lat - 1)
     t0 = time.time()
-    ema = None
+    loss_avg = None
+    # the weights' moving average (ema_decay, per phase): what dit.safetensors holds; the raw weights
+    # stay in dit_last.pt (with the average) so a resumed run and the next phase continue them
+    weight_ema = None
+    if r.get("ema_decay"):
+        weight_ema = WeightEMA(model, float(r["ema_decay"]), ema_state)
+        log(f"dit {tag}weights averaged with decay {weight_ema.decay}: dit.safetensors holds the average")
     bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
@@ -263,25 +298,29 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if weight_ema is not None:
+            weight_ema.update()
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         minutes = (time.time() - t0) / 60
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{ema:.4f}")
-            log(f"dit {tag}step {step} loss {loss.item():.4f} ema {ema:.4f} mode {mode} t {minutes * 60:.0f}s "
+            bar.set_postfix(loss=f"{loss_avg:.4f}")
+            log(f"dit {tag}step {step} loss {loss.item():.4f} ema {loss_avg:.4f} mode {mode} t {minutes * 60:.0f}s "
                 f"(steps {', '.join(f'{k} {v}' for k, v in counts.items())})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
         if step % r["checkpoint_every"] == 0 or done:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "phase": phase or 0, "done": done}, ckpt)
+                        "phase": phase or 0, "done": done,
+                        **({"ema": weight_ema.shadow} if weight_ema is not None else {})}, ckpt)
+            shipped = weight_ema.state_dict(model) if weight_ema is not None else None
             stream = stream_metadata(recipe)
             extra = {"step": str(step) if phase is None else f"{step} (phase {phase})",
                      "track_dim": str(r["track_dim"]), "text_encoder": r["text_encoder"], "stream": json.dumps(stream)}
-            save_dit(model, out / "dit.safetensors", extra=extra)
+            save_dit(model, out / "dit.safetensors", extra=extra, state=shipped)
             if r.get("keep_every") and step % r["keep_every"] == 0:  # earlier checkpoints, to pick by eval
                 keep = out / f"{tag}step{step}"
                 keep.mkdir(exist_ok=True)
-                save_dit(model, keep / "dit.safetensors", extra=extra)
+                save_dit(model, keep / "dit.safetensors", extra=extra, state=shipped)
                 shutil.copy(out / "vae.safetensors", keep / "vae.safetensors")
         if done:
             log(f"dit {tag}stopped at step {step} after {minutes:.1f} min")
@@ -477,10 +516,11 @@ def rollout_context(model, x0, text, tracks, blocks, n_chunks: int, r: dict, fro
     return ctx
 
 
-def save_dit(model, path: Path, half: bool = False, extra: dict | None = None) -> None:
+def save_dit(model, path: Path, half: bool = False, extra: dict | None = None, state: dict | None = None) -> None:
+    """Write `model` (or `state`, a state dict of it such as `WeightEMA.state_dict`) with its config."""
     from safetensors.torch import save_file
 
-    sd = {k: (v.half() if half else v).contiguous() for k, v in model.state_dict().items()}
+    sd = {k: (v.half() if half else v).contiguous() for k, v in (state or model.state_dict()).items()}
     meta = {"config": json.dumps(model.config.to_dict()), "kind": "causal-wan", **(extra or {})}
     save_file(sd, str(path), metadata=meta)
 
