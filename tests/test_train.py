@@ -428,3 +428,41 @@ def test_ema_decay_writes_the_average_and_keeps_the_live_weights_for_a_resume(tm
         else:
             assert "ema" not in state
             torch.testing.assert_close(shipped, live)
+
+
+def test_soup_with_start_ends_the_phase_on_the_mean_of_its_start_and_its_average(tmp_path, monkeypatch):
+    """soup_with_start = 0.5 with ema_decay: the phase's dit.safetensors (and the weights the next
+    phase starts from, in dit_last.pt) are 0.5 * the phase start + 0.5 * the weight average."""
+    from safetensors.torch import load_file
+
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR
+
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "lr": 1e-2, "warmup": 0, "ema_decay": 0.5,
+                                   "soup_with_start": 0.5}}
+    monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    ends = []
+    real = train.soup_into
+
+    def spy(model, start, a, weight_ema=None):
+        ends.append({k: v.clone() for k, v in weight_ema.state_dict(model).items()})
+        real(model, start, a, weight_ema)
+
+    monkeypatch.setattr(train, "soup_into", spy)
+    out = tmp_path / "ft"
+    assert main(["train", "--smoke", "2", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
+                 "--out", str(out)]) == 0
+    w = "blocks.0.ffn.net.2.weight"
+    init = load_file(str(WEIGHTS_DIR / "dit.safetensors"))[w].float()
+    torch.testing.assert_close(load_file(str(out / "start.safetensors"))[w], init)
+    assert len(ends) == 1 and not torch.allclose(ends[0][w], init)
+    want = 0.5 * init + 0.5 * ends[0][w]
+    torch.testing.assert_close(load_file(str(out / "dit.safetensors"))[w], want)
+    torch.testing.assert_close(torch.load(out / "dit_last.pt", weights_only=True)["model"][w], want)
+    assert "souped with the phase start: 0.5 x end + 0.5 x start" in (out / "train.log").read_text()
+    recipe["finetune"]["soup_with_start"] = 1.0
+    assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
+                 "--out", str(tmp_path / "bad")]) == 2

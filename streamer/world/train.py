@@ -263,6 +263,14 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
+    # soup_with_start = a: the phase ends on (1 - a) * its weights + a * its start weights (a uniform
+    # model soup of a fine-tune and its start, Wortsman et al. 2022); the start is kept in the folder
+    soup = float(r.get("soup_with_start", 0.0))
+    if not 0.0 <= soup < 1.0:
+        raise ValueError(f"soup_with_start must be in [0, 1), got {soup}")
+    soup_start = out / f"{tag}start.safetensors"
+    if soup and (start == 0 or not soup_start.is_file()):
+        save_dit(model, soup_start)
     null_text = text_enc.encode([" "]).to(device).clone() if teacher is not None else None
     for step in bar:
         # the step's layout: teacher forcing from frame 0, or an image start (blocks [1, chunk, ...])
@@ -308,6 +316,10 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                 f"(steps {', '.join(f'{k} {v}' for k, v in counts.items())})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
+        if done and soup:
+            soup_into(model, soup_start, soup, weight_ema)
+            weight_ema = None  # the soup holds the average: the checkpoint and dit.safetensors keep it
+            log(f"dit {tag}weights souped with the phase start: {1 - soup:g} x end + {soup:g} x start")
         if step % r["checkpoint_every"] == 0 or done:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "phase": phase or 0, "done": done,
@@ -325,6 +337,19 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if done:
             log(f"dit {tag}stopped at step {step} after {minutes:.1f} min")
             break
+
+
+@torch.no_grad()
+def soup_into(model, start: Path, a: float, weight_ema: WeightEMA | None = None) -> None:
+    """Set `model`'s floating-point weights to (1 - a) * end + a * start, where end is the model
+    (or its weight average, when given) and start the dit.safetensors at `start`."""
+    from safetensors.torch import load_file
+
+    begin = load_file(str(start))
+    end = weight_ema.state_dict(model) if weight_ema is not None else model.state_dict()
+    souped = {k: torch.lerp(v.float(), begin[k].float(), a).to(v.dtype) if v.is_floating_point() else v
+              for k, v in end.items()}
+    model.load_state_dict(souped)
 
 
 def stream_metadata(recipe: dict) -> dict:
