@@ -326,6 +326,45 @@ def test_guidance_distillation_targets_the_guided_teacher():
         assert torch.allclose(loss(3.0, teacher=None), data.mean(), rtol=1e-4)
 
 
+def test_history_background_weighs_only_the_background_after_the_first_block():
+    """history_background = w: in blocks after the first, non-sprite cells count w times, sprite
+    cells and the whole first block as before (the loss of a rollout from noise: its background is
+    the model's invention, the true clip's background no continuation of it)."""
+    from streamer.models.wan import CausalWanModel, get_config
+    from streamer.world.train import sigma_per_block
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny", track_channels=8)
+    model = CausalWanModel(cfg).eval()
+    x0 = torch.randn(2, 16, 6, 4, 4)
+    text, tracks = torch.randn(2, cfg.text_len, cfg.text_dim), torch.randn(2, 8, 6, 4, 4)
+    sprites = torch.zeros(2, 1, 6, 4, 4)
+    sprites[:, :, :, 1:3, 1:3] = 1.0
+    r = {"timestep_shift": 5.0, "sprite_weight": 4.0}
+
+    def loss(w):
+        torch.manual_seed(1)
+        return flow_loss(model, x0, text, tracks, np.random.default_rng(0), r, 3, sprites=sprites,
+                         history_background=w)
+
+    with torch.no_grad():
+        sigma = sigma_per_block(np.random.default_rng(0), 2, 3, 6, 5.0)
+        torch.manual_seed(1)
+        eps = torch.randn_like(x0)
+        s = sigma[:, None, :, None, None]
+        v = model((1 - s) * x0 + s * eps, sigma * 1000, text, chunk_frames=3, clean_x=x0, tracks=tracks,
+                  clean_tracks=tracks)
+        err = (v - (eps - x0)) ** 2 * (1 + 4.0 * sprites)
+        later = torch.zeros_like(sprites)
+        later[:, :, 3:] = 1.0
+        for w in (1.0, 0.0, 0.25):
+            want = err * (1 - later * (1 - sprites) * (1 - w))
+            assert torch.allclose(loss(w), want.mean(), rtol=1e-4)
+        assert loss(0.0) < loss(1.0)
+        with pytest.raises(ValueError, match="sprite cells"):
+            flow_loss(model, x0, text, tracks, np.random.default_rng(0), r, 3, history_background=0.0)
+
+
 def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
     from streamer.world.train import stream_metadata
 

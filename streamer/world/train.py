@@ -298,7 +298,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
             # keeps the truth as its target: the point of it is to steer own history back to the truth
             guided = teacher is not None and mode in ("tf", "image") and rng.random() < r.get("guidance_p", 1.0)
             loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx, skip_first=image, sprites=sprites,
-                             teacher=teacher if guided else None, null_text=null_text)
+                             teacher=teacher if guided else None, null_text=null_text,
+                             history_background=r.get("noise_rollout_background", 1.0) if noise_roll else 1.0)
             counts["guided"] += guided
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, r["steps"], r["lr"], r["warmup"], time_frac=time_fraction(r, t0))
@@ -428,7 +429,8 @@ def sigma_per_block(rng, b: int, blocks, n: int, shift: float) -> torch.Tensor:
 
 
 def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: bool = False,
-              sprites: torch.Tensor | None = None, teacher=None, null_text: torch.Tensor | None = None) -> torch.Tensor:
+              sprites: torch.Tensor | None = None, teacher=None, null_text: torch.Tensor | None = None,
+              history_background: float = 1.0) -> torch.Tensor:
     """Flow matching on the teacher-forcing shape: one noise level per block (as the sampler sees),
     timesteps drawn uniformly and warped by the schedule shift, so the few high-noise steps train most.
 
@@ -440,7 +442,10 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     text-guided flow at the same noisy input and history, v(null) + r["guidance_scale"] (v(text) -
     v(null)), instead of the data's (eps - x0): guidance distillation (Meng et al. 2023), so the
     student samples what the guided teacher samples in one model call per step. null_text
-    [1, L, D]: the empty prompt's embedding."""
+    [1, L, D]: the empty prompt's embedding. history_background: the weight of the background
+    (non-sprite) cells in every block after the first, for a context sampled from noise: its
+    background is the model's own invention, so the true clip's background is no continuation of it
+    (the sprites' cells stay consistent: the tracks or the spawn layout place them)."""
     b, _, n, _, _ = x0.shape
     sigma = sigma_per_block(rng, b, chunk, n, r["timestep_shift"]).to(x0.device)  # [B, F]
     eps = torch.randn_like(x0)
@@ -467,6 +472,13 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     err = (v.float() - target) ** 2
     if sprites is not None and r.get("sprite_weight"):
         err = err * (1.0 + r["sprite_weight"] * sprites)
+    if history_background != 1.0:
+        if sprites is None:
+            raise ValueError("history_background needs the sprite cells")
+        first = chunk if isinstance(chunk, int) else chunk[0]
+        keep = torch.ones_like(sprites)
+        keep[:, :, first:] = history_background + (1.0 - history_background) * sprites[:, :, first:]
+        err = err * keep
     if skip_first:
         first = chunk if isinstance(chunk, int) else chunk[0]
         err = err[:, :, first:]
