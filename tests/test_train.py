@@ -505,3 +505,28 @@ def test_soup_with_start_ends_the_phase_on_the_mean_of_its_start_and_its_average
     recipe["finetune"]["soup_with_start"] = 1.0
     assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
                  "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_every_shipped_recipe_uses_known_keys_and_a_typo_is_one_line(tmp_path, monkeypatch, capsys):
+    """check_recipe_keys: the repository's recipes pass; a misspelt key (here in a fine-tune phase)
+    stops `streamer train` with one line naming it and the key it resembles, exit 2, before training."""
+    from pathlib import Path
+
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.world.train import check_recipe_keys
+
+    root = Path(__file__).parent.parent
+    recipes = sorted((root / "recipes").rglob("*.toml"))
+    assert len(recipes) >= 4
+    for path in recipes + [root / "streamer" / "weights" / "recipe.toml"]:
+        check_recipe_keys(load_recipe(path))
+    base = load_recipe(DEFAULT_RECIPE)
+    bad = {**base, "finetune": {**base["finetune"], "phases": [{}, {"ema_decy": 0.99}]}}
+    monkeypatch.setattr(train, "load_recipe", lambda path: bad)
+    assert main(["train", "--smoke", "1", "--device", "cpu", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[finetune] phase 1: unknown key 'ema_decy'" in err[0] and "'ema_decay'" in err[0]
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="top level: unknown key 'sead'"):
+        check_recipe_keys({**base, "sead": 1})

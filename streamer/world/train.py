@@ -597,6 +597,36 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
     return out
 
 
+# every key a training section ([vae], [dit], [finetune] and their [[...phases]]) may set; a key
+# outside it is a typo that would otherwise train with the default silently
+TRAINING_KEYS = frozenset("""
+    batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames freeze_encoder guidance_p
+    guidance_scale guidance_teacher image_chunks image_start init keep_every latent_frames latent_l2 latent_noise
+    lr max_minutes noise_rollout noise_rollout_background paraphrase phases preset rollout rollout_chunks
+    rollout_steps soup_with_start spawn_text sprite_weight stats_clips steps stop_step text_dropout
+    text_encoder text_only time_schedule timestep_shift track_dim track_dropout warmup weight_decay""".split())
+TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
+
+
+def check_recipe_keys(recipe: dict) -> None:
+    """Every key of the recipe is one `streamer train` reads. Raises ValueError (one line) naming
+    the section and the unknown key, with the closest known one."""
+    import difflib
+
+    def unknown(keys, known, where: str) -> None:
+        for key in keys:
+            if key not in known:
+                near = difflib.get_close_matches(key, known, n=1)
+                raise ValueError(f"recipe {where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+
+    unknown(recipe, TOP_KEYS, "top level")
+    for section in ("vae", "dit", "finetune"):
+        sec = recipe.get(section, {})
+        unknown(sec, TRAINING_KEYS, f"[{section}]")
+        for i, phase in enumerate(sec.get("phases", [])):
+            unknown(phase, TRAINING_KEYS - {"phases"}, f"[{section}] phase {i}")
+
+
 def check_inits(recipe: dict, stage: str) -> None:
     """Every weights folder the run will start from exists, checked before any stage trains (a
     missing DiT init would otherwise fail only after the autoencoder's 36 minutes).
@@ -615,6 +645,7 @@ def check_inits(recipe: dict, stage: str) -> None:
 
 def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe)
+    check_recipe_keys(recipe)
     check_inits(recipe, args.stage)
     if args.smoke:
         recipe = smoke_recipe(recipe, args.smoke)
