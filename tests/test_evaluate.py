@@ -66,7 +66,7 @@ def test_background_change_and_missing_sprites(clips):
     assert s["trajectory_error_px"] is None
 
 
-def test_eval_command_scores_a_weights_folder(tmp_path):
+def test_eval_command_scores_a_weights_folder(tmp_path, capsys):
     run = tmp_path / "run"  # what `streamer train --out` leaves
     run.mkdir()
     for name in ("dit.safetensors", "vae.safetensors"):
@@ -81,7 +81,12 @@ def test_eval_command_scores_a_weights_folder(tmp_path):
     for row in res["policies"].values():
         assert row["summary"]["trajectory_error_px"] is not None
         assert len(row["scenes"]) == 1 and row["scenes"][0]["trajectory_error_px"] is not None
-    assert (out / "eval.png").is_file() and "| window |" in (out / "eval.md").read_text()
+    md = (out / "eval.md").read_text()
+    assert (out / "eval.png").is_file() and "| window |" in md and "1 scene," in md
+    # every set's table on the terminal as in eval.md, not only the tracked one
+    printed = capsys.readouterr().out
+    assert "Text only:" in printed and "Two sprites from their true first frame:" in printed
+    assert printed.count("| window |") == 3
 
 
 def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):

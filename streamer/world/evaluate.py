@@ -549,7 +549,8 @@ def scene_table(results: dict) -> str:
 
 def write_markdown(results: dict, path: Path) -> None:
     cfg = results["config"]
-    text = (f"# streamer eval ({cfg['seconds']:g} s streams, {cfg['scenes']} scenes, {cfg['steps']} steps)\n\n"
+    scenes = f"{cfg['scenes']} scene" + ("s" if cfg["scenes"] != 1 else "")
+    text = (f"# streamer eval ({cfg['seconds']:g} s streams, {scenes}, {cfg['steps']} steps)\n\n"
             f"{results['model']}\n\n")
     knobs = [f"{p} " + " ".join(f"{k}={v}" for k, v in cfg.get("policy_args", {}).get(p, {}).items())
              for p in cfg["policies"]]
@@ -750,6 +751,10 @@ def cmd_eval(args) -> int:
     write_markdown(results, out / "eval.md")
     plot(results, out / "eval.png")
     print(table)
+    first = next(iter(results["policies"].values()), {})
+    for part, title in (("text_only", "Text only"), ("two_sprites", "Two sprites from their true first frame")):
+        if part in first:  # every set on the terminal too, not only in eval.md
+            print(f"{title}:\n\n{markdown_table(results, part)}")
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
     return 0
 
