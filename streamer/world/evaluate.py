@@ -562,14 +562,19 @@ def write_markdown(results: dict, path: Path) -> None:
     text += markdown_table(results)
     if cfg["scenes"] > 1 and (scenes := scene_table(results)):
         text += f"\nPer scene:\n\n{scenes}"
-    first = next(iter(results["policies"].values()), {})
-    if "text_only" in first:
-        text += (f"\nText only (the prompt, no tracks: {'; '.join(first['text_only']['prompts'])}):\n\n"
-                 f"{markdown_table(results, 'text_only')}")
-    if "two_sprites" in first:
-        text += (f"\nTwo sprites from their true first frame, a track on each "
-                 f"({'; '.join(first['two_sprites']['prompts'])}):\n\n{markdown_table(results, 'two_sprites')}")
+    for _, heading, table in set_tables(results):
+        text += f"\n{heading}:\n\n{table}"
     path.write_text(text + "\n![curves](eval.png)\n")
+
+
+def set_tables(results: dict) -> list[tuple[str, str, str]]:
+    """(title, heading with the prompts, markdown table) of the text-only and two-sprite sets that ran."""
+    first = next(iter(results["policies"].values()), {})
+    sets = (("text_only", "Text only", "Text only (the prompt, no tracks: {})"),
+            ("two_sprites", "Two sprites from their true first frame",
+             "Two sprites from their true first frame, a track on each ({})"))
+    return [(title, heading.format("; ".join(first[part]["prompts"])), markdown_table(results, part))
+            for part, title, heading in sets if part in first]
 
 
 PANELS = [  # (part, curve, title): one panel per metric
@@ -751,10 +756,8 @@ def cmd_eval(args) -> int:
     write_markdown(results, out / "eval.md")
     plot(results, out / "eval.png")
     print(table)
-    first = next(iter(results["policies"].values()), {})
-    for part, title in (("text_only", "Text only"), ("two_sprites", "Two sprites from their true first frame")):
-        if part in first:  # every set on the terminal too, not only in eval.md
-            print(f"{title}:\n\n{markdown_table(results, part)}")
+    for title, _, set_table in set_tables(results):  # every set on the terminal too, not only in eval.md
+        print(f"{title}:\n\n{set_table}")
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
     return 0
 

@@ -313,7 +313,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         minutes = (time.time() - t0) / 60
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_avg:.4f}")
-            log(f"dit {tag}step {step} loss {loss.item():.4f} ema {loss_avg:.4f} mode {mode} t {minutes * 60:.0f}s "
+            log(f"dit {tag}step {step} loss {loss.item():.4f} avg {loss_avg:.4f} mode {mode} t {minutes * 60:.0f}s "
                 f"(steps {', '.join(f'{k} {v}' for k, v in counts.items())})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
@@ -470,17 +470,16 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
             target = target.clone()
             target[free] = (v_null + r["guidance_scale"] * (v_text - v_null)).to(target.dtype)
     err = (v.float() - target) ** 2
+    first = chunk if isinstance(chunk, int) else chunk[0]  # frames of the first block
     if sprites is not None and r.get("sprite_weight"):
         err = err * (1.0 + r["sprite_weight"] * sprites)
     if history_background != 1.0:
         if sprites is None:
             raise ValueError("history_background needs the sprite cells")
-        first = chunk if isinstance(chunk, int) else chunk[0]
         keep = torch.ones_like(sprites)
         keep[:, :, first:] = history_background + (1.0 - history_background) * sprites[:, :, first:]
         err = err * keep
     if skip_first:
-        first = chunk if isinstance(chunk, int) else chunk[0]
         err = err[:, :, first:]
     return err.mean()
 
