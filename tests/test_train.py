@@ -292,7 +292,8 @@ def test_guidance_distillation_targets_the_guided_teacher():
     v(null) + g (v(text) - v(null)) at the same noisy input and history, for the clips without
     tracks only (clip 0 here; clip 1 has tracks and keeps the data's target): a student that is
     its own teacher has zero loss on clip 0 at g = 1; at g = 3 the loss is the distance to the
-    hand-made targets; without a teacher it is the data's loss."""
+    hand-made targets; without a teacher it is the data's loss. guidance_target = "data" (model
+    guidance): the data's flow plus (g - 1) x the teacher's guidance direction on clip 0."""
     from streamer.models.wan import CausalWanModel, get_config
     from streamer.world.train import sigma_per_block
 
@@ -304,10 +305,10 @@ def test_guidance_distillation_targets_the_guided_teacher():
     tracks = torch.randn(2, 8, 6, 4, 4)
     tracks[0] = 0  # a prompt alone
 
-    def loss(g, teacher=model):
+    def loss(g, teacher=model, target="teacher"):
         torch.manual_seed(1)
-        return flow_loss(model, x0, text, tracks, np.random.default_rng(0), {"timestep_shift": 5.0, "guidance_scale": g},
-                         3, teacher=teacher, null_text=null)
+        r = {"timestep_shift": 5.0, "guidance_scale": g, "guidance_target": target}
+        return flow_loss(model, x0, text, tracks, np.random.default_rng(0), r, 3, teacher=teacher, null_text=null)
 
     with torch.no_grad():
         # the draws flow_loss makes (rng: sigma; torch: eps), for the hand-made targets
@@ -324,6 +325,11 @@ def test_guidance_distillation_targets_the_guided_teacher():
         assert torch.allclose(loss(1.0), data[1].mean() / 2, rtol=1e-4)  # clip 0: its own teacher, no loss
         assert torch.allclose(loss(3.0), (guided[0].mean() + data[1].mean()) / 2, rtol=1e-4)
         assert torch.allclose(loss(3.0, teacher=None), data.mean(), rtol=1e-4)
+        # guidance_target = "data" (model guidance): the data's flow plus 2 x the guidance direction
+        on_data = (v_text - ((eps - x0) + 2.0 * (v_text - v_null))) ** 2
+        assert torch.allclose(loss(3.0, target="data"), (on_data[0].mean() + data[1].mean()) / 2, rtol=1e-4)
+        assert torch.allclose(loss(1.0, target="data"), data.mean(), rtol=1e-4)  # g = 1: the data alone
+        assert not torch.allclose(loss(3.0, target="data"), loss(3.0))
 
 
 def test_history_background_weighs_only_the_background_after_the_first_block():
@@ -408,6 +414,8 @@ def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):
         load_teacher({**r, "guidance_teacher": "phase 1"}, model, torch.device("cpu"), tmp_path / "p3_teacher.safetensors")
     with pytest.raises(ValueError, match="phase N"):
         load_teacher({**r, "guidance_teacher": "phase two"}, model, torch.device("cpu"), tmp_path / "p3_teacher.safetensors")
+    with pytest.raises(ValueError, match="guidance_target = 'truth'"):
+        load_teacher({**r, "guidance_target": "truth"}, model, torch.device("cpu"), tmp_path / "teacher.safetensors")
 
 
 

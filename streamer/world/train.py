@@ -439,9 +439,12 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     against the truth). skip_first: no loss on the first block (an image start's given frame).
     sprites: [B, 1, F, h, w] sprite cells (sprite_cells), weighted 1 + r["sprite_weight"] (default 0).
     teacher: a frozen DiT (`load_teacher`): for the clips without any track, the target is then its
-    text-guided flow at the same noisy input and history, v(null) + r["guidance_scale"] (v(text) -
-    v(null)), instead of the data's (eps - x0): guidance distillation (Meng et al. 2023), so the
-    student samples what the guided teacher samples in one model call per step. null_text
+    text-guided flow at the same noisy input and history, v(null) + g (v(text) - v(null)) with g =
+    r["guidance_scale"], instead of the data's (eps - x0): guidance distillation (Meng et al. 2023),
+    so the student samples what the guided teacher samples in one model call per step. With
+    r["guidance_target"] = "data" it is (eps - x0) + (g - 1) (v(text) - v(null)) instead: the
+    data's flow plus the teacher's guidance direction (model guidance, Tang et al. 2025), which
+    keeps the data's colours where the teacher's conditional flow gets them wrong. null_text
     [1, L, D]: the empty prompt's embedding. history_background: the weight of the background
     (non-sprite) cells in every block after the first, for a context sampled from noise: its
     background is the model's own invention, so the true clip's background is no continuation of it
@@ -468,7 +471,15 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
                          clean_x=two(ctx), tracks=two(tracks), clean_tracks=two(tracks)).float()
             v_text, v_null = vt.chunk(2)
             target = target.clone()
-            target[free] = (v_null + r["guidance_scale"] * (v_text - v_null)).to(target.dtype)
+            g = r["guidance_scale"]
+            if r.get("guidance_target", "teacher") == "data":
+                # model guidance (Tang et al. 2025, "Diffusion Models without Classifier-free
+                # Guidance"): the data's flow plus (g - 1) x the teacher's guidance direction. Its
+                # mean is the guided flow when the teacher is right, but where the teacher's v(text)
+                # is wrong (v3 draws a yellow sprite orange) the data still pulls to the truth
+                target[free] = target[free] + ((g - 1.0) * (v_text - v_null)).to(target.dtype)
+            else:
+                target[free] = (v_null + g * (v_text - v_null)).to(target.dtype)
     err = (v.float() - target) ** 2
     first = chunk if isinstance(chunk, int) else chunk[0]  # frames of the first block
     if sprites is not None and r.get("sprite_weight"):
@@ -491,9 +502,13 @@ def load_teacher(r: dict, model, device: torch.device, frozen: Path | None = Non
     keeps the same teacher); "phase N" is the teacher an earlier phase N of the same run kept (so a
     later phase goes on distilling the same guided model, not a guided copy of its own, which would
     compound the guidance); anything else is a folder with a dit.safetensors of the student's shape.
-    Raises ValueError when that file is missing."""
+    Raises ValueError when that file is missing, or when `guidance_target` is not "teacher" or "data"
+    (flow_loss)."""
     if not r.get("guidance_scale"):
         return None
+    if r.get("guidance_target", "teacher") not in ("teacher", "data"):
+        raise ValueError(f"guidance_target = {r['guidance_target']!r}: expected \"teacher\" (the teacher's guided "
+                         "flow) or \"data\" (the data's flow plus the teacher's guidance direction)")
     import copy
 
     from safetensors.torch import load_file
@@ -600,8 +615,8 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
     batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames freeze_encoder guidance_p
-    guidance_scale guidance_teacher image_chunks image_start init keep_every latent_frames latent_l2 latent_noise
-    lr max_minutes noise_rollout noise_rollout_background paraphrase phases preset rollout rollout_chunks
+    guidance_scale guidance_target guidance_teacher image_chunks image_start init keep_every latent_frames
+    latent_l2 latent_noise lr max_minutes noise_rollout noise_rollout_background paraphrase phases preset rollout rollout_chunks
     rollout_steps soup_with_start spawn_text sprite_weight stats_clips steps stop_step text_dropout
     text_encoder text_only time_schedule timestep_shift track_dim track_dropout warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
