@@ -257,3 +257,45 @@ def test_a_pixel_counts_for_the_nearest_sprite_colour():
     s = summary(frames, clip)
     assert s["identity_kept"] == 1.0
     assert s["trajectory_error_px"] < 1.0
+
+
+def test_colours_set_is_every_pair_that_does_not_clash_and_the_truth_is_found():
+    """The opt-in colours set: one prompt per colour x background outside CLASHES, each a circle in
+    the text-only layout whose ground truth the text-only score finds in every frame (else a low
+    found rate would be the metric's, not the model's)."""
+    from streamer.world.evaluate import colour_clips, score_text_only
+    from streamer.world.scenes import BACKGROUNDS, CLASHES, COLOURS
+
+    clips = colour_clips(World(), 17)
+    pairs = [(c.scene.sprites[0].colour, c.scene.background) for c in clips]
+    assert len(pairs) == len(set(pairs)) == len(COLOURS) * len(BACKGROUNDS) - len(CLASHES)
+    assert not set(pairs) & CLASHES
+    for clip, (colour, bg) in zip(clips, pairs):
+        assert clip.prompt == f"{'an' if colour == 'orange' else 'a'} {colour} circle on a {bg} background"
+        assert score_text_only(clip.frames, clip).found.mean() == 1.0, clip.prompt
+
+
+def test_colours_set_runs_and_prints_its_grid(tmp_path, capsys):
+    """`streamer eval --sets colours`: the reference row's found rate per background x colour in
+    eval.json, its grid in eval.md and on the terminal; a misspelt set is one line and exit 2."""
+    from streamer.world.scenes import BACKGROUNDS, CLASHES, COLOURS
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--sets", "colours", "--policies", "window", "--seconds", "0.5", "--out", str(out),
+                 "--threads", "1", "--quiet", "--dtype", "fp32"]) == 0
+    res = json.loads((out / "eval.json").read_text())
+    for row in ("reference (autoencoder)", "window"):
+        grid = res["policies"][row]["colours"]["grid"]
+        assert list(grid) == list(BACKGROUNDS)
+        assert sum(len(v) for v in grid.values()) == len(COLOURS) * len(BACKGROUNDS) - len(CLASHES)
+        assert all((c, bg) not in CLASHES and 0.0 <= f <= 1.0 for bg, v in grid.items() for c, f in v.items())
+    assert "text_only" not in res["policies"]["window"]  # only the sets asked for
+    ref = res["policies"]["reference (autoencoder)"]["colours"]
+    assert ref["summary"]["found_rate"] > 0.9  # the autoencoder keeps (nearly) every colour
+    printed = capsys.readouterr().out
+    md = (out / "eval.md").read_text()
+    for text in (printed, md):
+        assert "| window: found | red | green |" in text and "| night | " in text and "Colours" in text
+    assert main(["eval", "--sets", "colour", "--seconds", "1", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--sets colour: unknown" in err and "colours" in err and "Traceback" not in err

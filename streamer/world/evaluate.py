@@ -26,6 +26,9 @@ Two more scene sets: "text" streams a one-sprite prompt alone (no tracks) and as
 sprite is there with the named colour (a compact blob of 0.35-3x its drawn area: is_sprite_blob)
 and shape (best IoU among the world's drawn shapes), and from when; "two" starts two-sprite scenes from their true
 first frame (an image start: the clean latent frame 0 in the cache) with a track on each.
+An opt-in set, "colours", streams "a <colour> circle on a <background> background" alone for every
+colour on every background it does not clash with (38 prompts, COLOUR_SECONDS each): which colours
+a prompt alone can make, where the four text-only scenes sample only four pairs.
 
 Each metric is a per-second curve and a summary; results go to JSON, a markdown table and PNG plots.
 A reference row runs the ground-truth frames through the autoencoder only: the floor the DiT can reach.
@@ -59,6 +62,10 @@ TEXT_SEED_BASE, TWO_SEED_BASE = 910_001, 920_001
 
 
 SETS = ("track", "text", "two")  # prompt + tracks from noise; prompt alone; two sprites from their true first frame
+ALL_SETS = SETS + ("colours",)   # + every colour x background as a prompt alone (opt-in: 38 streams)
+# the colours set's streams: long enough for the first chunks' colour drift (yellow turning orange,
+# then red, within ~2 s on v5), short enough that 38 of them take ~2 min on a 2-core CPU
+COLOUR_SECONDS = 4.0
 
 
 @dataclass
@@ -392,6 +399,26 @@ def text_only_clips(world: World, n: int, num_frames: int) -> list[Clip]:
     return out
 
 
+def colour_clips(world: World, num_frames: int) -> list[Clip]:
+    """"a <colour> circle on a <background> background" ("an orange ...") in the text-only layout (the middle radius,
+    from the spawn point, bouncing), for every colour x background pair that does not clash
+    (scenes.CLASHES), backgrounds in BACKGROUNDS' order and colours in COLOURS' order; the
+    background texture is TEXT_SEED_BASE's for all."""
+    from streamer.world.scenes import BACKGROUNDS, CLASHES, COLOURS, Scene, Sprite
+
+    radius = sum(world.config.radius) / 2 * world.config.scale
+    out = []
+    for bg in BACKGROUNDS:
+        for colour in COLOURS:
+            if (colour, bg) in CLASHES:
+                continue
+            scene = Scene(bg, [Sprite("circle", colour, radius)], ["spawn"], TEXT_SEED_BASE)
+            traj = world.trajectory(scene, num_frames)
+            image = world.background(bg, TEXT_SEED_BASE)
+            out.append(Clip(world.render(image, scene.sprites, traj), traj, scene.prompt(), scene, image))
+    return out
+
+
 def two_sprite_clips(world: World, n: int, num_frames: int) -> list[Clip]:
     """The first `n` held-out scenes from TWO_SEED_BASE with exactly two sprites, both whole in the
     first frame (an image start must show them)."""
@@ -459,13 +486,16 @@ def reference_frames(pipe, clip: Clip) -> np.ndarray:
 def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool = True,
              keep_frames: dict | None = None) -> dict:
     """Every row (the autoencoder reference, then each policy) on every scene set of `cfg.sets`:
-    "track" (results["policies"][row]), "text" (...["text_only"]) and "two" (...["two_sprites"]).
+    "track" (results["policies"][row]), "text" (...["text_only"]), "two" (...["two_sprites"]) and
+    "colours" (...["colours"], with a "grid" {background: {colour: found rate}}).
     keep_frames: a dict that receives the streamed frames, keyed (set, row, scene index)."""
     world = world or World()
-    n_frames = 1 + 4 * math.ceil((cfg.seconds * pipe.fps - 1) / 4)
+    frames_for = lambda sec: 1 + 4 * math.ceil((sec * pipe.fps - 1) / 4)  # noqa: E731
+    n_frames = frames_for(cfg.seconds)
     clips = [world.clip(s, n_frames) for s in HELD_OUT_SEEDS[: cfg.scenes]] if "track" in cfg.sets else []
     text_clips = text_only_clips(world, cfg.scenes, n_frames) if "text" in cfg.sets else []
     two_clips = two_sprite_clips(world, cfg.scenes, n_frames) if "two" in cfg.sets else []
+    colours = colour_clips(world, frames_for(min(cfg.seconds, COLOUR_SECONDS))) if "colours" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
                      "dtype": str(pipe.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
                      "size": list(pipe.native_size), "policies": {}}
@@ -473,7 +503,7 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
             and hasattr(pipe.decoder.vae, "encode") else []) + [(p, p) for p in cfg.policies]
     for name, policy in rows:
         res: dict = {}
-        for set_name, set_clips in (("track", clips), ("text", text_clips), ("two", two_clips)):
+        for set_name, set_clips in (("track", clips), ("text", text_clips), ("two", two_clips), ("colours", colours)):
             if not set_clips:
                 continue
             scores, timing = [], []
@@ -483,23 +513,28 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                 else:
                     args = cfg.policy_args.get(policy, {})
                     frames, t = stream_clip(pipe, clip, policy, args, cfg.steps, cfg.seed,
-                                            tracks=set_name != "text", image_start=set_name == "two",
+                                            tracks=set_name in ("track", "two"), image_start=set_name == "two",
                                             guidance=cfg.guidance)
                     timing.append(t)
                 if keep_frames is not None:
                     keep_frames[(set_name, name, i)] = frames
-                scores.append(score_text_only(frames, clip) if set_name == "text" else score_frames(frames, clip))
-            summ = summarize_text if set_name == "text" else summarize
+                alone = set_name in ("text", "colours")  # a prompt alone: presence scored, not position
+                scores.append(score_text_only(frames, clip) if alone else score_frames(frames, clip))
+            summ = summarize_text if set_name in ("text", "colours") else summarize
             part = summ(scores, pipe.fps)
             if timing:
                 part["summary"]["stream_fps"] = _f(np.mean([t["fps"] for t in timing]))
             part["prompts"] = [c.prompt for c in set_clips]
             # per scene too: one- and multi-sprite scenes fail differently, and the mean hides which
             part["scenes"] = [summ([sc], pipe.fps)["summary"] for sc in scores]
+            if set_name == "colours":
+                part["grid"] = {}
+                for clip, sc in zip(set_clips, part["scenes"]):
+                    part["grid"].setdefault(clip.scene.background, {})[clip.scene.sprites[0].colour] = sc["found_rate"]
             if set_name == "track":
                 res.update(part)
             else:
-                res["text_only" if set_name == "text" else "two_sprites"] = part
+                res[{"text": "text_only", "two": "two_sprites", "colours": "colours"}[set_name]] = part
         results["policies"][name] = res
     return results
 
@@ -517,8 +552,8 @@ TWO_COLS = [("trajectory_error_px", "traj err px"), ("identity_kept", "identity 
 
 
 def markdown_table(results: dict, part: str | None = None) -> str:
-    """One row per policy; part None: the track set, "text_only" / "two_sprites": those sets."""
-    cols = {None: TRACK_COLS, "text_only": TEXT_COLS, "two_sprites": TWO_COLS}[part]
+    """One row per policy; part None: the track set, "text_only" / "two_sprites" / "colours": those sets."""
+    cols = {None: TRACK_COLS, "text_only": TEXT_COLS, "two_sprites": TWO_COLS, "colours": TEXT_COLS}[part]
     lines = ["| policy | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, res in results["policies"].items():
         r = res if part is None else res.get(part)
@@ -568,13 +603,44 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 def set_tables(results: dict) -> list[tuple[str, str, str]]:
-    """(title, heading with the prompts, markdown table) of the text-only and two-sprite sets that ran."""
+    """(title, heading with the prompts, markdown table) of the text-only, two-sprite and colours
+    sets that ran; the colours set's table is followed by its grid (`colour_grid`)."""
     first = next(iter(results["policies"].values()), {})
     sets = (("text_only", "Text only", "Text only (the prompt, no tracks: {})"),
             ("two_sprites", "Two sprites from their true first frame",
-             "Two sprites from their true first frame, a track on each ({})"))
-    return [(title, heading.format("; ".join(first[part]["prompts"])), markdown_table(results, part))
-            for part, title, heading in sets if part in first]
+             "Two sprites from their true first frame, a track on each ({})"),
+            ("colours", "Colours", "Colours (a prompt alone, \"a <colour> circle on a <background> background\", "
+             "every colour on every background it does not clash with, {:g} s each: {{}} prompts)".format(
+                 min(results.get("config", {}).get("seconds", COLOUR_SECONDS), COLOUR_SECONDS))))
+    out = []
+    for part, title, heading in sets:
+        if part not in first:
+            continue
+        prompts = first[part]["prompts"]
+        table = markdown_table(results, part)
+        if part == "colours":
+            out.append((title, heading.format(len(prompts)), table + "\n" + colour_grid(results)))
+        else:
+            out.append((title, heading.format("; ".join(prompts)), table))
+    return out
+
+
+def colour_grid(results: dict) -> str:
+    """Markdown: per row (reference, policies), the colours set's found rate with a background per
+    line and a colour per column ("-" where the pair clashes and is not streamed)."""
+    from streamer.world.scenes import BACKGROUNDS, COLOURS
+
+    text = ""
+    for name, res in results["policies"].items():
+        grid = res.get("colours", {}).get("grid")
+        if not grid:
+            continue
+        lines = [f"| {name}: found | " + " | ".join(COLOURS) + " |", "|---" * (len(COLOURS) + 1) + "|"]
+        for bg in BACKGROUNDS:
+            row = grid.get(bg, {})
+            lines.append(f"| {bg} | " + " | ".join("-" if row.get(c) is None else f"{row[c]:.2f}" for c in COLOURS) + " |")
+        text += "\n".join(lines) + "\n\n"
+    return text
 
 
 PANELS = [  # (part, curve, title): one panel per metric
@@ -584,7 +650,7 @@ PANELS = [  # (part, curve, title): one panel per metric
     (None, "border_change", f"border band ({BORDER} px) change (0-255)"),
     (None, "interior_change", "interior change (0-255)"), (None, "smear", "smear: colour left on the path (0-1)"),
     ("text_only", "found", "text only: sprite found"), ("two_sprites", "err", "two sprites: error (px)"),
-    ("two_sprites", "identity", "two sprites: identity kept"),
+    ("two_sprites", "identity", "two sprites: identity kept"), ("colours", "found", "colours: sprite found (mean)"),
 ]
 
 
@@ -733,8 +799,8 @@ def cmd_eval(args) -> int:
         policy_args.setdefault(pol, {}).update(parse_policy_args([kv]))
     args.seconds = args.seconds or 60.0
     sets = tuple(x.strip() for x in args.sets.split(","))
-    if bad := [x for x in sets if x not in SETS]:
-        raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(SETS)}")
+    if bad := [x for x in sets if x not in ALL_SETS]:
+        raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(ALL_SETS)}")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
                      reference=not args.no_reference, policy_args=policy_args, sets=sets,
                      guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)))
@@ -789,7 +855,8 @@ def register(subparsers) -> None:
                    help="text classifier-free guidance scale, 1 = off (default: the model's own)")
     p.add_argument("--sets", default=",".join(SETS),
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
-                        "true first frame, a track on each); default all")
+                        "true first frame, a track on each), colours (every colour x background as a prompt "
+                        f"alone, {COLOUR_SECONDS:g} s each); default: track,text,two")
     p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0,
                    help="noise seed of every stream (default 0); the scenes are the held-out ones whatever the seed")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
