@@ -674,7 +674,7 @@ def plot(results: dict, path: Path, smooth_s: int | None = None) -> None:
 
     panels = [(p, k, t) for p, k, t in PANELS
               if any((r if p is None else r.get(p, {})).get("curves", {}).get(k) for r in results["policies"].values())]
-    cols = 4
+    cols = max(1, min(4, len(panels)))  # one set alone (e.g. --sets colours): no empty panels
     rows = max(1, math.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
