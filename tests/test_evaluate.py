@@ -290,6 +290,8 @@ def test_colours_set_runs_and_prints_its_grid(tmp_path, capsys):
         assert sum(len(v) for v in grid.values()) == len(COLOURS) * len(BACKGROUNDS) - len(CLASHES)
         assert all((c, bg) not in CLASHES and 0.0 <= f <= 1.0 for bg, v in grid.items() for c, f in v.items())
     assert "text_only" not in res["policies"]["window"]  # only the sets asked for
+    assert res["threads"] == 1  # --threads holds for the shipped model too (Pipeline.load sets the cores)
+    assert "| traj err px |" not in (out / "eval.md").read_text()  # no empty table of the track set
     ref = res["policies"]["reference (autoencoder)"]["colours"]
     assert ref["summary"]["found_rate"] > 0.9  # the autoencoder keeps (nearly) every colour
     printed = capsys.readouterr().out

@@ -594,7 +594,8 @@ def write_markdown(results: dict, path: Path) -> None:
         text += f"Text guidance: {cfg['guidance']:g} (classifier-free; 1 = off)\n\n"
     if results.get("dtype"):
         text += f"DiT dtype: {results['dtype']}, {results.get('threads', '?')} CPU thread(s)\n\n"
-    text += markdown_table(results)
+    if "track" in cfg.get("sets", SETS):  # (--sets text,two: no empty table)
+        text += markdown_table(results)
     if cfg["scenes"] > 1 and (scenes := scene_table(results)):
         text += f"\nPer scene:\n\n{scenes}"
     for _, heading, table in set_tables(results):
@@ -768,13 +769,14 @@ def cmd_eval(args) -> int:
     from streamer.pipeline import Pipeline
     from streamer.policies import BOUNDED_POLICIES, POLICIES, parse_policy_args
 
-    torch.set_num_threads(args.threads)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
     if args.weights is None:
         pipe = Pipeline.load(device=args.device, dtype=dtype)
     else:  # a `streamer train` run folder: score a checkpoint before (or instead of) shipping it
         device = torch.device(args.device) if args.device else default_device()
         pipe = Pipeline.load_default(args.weights, device=device, dtype=dtype or default_dtype(device))
+    # after loading: Pipeline.load sets torch's threads to the machine's cores (configure_threads)
+    torch.set_num_threads(args.threads)
     defaults = pipe.stream_defaults or {}  # the policy and knobs the model was trained to stream with
     if args.speed:
         res = measure_speed(pipe, args.seconds or 10.0, args.steps,
@@ -818,10 +820,10 @@ def cmd_eval(args) -> int:
                                 **{k: np.stack(v) for k, v in found.items()})
             contact_sheet([(label, found[k]) for k, label in CONTACT_ROWS if k in found], times, out / "contact.png")
     (out / "eval.json").write_text(json.dumps(results, indent=1))
-    table = markdown_table(results)
     write_markdown(results, out / "eval.md")
     plot(results, out / "eval.png")
-    print(table)
+    if "track" in cfg.sets:
+        print(markdown_table(results))
     for title, _, set_table in set_tables(results):  # every set on the terminal too, not only in eval.md
         print(f"{title}:\n\n{set_table}")
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
