@@ -18,8 +18,8 @@ def main(argv: list[str]) -> None:
     import cv2
 
     from streamer.pipeline import Pipeline
-    from streamer.world.evaluate import colour_clips, stream_clip
-    from streamer.world.scenes import BACKGROUNDS, CLASHES, COLOURS, World
+    from streamer.world.evaluate import colour_clips, stream_clip, stream_frames
+    from streamer.world.scenes import BACKGROUNDS, COLOURS, World
 
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -34,14 +34,13 @@ def main(argv: list[str]) -> None:
                 else Pipeline.load_default(weights, device=torch.device("cpu"), dtype=torch.bfloat16))
         torch.set_num_threads(args.threads)  # after loading: Pipeline.load sets the machine's cores
         d = pipe.stream_defaults or {}
-        n = 1 + 4 * int(np.ceil((args.seconds * pipe.fps) / 4))
-        frames = {}
-        for clip in colour_clips(World(), n):
+        frames = {}  # (background, colour) -> frame; the clashing pairs are not streamed
+        for clip in colour_clips(World(), stream_frames(args.seconds + 1 / pipe.fps, pipe.fps)):
             fr, _ = stream_clip(pipe, clip, d.get("policy", "window"), d.get("policy_args", {}), 4, 0, tracks=False)
             frames[(clip.scene.background, clip.scene.sprites[0].colour)] = fr[int(round(args.seconds * pipe.fps))]
         h, w = next(iter(frames.values())).shape[:2]
-        rows = [np.concatenate([frames.get((bg, c), np.zeros((h, w, 3), np.uint8)) if (c, bg) not in CLASHES
-                                else np.zeros((h, w, 3), np.uint8) for c in COLOURS], 1) for bg in BACKGROUNDS]
+        black = np.zeros((h, w, 3), np.uint8)
+        rows = [np.concatenate([frames.get((bg, c), black) for c in COLOURS], 1) for bg in BACKGROUNDS]
         grid = np.concatenate(rows, 0)
         bar = np.full((22, grid.shape[1], 3), 255, np.uint8)
         cv2.putText(bar, f"{name}: " + ", ".join(COLOURS) + f" (columns); {', '.join(BACKGROUNDS)} (rows); "

@@ -399,6 +399,11 @@ def text_only_clips(world: World, n: int, num_frames: int) -> list[Clip]:
     return out
 
 
+def stream_frames(seconds: float, fps: float) -> int:
+    """Video frames of a stream of at least `seconds`: 1 + 4k, the causal VAE's frame rule."""
+    return 1 + 4 * math.ceil((seconds * fps - 1) / 4)
+
+
 def colour_clips(world: World, num_frames: int) -> list[Clip]:
     """"a <colour> circle on a <background> background" ("an orange ...") in the text-only layout (the middle radius,
     from the spawn point, bouncing), for every colour x background pair that does not clash
@@ -490,12 +495,11 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
     "colours" (...["colours"], with a "grid" {background: {colour: found rate}}).
     keep_frames: a dict that receives the streamed frames, keyed (set, row, scene index)."""
     world = world or World()
-    frames_for = lambda sec: 1 + 4 * math.ceil((sec * pipe.fps - 1) / 4)  # noqa: E731
-    n_frames = frames_for(cfg.seconds)
+    n_frames = stream_frames(cfg.seconds, pipe.fps)
     clips = [world.clip(s, n_frames) for s in HELD_OUT_SEEDS[: cfg.scenes]] if "track" in cfg.sets else []
     text_clips = text_only_clips(world, cfg.scenes, n_frames) if "text" in cfg.sets else []
     two_clips = two_sprite_clips(world, cfg.scenes, n_frames) if "two" in cfg.sets else []
-    colours = colour_clips(world, frames_for(min(cfg.seconds, COLOUR_SECONDS))) if "colours" in cfg.sets else []
+    colours = colour_clips(world, stream_frames(min(cfg.seconds, COLOUR_SECONDS), pipe.fps)) if "colours" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
                      "dtype": str(pipe.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
                      "size": list(pipe.native_size), "policies": {}}
@@ -507,20 +511,20 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
             if not set_clips:
                 continue
             scores, timing = [], []
+            alone = set_name in ("text", "colours")  # a prompt alone: presence scored, not position
             for i, clip in enumerate(tqdm(set_clips, desc=f"{name} / {set_name}", disable=not progress)):
                 if policy is None:
                     frames = reference_frames(pipe, clip)
                 else:
                     args = cfg.policy_args.get(policy, {})
                     frames, t = stream_clip(pipe, clip, policy, args, cfg.steps, cfg.seed,
-                                            tracks=set_name in ("track", "two"), image_start=set_name == "two",
+                                            tracks=not alone, image_start=set_name == "two",
                                             guidance=cfg.guidance)
                     timing.append(t)
                 if keep_frames is not None:
                     keep_frames[(set_name, name, i)] = frames
-                alone = set_name in ("text", "colours")  # a prompt alone: presence scored, not position
                 scores.append(score_text_only(frames, clip) if alone else score_frames(frames, clip))
-            summ = summarize_text if set_name in ("text", "colours") else summarize
+            summ = summarize_text if alone else summarize
             part = summ(scores, pipe.fps)
             if timing:
                 part["summary"]["stream_fps"] = _f(np.mean([t["fps"] for t in timing]))
@@ -607,22 +611,19 @@ def set_tables(results: dict) -> list[tuple[str, str, str]]:
     """(title, heading with the prompts, markdown table) of the text-only, two-sprite and colours
     sets that ran; the colours set's table is followed by its grid (`colour_grid`)."""
     first = next(iter(results["policies"].values()), {})
-    sets = (("text_only", "Text only", "Text only (the prompt, no tracks: {})"),
-            ("two_sprites", "Two sprites from their true first frame",
-             "Two sprites from their true first frame, a track on each ({})"),
-            ("colours", "Colours", "Colours (a prompt alone, \"a <colour> circle on a <background> background\", "
-             "every colour on every background it does not clash with, {:g} s each: {{}} prompts)".format(
-                 min(results.get("config", {}).get("seconds", COLOUR_SECONDS), COLOUR_SECONDS))))
     out = []
-    for part, title, heading in sets:
-        if part not in first:
-            continue
-        prompts = first[part]["prompts"]
-        table = markdown_table(results, part)
-        if part == "colours":
-            out.append((title, heading.format(len(prompts)), table + "\n" + colour_grid(results)))
-        else:
-            out.append((title, heading.format("; ".join(prompts)), table))
+    if "text_only" in first:
+        out.append(("Text only", f"Text only (the prompt, no tracks: {'; '.join(first['text_only']['prompts'])})",
+                    markdown_table(results, "text_only")))
+    if "two_sprites" in first:
+        out.append(("Two sprites from their true first frame", "Two sprites from their true first frame, a track "
+                    f"on each ({'; '.join(first['two_sprites']['prompts'])})", markdown_table(results, "two_sprites")))
+    if "colours" in first:
+        seconds = min(results.get("config", {}).get("seconds", COLOUR_SECONDS), COLOUR_SECONDS)
+        out.append(("Colours", "Colours (a prompt alone, \"a <colour> circle on a <background> background\", every "
+                    f"colour on every background it does not clash with, {seconds:g} s each: "
+                    f"{len(first['colours']['prompts'])} prompts)",
+                    markdown_table(results, "colours") + "\n" + colour_grid(results)))
     return out
 
 
@@ -743,7 +744,7 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "wi
     `Session(...)` (prompt encoding included) to the first frames, and the steady frames per second."""
     from streamer.session import Session
 
-    clip = World().clip(HELD_OUT_SEEDS[0], 1 + 4 * math.ceil((seconds * pipe.fps - 1) / 4))
+    clip = World().clip(HELD_OUT_SEEDS[0], stream_frames(seconds, pipe.fps))
     w, h = pipe.native_size
     cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
                              guidance=guidance)

@@ -616,8 +616,8 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 TRAINING_KEYS = frozenset("""
     batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames freeze_encoder guidance_p
     guidance_scale guidance_target guidance_teacher image_chunks image_start init keep_every latent_frames
-    latent_l2 latent_noise lr max_minutes noise_rollout noise_rollout_background paraphrase phases preset rollout rollout_chunks
-    rollout_steps soup_with_start spawn_text sprite_weight stats_clips steps stop_step text_dropout
+    latent_l2 latent_noise lr max_minutes noise_rollout noise_rollout_background paraphrase phases preset
+    rollout rollout_chunks rollout_steps soup_with_start spawn_text sprite_weight stats_clips steps stop_step text_dropout
     text_encoder text_only time_schedule timestep_shift track_dim track_dropout warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
