@@ -141,6 +141,33 @@ def test_text_only_clips_have_no_tracks_and_keep_their_prompt():
     assert tracks.abs().sum() > 0
 
 
+def test_keep_first_tracks_spares_the_first_chunk_of_random_layout_clips_only():
+    """keep_first_tracks: track dropout never empties the first chunk of a clip streamed from noise
+    (no tracks there means the spawn layout), but still drops later chunks, an image start's
+    chunks, and text-only clips' tracks; without the key the first chunk drops like the rest."""
+    from streamer.world.train import dit_batch
+
+    class Text:
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), 4, 8)
+
+    class Vae:
+        def encode(self, video):
+            return video[:, :, ::4, ::8, ::8]
+
+    def per_frame(r, blocks=None):  # track channel mass per latent frame [B, F]
+        _, _, tracks, _ = dit_batch(World(), np.random.default_rng(3), r, Vae(), Text(), TrajectoryEncoder(8), 13, 4,
+                                    2, torch.device("cpu"), blocks=blocks)
+        return tracks.abs().sum((1, 3, 4))
+
+    r = {"batch": 4, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 1.0, "text_only": 0.0}
+    assert per_frame(r).sum() == 0  # every chunk dropped
+    kept = per_frame({**r, "keep_first_tracks": True})
+    assert (kept[:, :2] > 0).all() and kept[:, 2:].sum() == 0  # the first chunk (2 frames) only
+    assert per_frame({**r, "keep_first_tracks": True}, blocks=(1, 3)).sum() == 0  # an image start: dropped
+    assert per_frame({**r, "keep_first_tracks": True, "text_only": 1.0}).sum() == 0  # a prompt alone: none
+
+
 def test_spawn_text_makes_text_only_clips_the_worlds_text_only_layout():
     """With spawn_text, text-only clips are World.clip(spawn=True) (the sprites at the spawn points);
     without it, or for clips that keep their tracks, the clip of the same seed as before."""

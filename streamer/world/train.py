@@ -394,6 +394,14 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     tracks = torch.stack([tracks_enc(c.trajectory, list(range(n_lat)), (h, w))[0] for c in clips]).to(device)
     idx = block_index(n_lat, blocks if blocks is not None else chunk)
     keep = rng.random((r["batch"], int(idx[-1]) + 1)) >= r["track_dropout"]
+    if r.get("keep_first_tracks") and (blocks is None or isinstance(blocks, int)):
+        # the world's rule: a stream whose first chunk has no tracks is in the spawn layout. A
+        # random-layout clip that loses its first chunk's tracks contradicts it, and the model learns
+        # to hedge between the spawn point and anywhere: measured on v6, the sprite's latent at the
+        # spawn point comes out ~0.6 of the way from the background's, which the decoder draws
+        # yellow as orange and orange as red (with the tracks given, the same prompts come out
+        # right). An image start shows where its sprites are, so its first chunk may lose them.
+        keep[:, 0] = True
     keep[text_only] = False
     keep = torch.from_numpy(keep).float()[:, idx]
     tracks = tracks * keep[:, None, :, None, None].to(device)
@@ -615,10 +623,11 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
     batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames freeze_encoder guidance_p
-    guidance_scale guidance_target guidance_teacher image_chunks image_start init keep_every latent_frames
-    latent_l2 latent_noise lr max_minutes noise_rollout noise_rollout_background paraphrase phases preset
-    rollout rollout_chunks rollout_steps soup_with_start spawn_text sprite_weight stats_clips steps stop_step text_dropout
-    text_encoder text_only time_schedule timestep_shift track_dim track_dropout warmup weight_decay""".split())
+    guidance_scale guidance_target guidance_teacher image_chunks image_start init keep_every keep_first_tracks
+    latent_frames latent_l2 latent_noise lr max_minutes noise_rollout noise_rollout_background paraphrase phases
+    preset rollout rollout_chunks rollout_steps soup_with_start spawn_text sprite_weight stats_clips steps
+    stop_step text_dropout text_encoder text_only time_schedule timestep_shift track_dim track_dropout warmup
+    weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
 
