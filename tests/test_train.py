@@ -52,6 +52,28 @@ def test_vae_steps_reduce_loss_on_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_decoder_only_phase_from_init_keeps_the_latent_space(tmp_path):
+    """[vae] init + freeze_encoder: the shipped autoencoder's decoder trains, while its encoder and
+    latent statistics (what the DiT was trained on) stay bit for bit."""
+    from safetensors.torch import load_file
+
+    from streamer.cli import main
+
+    recipe = tmp_path / "dec.toml"
+    recipe.write_text('[world]\npreset = "world-128"\n[vae]\ninit = "streamer/weights"\npreset = "world-128"\n'
+                      "freeze_encoder = true\nsteps = 2\nbatch = 1\nframes = 5\ncrop = 64\nlr = 1e-3\n"
+                      "latent_noise = 0.0\nlatent_l2 = 0.0\nsprite_weight = 1.0\nstats_clips = 1\n")
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", str(recipe), "--stage", "vae", "--device", "cpu", "--out", str(out),
+                 "--quiet", "--threads", "1"]) == 0
+    before = load_file("streamer/weights/vae.safetensors")
+    after = load_file(str(out / "vae.safetensors"))
+    assert before.keys() == after.keys()
+    kept = [k for k in before if not k.startswith("decoder.")]
+    assert kept and all(torch.equal(before[k].float(), after[k].float()) for k in kept)
+    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before if k.startswith("decoder."))
+
+
 def test_recipe_and_track_channels_fit_the_model():
     recipe = load_recipe(DEFAULT_RECIPE)
     cfg = get_config(recipe["dit"]["preset"])

@@ -96,13 +96,20 @@ def vae_batch(world: World, rng: np.random.Generator, batch: int, frames: int, c
 
 def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: bool = False) -> TinyVAE:
     """Phases run in order, each with its own optimizer and cosine schedule; a phase's keys override
-    the [vae] section (e.g. small crops first for speed, then whole frames with more sprite weight)."""
+    the [vae] section (e.g. small crops first for speed, then whole frames with more sprite weight).
+    [vae] init = <folder>: start from that folder's vae.safetensors instead of a fresh autoencoder,
+    for decoder-only phases (`freeze_encoder`) on a shipped model: its latents, and so its DiT,
+    stay valid."""
     base = {k: v for k, v in recipe["vae"].items() if k != "phases"}
     phases = recipe["vae"].get("phases") or [{}]
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
     torch.manual_seed(recipe.get("seed", 0))
     rng = np.random.default_rng([recipe.get("seed", 0), 100])
-    vae = TinyVAE(VAE_PRESETS[base["preset"]]).to(device)
+    if base.get("init"):
+        vae = TinyVAE.from_file(resolve_path(base["init"]) / "vae.safetensors", device=device).train().requires_grad_(True)
+        log(f"vae from {base['init']}")
+    else:
+        vae = TinyVAE(VAE_PRESETS[base["preset"]]).to(device)
     first_phase = 0
     if resume and (out / "vae_phase.txt").is_file():
         first_phase = int((out / "vae_phase.txt").read_text()) + 1
@@ -657,7 +664,9 @@ def check_inits(recipe: dict, stage: str) -> None:
     if stage == "finetune" and "init" not in recipe.get("finetune", {}):
         raise ValueError("--stage finetune: the recipe's [finetune] needs init = <folder with dit + vae "
                          "safetensors> (--stage all fine-tunes its own DiT)")
-    need = [("dit", "dit.safetensors")] if stage in ("all", "dit") and recipe["dit"].get("init") else []
+    need = [("dit", "dit.safetensors")] if stage in ("all", "dit") and recipe.get("dit", {}).get("init") else []
+    if stage in ("all", "vae") and recipe.get("vae", {}).get("init"):
+        need.append(("vae", "vae.safetensors"))
     if stage == "finetune":
         need = [("finetune", "dit.safetensors"), ("finetune", "vae.safetensors")]
     for section, name in need:
