@@ -56,6 +56,10 @@ class WanConfig:
     eps: float = 1e-6
     rope_theta: float = 10000.0
     vae_stride: tuple[int, int, int] = field(default=(4, 8, 8), compare=False)
+    # (gh, gw) of a learned absolute spatial position embedding added to every frame's patch tokens
+    # (0, 0: none, as in Wan, whose only positions are RoPE's relative ones). The world model's rule
+    # for a prompt alone ("the sprite spawns at the centre") needs to know where the centre is.
+    abs_pos_grid: tuple[int, int] = (0, 0)
 
     @property
     def head_dim(self) -> int:
@@ -71,6 +75,8 @@ class WanConfig:
         """Keyword arguments for diffusers' `WanTransformer3DModel` with the same architecture."""
         if self.track_channels:
             raise ValueError("diffusers' Wan has no trajectory channels")
+        if any(self.abs_pos_grid):
+            raise ValueError("diffusers' Wan has no absolute position embedding")
         return dict(
             patch_size=tuple(self.patch_size), num_attention_heads=self.num_heads, attention_head_dim=self.head_dim,
             in_channels=self.in_channels, out_channels=self.out_channels, text_dim=self.text_dim,
@@ -280,6 +286,9 @@ class CausalWanModel(nn.Module):
         self.norm_out = FP32LayerNorm(cfg.dim, cfg.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+        if any(cfg.abs_pos_grid):
+            # zero at first: a model fine-tuned from weights without it starts out unchanged
+            self.abs_pos = nn.Parameter(torch.zeros(1, cfg.dim, *cfg.abs_pos_grid))
 
     # ---- conditioning -------------------------------------------------------------------------
     def encode_text(self, text_emb: torch.Tensor) -> TextContext:
@@ -328,6 +337,8 @@ class CausalWanModel(nn.Module):
             raise ValueError("this model has no trajectory channels")
         gh, gw = self.grid(lh, lw)
         h = self.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()  # [B, F*gh*gw, dim]
+        if any(cfg.abs_pos_grid):
+            h = h + self.spatial_positions(gh, gw).repeat(1, n_frames, 1)
 
         temb, e = self.condition_embedder.time(t)
         for i, blk in enumerate(self.blocks):
@@ -338,6 +349,15 @@ class CausalWanModel(nn.Module):
         _, ph, pw = cfg.patch_size
         out = out.view(b, n_frames, gh, gw, ph, pw, cfg.out_channels)
         return out.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, cfg.out_channels, n_frames, gh * ph, gw * pw)
+
+    def spatial_positions(self, gh: int, gw: int) -> torch.Tensor:
+        """The absolute position embedding for a (gh, gw) token grid, [1, gh*gw, dim] in row-major
+        token order; resized bilinearly from `abs_pos_grid` when the grid differs (another video size
+        stretches the same layout over the frame)."""
+        pos = self.abs_pos
+        if tuple(pos.shape[2:]) != (gh, gw):
+            pos = F.interpolate(pos.float(), size=(gh, gw), mode="bilinear", align_corners=False).to(pos.dtype)
+        return pos.flatten(2).transpose(1, 2)
 
     def _rope(self, positions: torch.Tensor, gh: int, gw: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_cos_sin(positions, gh, gw, self.config.head_dim, self.config.rope_theta, device=device)

@@ -92,3 +92,26 @@ def test_parameter_count_of_the_real_size():
 def test_bad_size_is_refused(tiny_model):
     with pytest.raises(ValueError, match="not divisible"):
         tiny_model(torch.zeros(1, 16, 3, 5, 4), torch.zeros(1, 3), torch.zeros(1, 16, 32))
+
+
+@torch.no_grad()
+def test_absolute_positions_start_neutral_and_then_tell_places_apart():
+    """abs_pos_grid: at zero the model is the one without it (a fine-tune starts from its init's
+    behaviour); once learned, the same content at two places gives two different outputs, which
+    RoPE alone (relative positions) cannot do for a uniform input; another grid size is resized."""
+    base = randomize(CausalWanModel(get_config("tiny"))).eval()
+    model = CausalWanModel(get_config("tiny", abs_pos_grid=(4, 4))).eval()
+    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert missing == ["abs_pos"]
+    x = torch.zeros(1, 16, 2, 8, 8)  # uniform frames: every token alike
+    t = torch.full((1, 2), 500.0)
+    text = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(x, t, text), base(x, t, text))
+    flat = base(x, t, text)
+    assert (flat[..., :2, :2] - flat[..., 4:6, 4:6]).abs().max() < 1e-5  # no place differs without it
+    model.abs_pos.normal_(generator=torch.Generator().manual_seed(1))
+    out = model(x, t, text)
+    assert (out[..., :2, :2] - out[..., 4:6, 4:6]).abs().max() > 1e-2
+    assert model(torch.zeros(1, 16, 1, 12, 16), t[:, :1], text).shape == (1, 16, 1, 12, 16)
+    with pytest.raises(ValueError, match="absolute position"):
+        model.config.to_diffusers()

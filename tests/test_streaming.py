@@ -129,3 +129,19 @@ def test_impossible_inputs_are_refused(tiny_model):
                                                       policy_args={"window": 6, "sink": 4}))
     with pytest.raises(PolicyError, match="choose one of"):
         Session(_pipe(tiny_model), "p", StreamConfig(width=32, height=32, policy="nope"))
+
+
+@torch.no_grad()
+def test_stream_equals_block_causal_with_absolute_positions():
+    """The absolute position embedding (abs_pos_grid) goes on every chunk's tokens the same way in
+    the cached stream and in the full block-causal forward."""
+    from streamer.models.wan import CausalWanModel, get_config
+    from tests.conftest import randomize
+
+    model = randomize(CausalWanModel(get_config("tiny", abs_pos_grid=(2, 4)))).eval()
+    chunk, n_chunks = 3, 3
+    rec = _Recorder(model)
+    session = Session(_pipe(model), "a prompt", StreamConfig(width=64, height=32, chunk_frames=chunk,
+                                                             policy="window", policy_args={"window": 21}, seed=7))
+    list(session.stream(chunk * n_chunks))
+    assert_stream_equals_block_causal(model, rec, chunk, n_chunks, len(session.timesteps))

@@ -587,3 +587,29 @@ def test_every_shipped_recipe_uses_known_keys_and_a_typo_is_one_line(tmp_path, m
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="top level: unknown key 'sead'"):
         check_recipe_keys({**base, "sead": 1})
+
+
+def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path, monkeypatch):
+    """absolute_positions = true: a fine-tune of the shipped DiT (no position embedding) adds one of
+    the world's token grid (128 px / 16 = 8 x 8), zero at first, trains it, and writes weights whose
+    config the pipeline loads and streams from."""
+    from safetensors.torch import load_file
+
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR, Pipeline
+
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "absolute_positions": True, "lr": 1e-3}}
+    monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    out = tmp_path / "ft"
+    assert main(["train", "--smoke", "2", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
+                 "--out", str(out)]) == 0
+    pos = load_file(str(out / "dit.safetensors"))["abs_pos"]
+    assert pos.shape == (1, 192, 8, 8) and pos.abs().max() > 0
+    pipe = Pipeline.load_default(out, device=torch.device("cpu"), dtype=torch.float32)
+    assert pipe.model.config.abs_pos_grid == (8, 8)
+    from streamer.session import Session
+
+    assert Session(pipe, "a red circle on a grass background", pipe.stream_config(size=(128, 128))).step().frames.shape[0] > 0

@@ -203,6 +203,8 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     clean), or an image start whose context chunks are the model's own few-step rollout."""
     from streamer.models.sentence import load_text_encoder
     from streamer.models.trajectory_encoder import TrajectoryEncoder
+    from dataclasses import replace
+
     from streamer.models.wan import CausalWanModel, count_parameters, get_config
 
     base = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
@@ -213,6 +215,9 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     torch.manual_seed(seed)
     text_enc = load_text_encoder(r["text_encoder"])
     cfg = get_config(r["preset"])
+    if r.get("absolute_positions"):  # one embedding per patch token of the world's frame
+        stride = cfg.vae_stride[1] * cfg.patch_size[1]
+        cfg = replace(cfg, abs_pos_grid=(world.config.height // stride, world.config.width // stride))
     model = CausalWanModel(cfg).to(device)
     if cfg.text_dim != text_enc.dim or cfg.text_len != text_enc.text_len or cfg.track_channels != r["track_dim"]:
         raise ValueError("recipe: the DiT preset's text_dim/text_len/track_channels do not match the encoders")
@@ -223,7 +228,11 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
         from safetensors.torch import load_file
 
         init = resolve_path(r["init"]) / "dit.safetensors"
-        model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
+        got = model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()}, strict=False)
+        # only a new absolute position embedding may be missing (it starts at zero: the init's behaviour)
+        if got.unexpected_keys or set(got.missing_keys) - {"abs_pos"}:
+            raise ValueError(f"{init}: not this DiT's weights (missing {got.missing_keys[:3]}, "
+                             f"unexpected {got.unexpected_keys[:3]})")
         log(f"dit initialised from {init}")
     if state is not None:
         model.load_state_dict(state["model"])
@@ -236,7 +245,12 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
         first_phase, state = first_phase + 1, None
     for pi in range(first_phase, len(phases)):
         r = {**base, **phases[pi]}
-        opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
+        # the absolute position embedding learns at 10x the lr: it starts from zero inside a fine-tune
+        # of a few hundred steps, where Adam moves a weight by about lr per step
+        new = [p for n, p in model.named_parameters() if n == "abs_pos"]
+        groups = [{"params": [p for n, p in model.named_parameters() if n != "abs_pos"], "lr_scale": 1.0}]
+        groups += [{"params": new, "lr_scale": 10.0}] if new else []
+        opt = torch.optim.AdamW(groups, lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
         start, ema_state = 0, None
         if state is not None and pi == first_phase:
             opt.load_state_dict(state["opt"])
@@ -309,7 +323,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                              history_background=r.get("noise_rollout_background", 1.0) if noise_roll else 1.0)
             counts["guided"] += guided
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, r["steps"], r["lr"], r["warmup"], time_frac=time_fraction(r, t0))
+            g["lr"] = g.get("lr_scale", 1.0) * cosine_lr(step, r["steps"], r["lr"], r["warmup"],
+                                                         time_frac=time_fraction(r, t0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -629,12 +644,12 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # every key a training section ([vae], [dit], [finetune] and their [[...phases]]) may set; a key
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
-    batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames freeze_encoder guidance_p
-    guidance_scale guidance_target guidance_teacher image_chunks image_start init keep_every keep_first_tracks
-    latent_frames latent_l2 latent_noise lr max_minutes noise_rollout noise_rollout_background paraphrase phases
-    preset rollout rollout_chunks rollout_steps soup_with_start spawn_text sprite_weight stats_clips steps
-    stop_step text_dropout text_encoder text_only time_schedule timestep_shift track_dim track_dropout warmup
-    weight_decay""".split())
+    absolute_positions batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames
+    freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher image_chunks image_start init
+    keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
+    noise_rollout_background paraphrase phases preset rollout rollout_chunks rollout_steps soup_with_start
+    spawn_text sprite_weight stats_clips steps stop_step text_dropout text_encoder text_only time_schedule
+    timestep_shift track_dim track_dropout warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
 
