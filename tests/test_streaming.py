@@ -68,14 +68,18 @@ def assert_stream_equals_block_causal(model, rec: _Recorder, chunk: int, n_chunk
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
+def _stream_and_check(model, chunk: int = 3, n_chunks: int = 4) -> None:
+    """Stream `n_chunks` chunks of 64x32 through a window of 21 and check them against one forward."""
+    rec = _Recorder(model)
+    session = Session(_pipe(model), "a prompt", StreamConfig(width=64, height=32, chunk_frames=chunk,
+                                                             policy="window", policy_args={"window": 21}, seed=7))
+    list(session.stream(chunk * n_chunks))
+    assert_stream_equals_block_causal(model, rec, chunk, n_chunks, len(session.timesteps))
+
+
 @torch.no_grad()
 def test_stream_equals_block_causal_teacher_forcing(tiny_model):
-    chunk, n_chunks = 3, 4
-    rec = _Recorder(tiny_model)
-    session = Session(_pipe(tiny_model), "a prompt", StreamConfig(width=64, height=32, chunk_frames=chunk,
-                                                                   policy="window", policy_args={"window": 21}, seed=7))
-    list(session.stream(chunk * n_chunks))
-    assert_stream_equals_block_causal(tiny_model, rec, chunk, n_chunks, len(session.timesteps))
+    _stream_and_check(tiny_model)
 
 
 @torch.no_grad()
@@ -138,10 +142,4 @@ def test_stream_equals_block_causal_with_absolute_positions():
     from streamer.models.wan import CausalWanModel, get_config
     from tests.conftest import randomize
 
-    model = randomize(CausalWanModel(get_config("tiny", abs_pos_grid=(2, 4)))).eval()
-    chunk, n_chunks = 3, 3
-    rec = _Recorder(model)
-    session = Session(_pipe(model), "a prompt", StreamConfig(width=64, height=32, chunk_frames=chunk,
-                                                             policy="window", policy_args={"window": 21}, seed=7))
-    list(session.stream(chunk * n_chunks))
-    assert_stream_equals_block_causal(model, rec, chunk, n_chunks, len(session.timesteps))
+    _stream_and_check(randomize(CausalWanModel(get_config("tiny", abs_pos_grid=(2, 4)))).eval(), n_chunks=3)
