@@ -18,6 +18,7 @@ import math
 import shutil
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +204,6 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     clean), or an image start whose context chunks are the model's own few-step rollout."""
     from streamer.models.sentence import load_text_encoder
     from streamer.models.trajectory_encoder import TrajectoryEncoder
-    from dataclasses import replace
-
     from streamer.models.wan import CausalWanModel, count_parameters, get_config
 
     base = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
@@ -417,12 +416,11 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     idx = block_index(n_lat, blocks if blocks is not None else chunk)
     keep = rng.random((r["batch"], int(idx[-1]) + 1)) >= r["track_dropout"]
     if r.get("keep_first_tracks") and (blocks is None or isinstance(blocks, int)):
-        # the world's rule: a stream whose first chunk has no tracks is in the spawn layout. A
-        # random-layout clip that loses its first chunk's tracks contradicts it, and the model learns
-        # to hedge between the spawn point and anywhere: measured on v6, the sprite's latent at the
-        # spawn point comes out ~0.6 of the way from the background's, which the decoder draws
-        # yellow as orange and orange as red (with the tracks given, the same prompts come out
-        # right). An image start shows where its sprites are, so its first chunk may lose them.
+        # the world's rule: a stream whose first chunk has no tracks is in the spawn layout, which a
+        # random-layout clip without its first chunk's tracks contradicts (in phase 6's mix, 17% of
+        # the track-free first chunks). Removing it alone barely strengthened a prompt alone's weak
+        # first sprite (README, "v7"). An image start shows where its sprites are, so its first
+        # chunk may lose them.
         keep[:, 0] = True
     keep[text_only] = False
     keep = torch.from_numpy(keep).float()[:, idx]
