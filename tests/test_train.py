@@ -613,3 +613,105 @@ def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path,
     from streamer.session import Session
 
     assert Session(pipe, "a red circle on a grass background", pipe.stream_config(size=(128, 128))).step().frames.shape[0] > 0
+
+
+def _shipped_vae():
+    from streamer.pipeline import WEIGHTS_DIR
+
+    return TinyVAE.from_file(WEIGHTS_DIR / "vae.safetensors")
+
+
+def test_rerender_continues_the_truth_from_where_the_sample_put_its_sprites():
+    """rerender: decode the model's first latent frame, find each sprite near its spawn point, and
+    re-render the text-only clip from there (same motion), encoded; a sprite too far from its spawn
+    point (or not drawn) keeps the world's spawn point."""
+    from streamer.world.train import own_starts, rerender, sprite_cells
+
+    vae, w = _shipped_vae(), World()
+    seed = next(s for s in range(40) if len(w.scene(s).sprites) == 2)
+    base = w.clip(seed, 9, spawn=True)
+    spawn = w.spawn_points(2)
+    starts = spawn + np.array([[6.0, -4.0], [0.0, 30.0]], np.float32)  # the second beyond `within`
+    drawn = w.clip(seed, 9, spawn=True, starts=starts)
+    with torch.no_grad():
+        first = vae.encode(to_video(drawn.frames[None]))[:, :, :1]
+    r = {"paraphrase": False, "rerender_within": 16.0}
+    x0, cells, new = rerender(w, vae, [base], first, 9, r)
+    got = new[0].trajectory.tracks[0]
+    assert np.hypot(*(got[0] - starts[0])) < 1.5  # the sample's place, to within the autoencoder's blur
+    assert np.allclose(got[1], spawn[1])  # too far: the spawn point
+    with torch.no_grad():
+        assert torch.allclose(x0, vae.encode(to_video(new[0].frames[None])))
+    assert torch.equal(cells, sprite_cells(new, 3, (16, 16)))
+    blank = base.background.copy()  # nothing drawn: the spawn points
+    assert np.allclose(own_starts(w, base, blank, 16.0), spawn)
+
+
+class _Flow(torch.nn.Module):
+    """A stand-in DiT for sample_loss: v = (x - x0) / sigma, so its x0 prediction is x0 (None: v = 0);
+    records whether each call had gradients on."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0, self.grad, self.w = x0, [], torch.nn.Parameter(torch.ones(()))
+
+    def encode_text(self, text):
+        return text
+
+    def forward(self, x, t, text, chunk_frames=None, tracks=None):
+        self.grad.append(torch.is_grad_enabled())
+        sigma = t[:, None, :, None, None] / 1000
+        target = torch.zeros_like(x) if self.x0 is None else (x - self.x0) / sigma
+        return self.w * target
+
+
+def test_sample_loss_regresses_the_samplers_own_x0_on_the_truth_with_gradient_at_the_exit_step():
+    """sample_loss samples a prompt alone's first chunk with the few-step sampler and regresses the x0
+    prediction of one exit step (gradients only there, as Self-Forcing) on the truth: zero for a
+    model whose x0 prediction is the truth, large for one that predicts the noise; with rerender,
+    near zero still (the truth re-rendered where the perfect sample drew the sprites)."""
+    from streamer.world.train import sample_loss
+
+    class Text:
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), 4, 8)
+
+    vae, w = _shipped_vae(), World()
+    r = {"batch": 2, "paraphrase": False, "track_dim": 8, "sprite_weight": 4.0}
+    exits = set()
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        clips = [w.clip(int(rng.integers(1 << 30)), 9, spawn=True) for _ in range(2)]
+        with torch.no_grad():
+            truth = vae.encode(to_video(np.stack([c.frames for c in clips])))
+        perfect, blind = _Flow(truth), _Flow(None)
+        for rr in (r, {**r, "rerender": True}):
+            exact = sample_loss(perfect, vae, w, np.random.default_rng(seed), rr, Text(), 3, torch.device("cpu"))
+            wrong = sample_loss(blind, vae, w, np.random.default_rng(seed), rr, Text(), 3, torch.device("cpu"))
+            assert wrong > 0.5
+            assert exact < (1e-8 if rr is r else 0.05 * wrong)
+            exact.backward()
+        calls = perfect.grad[: len(perfect.grad) // 2]
+        assert calls[-1] and not any(calls[:-1])  # the exit step alone has gradients
+        exits.add(len(calls) - 1)
+    assert len(exits) > 1  # the exit step is drawn
+
+
+def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypatch):
+    """A fine-tune with `sample_loss` (every step on the model's own first-chunk sample) and one with
+    `rerender` on rollouts from noise of text-only clips run from the shipped weights and log their modes."""
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR
+
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    phases = [{"sample_loss": 1.0, "rerender": True},
+              {"sample_loss": 0.0, "rerender": True, "noise_rollout": 1.0, "image_start": 0.0, "text_only": 1.0}]
+    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
+    monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    out = tmp_path / "ft"
+    assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
+                 "--out", str(out)]) == 0
+    log = (out / "train.log").read_text()
+    assert "dit p0_step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log

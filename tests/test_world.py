@@ -142,3 +142,24 @@ def test_text_only_layout_spawns_at_fixed_points_and_bounces():
                     assert c is not None and np.hypot(c[0] - tr[t, n, 0], c[1] - tr[t, n, 1]) < 1.5
     assert np.allclose(w.spawn_points(1), [[64, 64]])
     assert len({c.scene.background for c in clips} | {c.prompt for c in clips}) > 2
+
+
+def test_text_only_layout_can_start_elsewhere_with_the_same_motion():
+    """World.clip(spawn=True, starts=...): the text-only clip continued from other start points (where
+    a model drew its sprites): frame 0 is drawn there, and the sprites move as from the spawn points
+    (same heading and speed) until a wall; starts need the text-only layout and one (x, y) per sprite."""
+    w = World()
+    seed = next(s for s in range(40) if len(w.scene(s).sprites) == 2)
+    base = w.clip(seed, 9, spawn=True)
+    starts = w.spawn_points(2) + np.array([[5.0, -3.0], [-4.0, 2.0]], np.float32)
+    moved = w.clip(seed, 9, spawn=True, starts=starts)
+    assert np.allclose(moved.trajectory.tracks[0], starts)
+    assert np.allclose(np.diff(moved.trajectory.tracks, axis=0), np.diff(base.trajectory.tracks, axis=0), atol=1e-4)
+    assert moved.prompt == base.prompt and np.array_equal(moved.background, base.background)
+    for n, s in enumerate(moved.scene.sprites):
+        c = colour_centroid(moved.frames[0], s.rgb)
+        assert c is not None and np.hypot(c[0] - starts[n, 0], c[1] - starts[n, 1]) < 1.5
+    with pytest.raises(ValueError, match="spawn=True"):
+        w.clip(seed, 9, starts=starts)
+    with pytest.raises(ValueError, match=r"\[2, 2\]"):
+        w.clip(seed, 9, spawn=True, starts=starts[:1])

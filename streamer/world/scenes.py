@@ -188,10 +188,16 @@ class World:
         w, h = self.config.width, self.config.height
         return np.array([[w * (i + 1) / (n + 1), h / 2] for i in range(n)], np.float32)
 
-    def trajectory(self, scene: Scene, num_frames: int) -> Trajectory:
+    def trajectory(self, scene: Scene, num_frames: int, starts: np.ndarray | None = None) -> Trajectory:
+        """The scene's tracks over num_frames video frames. starts: float [n, 2] (x, y pixels), where
+        the text-only layout's sprites start instead of the spawn points (their heading and speed
+        stay the world's): the same clip continued from where a model put its sprites."""
         cfg = self.config
         tracks = np.zeros((num_frames, len(scene.sprites), 2), np.float32)
-        starts = self.spawn_points(len(scene.sprites))
+        if starts is None:
+            starts = self.spawn_points(len(scene.sprites))
+        elif np.shape(starts) != (len(scene.sprites), 2):
+            raise ValueError(f"starts must be [{len(scene.sprites)}, 2] (x, y per sprite), got {np.shape(starts)}")
         for n, (sprite, motion) in enumerate(zip(scene.sprites, scene.motions)):
             rng = np.random.default_rng([scene.seed, 2, n])
             if motion == "spawn":  # a straight bounce from the spawn point, the same for every seed
@@ -322,11 +328,16 @@ class World:
             frames[i] = img
         return frames
 
-    def clip(self, seed: int, num_frames: int = 45, paraphrase: bool = False, spawn: bool = False) -> Clip:
+    def clip(self, seed: int, num_frames: int = 45, paraphrase: bool = False, spawn: bool = False,
+             starts: np.ndarray | None = None) -> Clip:
         """The clip of a seed: frames, ground-truth trajectory and prompt (a paraphrase if asked).
-        spawn: the text-only layout (spawn points, fixed bounce; see the module docstring)."""
+        spawn: the text-only layout (spawn points, fixed bounce; see the module docstring). starts
+        (float [n, 2], pixels; spawn only): the sprites start there instead (`trajectory`).
+        Raises ValueError for starts without spawn."""
+        if starts is not None and not spawn:
+            raise ValueError("starts move the text-only layout's sprites: pass spawn=True")
         scene = self.spawn_scene(seed) if spawn else self.scene(seed)
-        traj = self.trajectory(scene, num_frames)
+        traj = self.trajectory(scene, num_frames, starts)
         bg = self.background(scene.background, seed)
         prompt = scene.prompt(np.random.default_rng([seed, 4]) if paraphrase else None)
         return Clip(self.render(bg, scene.sprites, traj), traj, prompt, scene, bg)

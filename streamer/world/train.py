@@ -293,34 +293,24 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         save_dit(model, soup_start)
     null_text = text_enc.encode([" "]).to(device).clone() if teacher is not None else None
     for step in bar:
-        # the step's layout: teacher forcing from frame 0, or an image start (blocks [1, chunk, ...])
+        # the step's layout: teacher forcing from frame 0, or an image start (blocks [1, chunk, ...]),
+        # or a prompt alone's own first-chunk sample (p = sample_loss, `sample_loss`)
         # (no draws when off: the teacher-forcing stage keeps the clip stream it was trained on)
-        image = r.get("image_start", 0.0) > 0 and rng.random() < r["image_start"]
+        own = r.get("sample_loss", 0.0) > 0 and rng.random() < r["sample_loss"]
+        image = not own and r.get("image_start", 0.0) > 0 and rng.random() < r["image_start"]
         roll = image and r.get("rollout", 0.0) > 0 and rng.random() < r["rollout"]
         # a stream without a start image: its first chunk too is the model's own (p = noise_rollout)
-        noise_roll = not image and r.get("noise_rollout", 0.0) > 0 and rng.random() < r["noise_rollout"]
-        mode = "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
-        counts[mode] += 1
-        if image:
-            k = int(r.get("image_chunks", 3))
-            blocks, nl = (1,) + (chunk,) * k, 1 + chunk * k
+        noise_roll = not own and not image and r.get("noise_rollout", 0.0) > 0 and rng.random() < r["noise_rollout"]
+        mode = "sample" if own else "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
+        counts[mode] = counts.get(mode, 0) + 1
+        if own:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
+                loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
         else:
-            blocks, nl = chunk, n_lat
-        x0, text, tracks, sprites = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1), nl, chunk,
-                                              device, blocks=blocks)
-        # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
-            ctx = None
-            if roll or noise_roll:  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
-                ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r,
-                                      from_noise=noise_roll)
-            # guided teacher targets on teacher-forced and image-start steps (p = guidance_p); a rollout
-            # keeps the truth as its target: the point of it is to steer own history back to the truth
-            guided = teacher is not None and mode in ("tf", "image") and rng.random() < r.get("guidance_p", 1.0)
-            loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx, skip_first=image, sprites=sprites,
-                             teacher=teacher if guided else None, null_text=null_text,
-                             history_background=r.get("noise_rollout_background", 1.0) if noise_roll else 1.0)
-            counts["guided"] += guided
+            k = int(r.get("image_chunks", 3))
+            blocks, nl = ((1,) + (chunk,) * k, 1 + chunk * k) if image else (chunk, n_lat)
+            loss = _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk,
+                              blocks, nl, mode, counts)
         for g in opt.param_groups:
             g["lr"] = g.get("lr_scale", 1.0) * cosine_lr(step, r["steps"], r["lr"], r["warmup"],
                                                          time_frac=time_fraction(r, t0))
@@ -361,6 +351,35 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
             break
 
 
+def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk, blocks, nl: int,
+               mode: str, counts: dict) -> torch.Tensor:
+    """The loss of one flow-matching step of _train_dit_phase: teacher forcing, an image start, or a
+    rollout (from the true first frame, or from noise) whose context is the model's own samples."""
+    image, noise_roll = mode in ("image", "rollout"), mode == "noise rollout"
+    x0, text, tracks, sprites, clips, text_only = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1),
+                                                             nl, chunk, device, blocks=blocks, with_clips=True)
+    # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
+        ctx = None
+        if mode in ("rollout", "noise rollout"):  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
+            ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r,
+                                  from_noise=noise_roll)
+            if noise_roll and r.get("rerender") and text_only.any():
+                # a prompt alone's truth goes on from where the model's own first chunk put its sprites
+                idx = np.nonzero(text_only)[0]
+                new_x0, new_sprites, _ = rerender(world, vae, [clips[i] for i in idx], ctx[idx, :, :1], 1 + 4 * (nl - 1), r)
+                x0, sprites = x0.clone(), sprites.clone()
+                x0[idx], sprites[idx] = new_x0.to(x0.dtype), new_sprites
+        # guided teacher targets on teacher-forced and image-start steps (p = guidance_p); a rollout
+        # keeps the truth as its target: the point of it is to steer own history back to the truth
+        guided = teacher is not None and mode in ("tf", "image") and rng.random() < r.get("guidance_p", 1.0)
+        loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx, skip_first=image, sprites=sprites,
+                         teacher=teacher if guided else None, null_text=null_text,
+                         history_background=r.get("noise_rollout_background", 1.0) if noise_roll else 1.0)
+    counts["guided"] += guided
+    return loss
+
+
 @torch.no_grad()
 def soup_into(model, start: Path, a: float, weight_ema: WeightEMA | None = None) -> None:
     """Set `model`'s floating-point weights to (1 - a) * end + a * start, where end is the model
@@ -393,9 +412,11 @@ def resolve_path(p: str | Path) -> Path:
     return Path(__file__).parent.parent.parent / p
 
 
-def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None):
+def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None,
+              with_clips: bool = False):
     """Latents x0 [B, C, n_lat, h, w], text embeddings, track channels [B, C_track, n_lat, h, w] and
-    sprite cells [B, 1, n_lat, h, w] (`sprite_cells`) of a batch of fresh clips. Tracks are dropped per
+    sprite cells [B, 1, n_lat, h, w] (`sprite_cells`) of a batch of fresh clips (with_clips: then
+    also the clips and the text-only mask, bool [B], for `rerender`). Tracks are dropped per
     block (p = track_dropout) and, with p = text_only, for the whole clip (a prompt alone must make its
     sprites); text-only clips always keep their prompt and, with `spawn_text`, are the world's
     text-only layout (World.clip(spawn=True): spawn points, fixed bounce)."""
@@ -425,7 +446,84 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     keep[text_only] = False
     keep = torch.from_numpy(keep).float()[:, idx]
     tracks = tracks * keep[:, None, :, None, None].to(device)
-    return x0, text, tracks, sprite_cells(clips, n_lat, (h, w)).to(device)
+    out = x0, text, tracks, sprite_cells(clips, n_lat, (h, w)).to(device)
+    return (*out, clips, text_only) if with_clips else out
+
+
+def own_starts(world: World, clip, frame: np.ndarray, within: float, tol: float = 90.0) -> np.ndarray:
+    """float [n, 2] (x, y pixels): where a model drew the n sprites of a text-only clip in a frame
+    (uint8 [H, W, 3], its first video frame): the centroid of each sprite's colour (RGB distance <
+    tol, at least 6 pixels) within `within` px of the sprite's spawn point, else the spawn point (a
+    sprite the model did not draw there keeps the world's rule)."""
+    spawn = world.spawn_points(len(clip.scene.sprites))
+    yy, xx = np.mgrid[: frame.shape[0], : frame.shape[1]]
+    starts = spawn.copy()
+    for n, sprite in enumerate(clip.scene.sprites):
+        near = (xx - spawn[n, 0]) ** 2 + (yy - spawn[n, 1]) ** 2 < within ** 2
+        hit = near & (np.linalg.norm(frame.astype(np.float32) - np.asarray(sprite.rgb, np.float32), axis=-1) < tol)
+        if hit.sum() >= 6:
+            starts[n] = xx[hit].mean(), yy[hit].mean()
+    return starts
+
+
+@torch.no_grad()
+def rerender(world: World, vae, clips, first: torch.Tensor, n_video: int, r: dict):
+    """The truth of text-only clips continued from where the model put their sprites: each clip of
+    the world's text-only layout re-rendered with its sprites starting where the model's first
+    latent frame (first [B, C, 1, h, w], decoded) shows them (`own_starts`, within `rerender_within`
+    px of the spawn point, default 16: two latent cells), with the world's heading and speed.
+    Without it the loss asks a sprite the model placed a few pixels off the centre (RoPE gives the
+    DiT no absolute position) to jump there, and its least-squares answer is a faint sprite spread
+    over both places (README, "v8"). Returns (x0 [B, C, n_lat, h, w], sprite cells, clips)."""
+    frames = ((vae.decode(first.float()).clamp(-1, 1) + 1) * 127.5).round().byte()  # [B, 3, 1, H, W]
+    frames = frames[:, :, 0].permute(0, 2, 3, 1).cpu().numpy()
+    within = float(r.get("rerender_within", 16.0))
+    new = [world.clip(c.scene.seed, n_video, paraphrase=r["paraphrase"], spawn=True,
+                      starts=own_starts(world, c, f, within)) for c, f in zip(clips, frames)]
+    x0 = vae.encode(to_video(np.stack([c.frames for c in new])).to(first.device))
+    return x0, sprite_cells(new, x0.shape[2], x0.shape[-2:]).to(first.device), new
+
+
+def sample_loss(model, vae, world, rng, r, text_enc, chunk: int, device: torch.device) -> torch.Tensor:
+    """Self-Forcing's loss on the model's own sample, against this world's truth: a batch of
+    text-only clips (the world's text-only layout, prompt only); their first chunk is sampled from
+    noise by the few-step sampler (SamplerConfig, or `rollout_steps`), without gradient up to an
+    exit step drawn uniformly (as Self-Forcing draws it per chunk), and the x0 prediction of that
+    step, with gradient, is regressed on the truth (`rerender`ed from where that prediction put the
+    sprites when `rerender` is set). Flow matching trains x0 predictions on noised truths; this
+    trains them on the inputs the sampler feeds them, its own earlier predictions re-noised, which
+    for a prompt alone hold a faint sprite (first chunk: 0.58 of the true sprite's latent at the
+    best place; with tracks 0.94). Weights: 1 + sprite_weight on sprite cells,
+    `sample_background` (default 0.1) elsewhere (the background texture is the model's own draw,
+    so regressing it on the truth's would blur it). Returns the scalar loss."""
+    from streamer.sampler import SamplerConfig
+
+    n_video = 1 + 4 * (chunk - 1)
+    seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
+    clips = [world.clip(s, n_video, paraphrase=r["paraphrase"], spawn=True) for s in seeds]
+    with torch.no_grad():
+        x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
+    text = model.encode_text(text_enc.encode([c.prompt for c in clips]).to(device).clone())
+    b, _, _, h, w = x0.shape
+    tracks = torch.zeros(b, r["track_dim"], chunk, h, w, device=device)
+    times = SamplerConfig(**({"steps": tuple(r["rollout_steps"])} if r.get("rollout_steps") else {})).timesteps()
+    exit_step = int(rng.integers(len(times)))
+    x = torch.randn_like(x0)
+    for i, t in enumerate(times):
+        tt = torch.full((b, chunk), float(t), device=device)
+        with torch.set_grad_enabled(i == exit_step):
+            x0_hat = x - t / 1000 * model(x, tt, text, chunk_frames=chunk, tracks=tracks).float()
+        if i == exit_step:
+            break
+        nxt = times[i + 1] / 1000
+        x = (1 - nxt) * x0_hat + nxt * torch.randn_like(x0_hat)
+    if r.get("rerender"):
+        x0, sprites, _ = rerender(world, vae, clips, x0_hat[:, :, :1].detach(), n_video, r)
+    else:
+        sprites = sprite_cells(clips, chunk, (h, w)).to(device)
+    bg = float(r.get("sample_background", 0.1))
+    weight = bg + (1.0 + r.get("sprite_weight", 0.0) - bg) * sprites
+    return (((x0_hat - x0) ** 2) * weight).mean()
 
 
 def sprite_cells(clips, n_lat: int, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -645,8 +743,9 @@ TRAINING_KEYS = frozenset("""
     absolute_positions batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher image_chunks image_start init
     keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
-    noise_rollout_background paraphrase phases preset rollout rollout_chunks rollout_steps soup_with_start
-    spawn_text sprite_weight stats_clips steps stop_step text_dropout text_encoder text_only time_schedule
+    noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
+    rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
+    stop_step text_dropout text_encoder text_only time_schedule
     timestep_shift track_dim track_dropout warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
