@@ -361,13 +361,15 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
     # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
         ctx = None
-        if mode in ("rollout", "noise rollout"):  # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
+        # Self-Forcing's exposure-bias cure, against the truth: the history is the model's own
+        if mode in ("rollout", "noise rollout"):
             ctx = rollout_context(model, x0, text, tracks, blocks, int(r.get("rollout_chunks", 2)), r,
                                   from_noise=noise_roll)
             if noise_roll and r.get("rerender") and text_only.any():
                 # a prompt alone's truth goes on from where the model's own first chunk put its sprites
                 idx = np.nonzero(text_only)[0]
-                new_x0, new_sprites, _ = rerender(world, vae, [clips[i] for i in idx], ctx[idx, :, :1], 1 + 4 * (nl - 1), r)
+                new_x0, new_sprites, _ = rerender(world, vae, [clips[i] for i in idx], ctx[idx, :, :1],
+                                                  1 + 4 * (nl - 1), r)
                 x0, sprites = x0.clone(), sprites.clone()
                 x0[idx], sprites[idx] = new_x0.to(x0.dtype), new_sprites
         # guided teacher targets on teacher-forced and image-start steps (p = guidance_p); a rollout
@@ -472,9 +474,10 @@ def rerender(world: World, vae, clips, first: torch.Tensor, n_video: int, r: dic
     the world's text-only layout re-rendered with its sprites starting where the model's first
     latent frame (first [B, C, 1, h, w], decoded) shows them (`own_starts`, within `rerender_within`
     px of the spawn point, default 16: two latent cells), with the world's heading and speed.
-    Without it the loss asks a sprite the model placed a few pixels off the centre (RoPE gives the
-    DiT no absolute position) to jump there, and its least-squares answer is a faint sprite spread
-    over both places (README, "v8"). Returns (x0 [B, C, n_lat, h, w], sprite cells, clips)."""
+    The idea: without it the loss asks a sprite the model placed a few pixels off the centre (RoPE
+    gives the DiT no absolute position) to jump there, whose least-squares answer is a faint sprite
+    spread over both places. Tried with `sample_loss`, it changed nothing measurable (README, "After v7").
+    Returns (x0 [B, C, n_lat, h, w], sprite cells, clips)."""
     frames = ((vae.decode(first.float()).clamp(-1, 1) + 1) * 127.5).round().byte()  # [B, 3, 1, H, W]
     frames = frames[:, :, 0].permute(0, 2, 3, 1).cpu().numpy()
     within = float(r.get("rerender_within", 16.0))
