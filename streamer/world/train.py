@@ -457,12 +457,14 @@ def own_starts(world: World, clip, frame: np.ndarray, within: float, tol: float 
     (uint8 [H, W, 3], its first video frame): the centroid of each sprite's colour (RGB distance <
     tol, at least 6 pixels) within `within` px of the sprite's spawn point, else the spawn point (a
     sprite the model did not draw there keeps the world's rule)."""
+    from streamer.world.evaluate import has_colour
+
     spawn = world.spawn_points(len(clip.scene.sprites))
     yy, xx = np.mgrid[: frame.shape[0], : frame.shape[1]]
     starts = spawn.copy()
     for n, sprite in enumerate(clip.scene.sprites):
         near = (xx - spawn[n, 0]) ** 2 + (yy - spawn[n, 1]) ** 2 < within ** 2
-        hit = near & (np.linalg.norm(frame.astype(np.float32) - np.asarray(sprite.rgb, np.float32), axis=-1) < tol)
+        hit = near & has_colour(frame, sprite.rgb, tol)
         if hit.sum() >= 6:
             starts[n] = xx[hit].mean(), yy[hit].mean()
     return starts
@@ -478,8 +480,9 @@ def rerender(world: World, vae, clips, first: torch.Tensor, n_video: int, r: dic
     gives the DiT no absolute position) to jump there, whose least-squares answer is a faint sprite
     spread over both places. Tried with `sample_loss`, it changed nothing measurable (README, "After v7").
     Returns (x0 [B, C, n_lat, h, w], sprite cells, clips)."""
-    frames = ((vae.decode(first.float()).clamp(-1, 1) + 1) * 127.5).round().byte()  # [B, 3, 1, H, W]
-    frames = frames[:, :, 0].permute(0, 2, 3, 1).cpu().numpy()
+    from streamer.models.frames import video_to_uint8
+
+    frames = video_to_uint8(vae.decode(first.float()))[:, 0]  # [B, H, W, 3]
     within = float(r.get("rerender_within", 16.0))
     new = [world.clip(c.scene.seed, n_video, paraphrase=r["paraphrase"], spawn=True,
                       starts=own_starts(world, c, f, within)) for c, f in zip(clips, frames)]
