@@ -214,6 +214,38 @@ def test_spawn_text_makes_text_only_clips_the_worlds_text_only_layout():
     assert torch.equal(first({**r, "spawn_text": True, "text_only": 0.0})[0], want(w.clip(seed, 5)))
 
 
+def test_text_only_offset_starts_text_only_clips_later_in_their_motion():
+    """text_offset (the `text_only_offset` key, on image layouts): each text-only clip is the
+    text-only layout's clip from a frame drawn in [0, text_offset), past the spawn point's first
+    bounce; clips with tracks still start at frame 0."""
+    from streamer.world.train import dit_batch
+
+    class Text:
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), 4, 8)
+
+    class Vae:  # identity "latents": the frames themselves
+        def encode(self, video):
+            return video
+
+    w = World()
+    r = {"batch": 3, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 1.0,
+         "spawn_text": True}
+    got = dit_batch(w, np.random.default_rng(2), r, Vae(), Text(), TrajectoryEncoder(8), 5, 2, 1, torch.device("cpu"),
+                    with_clips=True, text_offset=300)[4]
+    rng = np.random.default_rng(2)
+    seeds = [int(rng.integers(1 << 30)) for _ in range(3)]
+    rng.random(3)
+    offsets = rng.integers(0, 300, 3)
+    assert offsets.max() > 0
+    for clip, seed, o in zip(got, seeds, offsets):
+        want = w.clip(seed, 5 + int(o), spawn=True)
+        assert np.array_equal(clip.frames, want.frames[o:]) and np.allclose(clip.trajectory.tracks, want.trajectory.tracks[o:])
+    tracked = dit_batch(w, np.random.default_rng(2), {**r, "text_only": 0.0}, Vae(), Text(), TrajectoryEncoder(8), 5, 2,
+                        1, torch.device("cpu"), with_clips=True, text_offset=300)[4]
+    assert all(np.array_equal(c.frames, w.clip(s, 5).frames) for c, s in zip(tracked, seeds))
+
+
 def test_cosine_schedule_ends_at_the_time_cap_when_time_runs_ahead():
     from streamer.world.train import cosine_lr
 
@@ -591,8 +623,8 @@ def test_every_shipped_recipe_uses_known_keys_and_a_typo_is_one_line(tmp_path, m
 
 def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path, monkeypatch):
     """absolute_positions = true: a fine-tune of the shipped DiT (no position embedding) adds one of
-    the world's token grid (128 px / 16 = 8 x 8), zero at first, trains it, and writes weights whose
-    config the pipeline loads and streams from."""
+    the world's token grid (128 px / 16 = 8 x 8), zero at first, trains it at abs_pos_lr_scale x the
+    lr, and writes weights whose config the pipeline loads and streams from."""
     from safetensors.torch import load_file
 
     import streamer.world.train as train
@@ -601,13 +633,23 @@ def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path,
 
     base = load_recipe(DEFAULT_RECIPE)
     ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
-    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "absolute_positions": True, "lr": 1e-3}}
+    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "absolute_positions": True, "lr": 1e-3,
+                                   "abs_pos_lr_scale": 30.0}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    scales = []  # (lr_scale, parameter count) of each optimizer group
+    adamw = torch.optim.AdamW
+
+    def recording_adamw(groups, **kw):
+        scales.extend((g["lr_scale"], sum(p.numel() for p in g["params"])) for g in groups)
+        return adamw(groups, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording_adamw)
     out = tmp_path / "ft"
     assert main(["train", "--smoke", "2", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
                  "--out", str(out)]) == 0
     pos = load_file(str(out / "dit.safetensors"))["abs_pos"]
     assert pos.shape == (1, 192, 8, 8) and pos.abs().max() > 0
+    assert scales[0][0] == 1.0 and scales[1] == (30.0, 192 * 8 * 8)  # the embedding alone learns faster
     pipe = Pipeline.load_default(out, device=torch.device("cpu"), dtype=torch.float32)
     assert pipe.model.config.abs_pos_grid == (8, 8)
     from streamer.session import Session
@@ -698,8 +740,10 @@ def test_sample_loss_regresses_the_samplers_own_x0_on_the_truth_with_gradient_at
 
 
 def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypatch):
-    """A fine-tune with `sample_loss` (every step on the model's own first-chunk sample) and one with
-    `rerender` on rollouts from noise of text-only clips run from the shipped weights and log their modes."""
+    """A fine-tune with `sample_loss` (every step on the model's own first-chunk sample), one with
+    `rerender` on rollouts from noise of text-only clips, and one with `text_only_offset` on rollouts
+    from a true first chunk (`video_start`) run from the shipped weights and log their modes; a
+    negative offset is exit 2."""
     import streamer.world.train as train
     from streamer.cli import main
     from streamer.pipeline import WEIGHTS_DIR
@@ -707,11 +751,28 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     base = load_recipe(DEFAULT_RECIPE)
     ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
     phases = [{"sample_loss": 1.0, "rerender": True},
-              {"sample_loss": 0.0, "rerender": True, "noise_rollout": 1.0, "image_start": 0.0, "text_only": 1.0}]
+              {"sample_loss": 0.0, "rerender": True, "noise_rollout": 1.0, "image_start": 0.0, "text_only": 1.0},
+              {"sample_loss": 0.0, "image_start": 1.0, "rollout": 1.0, "text_only": 1.0, "spawn_text": True,
+               "video_start": 1.0, "text_only_offset": 200}]
     recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    layouts = []  # (blocks, text_offset) of each flow step's batch
+    batch = train.dit_batch
+
+    def recording_batch(*a, blocks=None, text_offset=0, **kw):
+        layouts.append((blocks, text_offset))
+        return batch(*a, blocks=blocks, text_offset=text_offset, **kw)
+
+    monkeypatch.setattr(train, "dit_batch", recording_batch)
     out = tmp_path / "ft"
     assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
                  "--out", str(out)]) == 0
+    assert layouts[-1] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
     log = (out / "train.log").read_text()
     assert "dit p0_step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
+    assert "dit p2_step 0 loss" in log and "mode rollout" in log and "video 1" in log
+    bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
+                                  "text_only_offset": -4}}
+    monkeypatch.setattr(train, "load_recipe", lambda path: bad)
+    assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
+                 "--out", str(tmp_path / "bad")]) == 2

@@ -163,3 +163,21 @@ def test_text_only_layout_can_start_elsewhere_with_the_same_motion():
         w.clip(seed, 9, starts=starts)
     with pytest.raises(ValueError, match=r"\[2, 2\]"):
         w.clip(seed, 9, spawn=True, starts=starts[:1])
+
+
+def test_clip_offset_is_a_later_stretch_of_the_same_motion():
+    """World.clip(offset=k): frames k .. k + n of the seed's clip, tracks and pixels alike (a
+    text-only clip later on, past its first bounce off a wall); a negative offset is an error."""
+    w = World()
+    seed = next(s for s in range(40) if len(w.scene(s).sprites) == 1)
+    whole = w.clip(seed, 120, spawn=True)
+    later = w.clip(seed, 40, spawn=True, offset=80)
+    assert np.array_equal(later.trajectory.tracks, whole.trajectory.tracks[80:])
+    assert np.array_equal(later.trajectory.visible, whole.trajectory.visible[80:])
+    assert np.array_equal(later.frames, whole.frames[80:]) and later.prompt == whole.prompt
+    velocity = np.diff(whole.trajectory.tracks[:, 0], axis=0)
+    assert (np.sign(velocity[:40]) == np.sign(velocity[0])).all()  # the spawn clip's first 40 frames: no bounce
+    assert (np.sign(velocity[79:]) != np.sign(velocity[0])).any()  # the later stretch has turned at a wall
+    assert np.array_equal(w.clip(seed, 30, offset=5).frames, w.clip(seed, 35).frames[5:])  # any layout
+    with pytest.raises(ValueError, match="offset"):
+        w.clip(seed, 9, offset=-1)

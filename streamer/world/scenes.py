@@ -329,15 +329,21 @@ class World:
         return frames
 
     def clip(self, seed: int, num_frames: int = 45, paraphrase: bool = False, spawn: bool = False,
-             starts: np.ndarray | None = None) -> Clip:
+             starts: np.ndarray | None = None, offset: int = 0) -> Clip:
         """The clip of a seed: frames, ground-truth trajectory and prompt (a paraphrase if asked).
         spawn: the text-only layout (spawn points, fixed bounce; see the module docstring). starts
         (float [n, 2], pixels; spawn only): the sprites start there instead (`trajectory`).
-        Raises ValueError for starts without spawn."""
+        offset (video frames): the clip is frames offset .. offset + num_frames of the seed's motion
+        (a text-only clip later on, after bounces off the walls). Raises ValueError for starts
+        without spawn, or a negative offset."""
         if starts is not None and not spawn:
             raise ValueError("starts move the text-only layout's sprites: pass spawn=True")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0 video frames, got {offset}")
         scene = self.spawn_scene(seed) if spawn else self.scene(seed)
-        traj = self.trajectory(scene, num_frames, starts)
+        traj = self.trajectory(scene, offset + num_frames, starts)
+        if offset:
+            traj = Trajectory(traj.tracks[offset:], traj.visible[offset:], traj.fps, traj.width, traj.height)
         bg = self.background(scene.background, seed)
         prompt = scene.prompt(np.random.default_rng([seed, 4]) if paraphrase else None)
         return Clip(self.render(bg, scene.sprites, traj), traj, prompt, scene, bg)

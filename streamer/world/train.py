@@ -244,11 +244,11 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
         first_phase, state = first_phase + 1, None
     for pi in range(first_phase, len(phases)):
         r = {**base, **phases[pi]}
-        # the absolute position embedding learns at 10x the lr: it starts from zero inside a fine-tune
-        # of a few hundred steps, where Adam moves a weight by about lr per step
+        # the absolute position embedding learns at abs_pos_lr_scale (10) x the lr: it starts from zero
+        # inside a fine-tune of a few hundred steps, where Adam moves a weight by about lr per step
         new = [p for n, p in model.named_parameters() if n == "abs_pos"]
         groups = [{"params": [p for n, p in model.named_parameters() if n != "abs_pos"], "lr_scale": 1.0}]
-        groups += [{"params": new, "lr_scale": 10.0}] if new else []
+        groups += [{"params": new, "lr_scale": float(r.get("abs_pos_lr_scale", 10.0))}] if new else []
         opt = torch.optim.AdamW(groups, lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
         start, ema_state = 0, None
         if state is not None and pi == first_phase:
@@ -281,13 +281,20 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         weight_ema = WeightEMA(model, float(r["ema_decay"]), ema_state)
         log(f"dit {tag}weights averaged with decay {weight_ema.decay}: dit.safetensors holds the average")
     bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
-    counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0}
+    counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
+              **({"video": 0} if r.get("video_start") else {})}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
     # soup_with_start = a: the phase ends on (1 - a) * its weights + a * its start weights (a uniform
     # model soup of a fine-tune and its start, Wortsman et al. 2022); the start is kept in the folder
     soup = float(r.get("soup_with_start", 0.0))
     if not 0.0 <= soup < 1.0:
         raise ValueError(f"soup_with_start must be in [0, 1), got {soup}")
+    offset = r.get("text_only_offset", 0)
+    if not isinstance(offset, int) or offset < 0 or (offset and not (r.get("spawn_text") and r.get("video_start"))):
+        raise ValueError(f"text_only_offset must be a whole number of video frames >= 0, used with "
+                         f"spawn_text = true and video_start > 0; got {offset!r}")
+    if not 0.0 <= r.get("video_start", 0.0) <= 1.0 or (r.get("video_start") and int(r.get("image_chunks", 3)) < 2):
+        raise ValueError(f"video_start must be a share in [0, 1], with image_chunks >= 2; got {r.get('video_start')!r}")
     soup_start = out / f"{tag}start.safetensors"
     if soup and (start == 0 or not soup_start.is_file()):
         save_dit(model, soup_start)
@@ -301,14 +308,19 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         roll = image and r.get("rollout", 0.0) > 0 and rng.random() < r["rollout"]
         # a stream without a start image: its first chunk too is the model's own (p = noise_rollout)
         noise_roll = not own and not image and r.get("noise_rollout", 0.0) > 0 and rng.random() < r["noise_rollout"]
+        # an image start whose first block is a whole clean chunk more (p = video_start): a video's
+        # last frames, as `generate --continue` gives them, which show the sprites' motion too
+        video = image and r.get("video_start", 0.0) > 0 and rng.random() < r["video_start"]
         mode = "sample" if own else "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
         counts[mode] = counts.get(mode, 0) + 1
+        if video:
+            counts["video"] += 1
         if own:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
                 loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
         else:
             k = int(r.get("image_chunks", 3))
-            blocks, nl = ((1,) + (chunk,) * k, 1 + chunk * k) if image else (chunk, n_lat)
+            blocks, nl = ((1 + chunk * video,) + (chunk,) * (k - video), 1 + chunk * k) if image else (chunk, n_lat)
             loss = _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk,
                               blocks, nl, mode, counts)
         for g in opt.param_groups:
@@ -356,8 +368,12 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
     """The loss of one flow-matching step of _train_dit_phase: teacher forcing, an image start, or a
     rollout (from the true first frame, or from noise) whose context is the model's own samples."""
     image, noise_roll = mode in ("image", "rollout"), mode == "noise rollout"
+    # a later stretch of a prompt alone's stream, after bounces: only where its start shows the
+    # motion (a video start), since one frame cannot tell which way a bounced sprite is heading
+    offset = int(r.get("text_only_offset", 0)) if image and not isinstance(blocks, int) and blocks[0] > 1 else 0
     x0, text, tracks, sprites, clips, text_only = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1),
-                                                             nl, chunk, device, blocks=blocks, with_clips=True)
+                                                             nl, chunk, device, blocks=blocks, with_clips=True,
+                                                             text_offset=offset)
     # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
         ctx = None
@@ -415,19 +431,24 @@ def resolve_path(p: str | Path) -> Path:
 
 
 def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None,
-              with_clips: bool = False):
+              with_clips: bool = False, text_offset: int = 0):
     """Latents x0 [B, C, n_lat, h, w], text embeddings, track channels [B, C_track, n_lat, h, w] and
     sprite cells [B, 1, n_lat, h, w] (`sprite_cells`) of a batch of fresh clips (with_clips: then
     also the clips and the text-only mask, bool [B], for `rerender`). Tracks are dropped per
     block (p = track_dropout) and, with p = text_only, for the whole clip (a prompt alone must make its
     sprites); text-only clips always keep their prompt and, with `spawn_text`, are the world's
-    text-only layout (World.clip(spawn=True): spawn points, fixed bounce)."""
+    text-only layout (World.clip(spawn=True): spawn points, fixed bounce). text_offset > 0 (video
+    frames; for layouts whose first latent frame is given clean): each text-only clip starts at a
+    frame drawn uniformly from [0, text_offset) of its motion, so the batch shows the layout's
+    bounces off the walls, which a clip from the spawn point does not reach (33 frames)."""
     from streamer.models.wan import block_index
 
     seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
     text_only = (rng.random(r["batch"]) < r["text_only"]) if r.get("text_only") else np.zeros(r["batch"], bool)
-    clips = [world.clip(s, n_video, paraphrase=r["paraphrase"], spawn=bool(t and r.get("spawn_text")))
-             for s, t in zip(seeds, text_only)]
+    # drawn only when asked, so the recipes before text_only_offset draw the clips they drew
+    offsets = rng.integers(0, text_offset, r["batch"]) * text_only if text_offset > 0 else np.zeros(r["batch"], int)
+    clips = [world.clip(s, n_video, paraphrase=r["paraphrase"], spawn=bool(t and r.get("spawn_text")), offset=int(o))
+             for s, t, o in zip(seeds, text_only, offsets)]
     with torch.no_grad():
         x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
     prompts = [c.prompt if (t_only or rng.random() >= r["text_dropout"]) else " " for c, t_only in zip(clips, text_only)]
@@ -746,13 +767,13 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # every key a training section ([vae], [dit], [finetune] and their [[...phases]]) may set; a key
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
-    absolute_positions batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames
+    abs_pos_lr_scale absolute_positions batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher image_chunks image_start init
     keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
-    stop_step text_dropout text_encoder text_only time_schedule
-    timestep_shift track_dim track_dropout warmup weight_decay""".split())
+    stop_step text_dropout text_encoder text_only text_only_offset time_schedule
+    timestep_shift track_dim track_dropout video_start warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
 
