@@ -4,10 +4,14 @@ frame's nearest edge the sprite was, both the true sprite and the model's own sp
 The world bounces a prompt alone's sprite off the walls (spawn layout), which a DiT that knows only
 relative positions (RoPE) cannot see coming.
 
-    python docs/eval/text_walls.py WEIGHTS_DIR [SECONDS]   # default 60; 1 thread, bf16 (~4 min)"""
+    python docs/eval/text_walls.py WEIGHTS_DIR [SECONDS] [STRIP.png]   # default 60; 1 thread, bf16 (~4 min)
+
+STRIP.png: 12 frames, 10 apart, from just before the longest loss of a sprite last seen within
+14 px of an edge (of all four streams), labelled with the stream's time in seconds."""
 
 import sys
 
+import cv2
 import numpy as np
 import torch
 
@@ -31,7 +35,32 @@ def binned(found: np.ndarray, dist: np.ndarray) -> str:
     return ", ".join(out)
 
 
-def main(weights: str, seconds: int = 60) -> None:
+def longest_wall_loss(found: np.ndarray, last: np.ndarray) -> tuple[int, int]:
+    """(first frame, length) of the longest run of frames without the sprite whose last sighting was
+    within BINS[1] px of an edge; (0, 0) when there is none."""
+    best, t = (0, 0), 0
+    while t < len(found):
+        if not found[t] and last[t] < BINS[1]:
+            end = t
+            while end < len(found) and not found[end]:
+                end += 1
+            best = max(best, (t, end - t), key=lambda b: b[1])
+            t = end
+        t += 1
+    return best
+
+
+def write_strip(frames: np.ndarray, start: int, path: str, fps: float = 16.0) -> None:
+    """12 frames 10 apart from 10 frames before `start`, each labelled with its time, 2x size."""
+    tiles = []
+    for i in range(max(0, start - 10), min(len(frames), start + 110), 10):
+        tile = cv2.resize(frames[i], None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+        cv2.putText(tile, f"{i / fps:.1f} s", (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        tiles.append(np.pad(tile, ((0, 0), (0, 4), (0, 0)), constant_values=255))
+    cv2.imwrite(path, np.concatenate(tiles, 1)[:, :-4, ::-1])
+
+
+def main(weights: str, seconds: int = 60, strip: str | None = None) -> None:
     torch.set_num_threads(1)
     pipe = Pipeline.load_default(weights, device=torch.device("cpu"), dtype=torch.bfloat16)
     d = pipe.stream_defaults or {}
@@ -51,14 +80,19 @@ def main(weights: str, seconds: int = 60) -> None:
             found[t] = is_sprite_blob(blob, sprite)[0]
             if found[t] and blob.sum() >= MIN_PIXELS:
                 seen = edge_distance(np.array([xx[blob].mean(), yy[blob].mean()]), w, h)
-        every.append((found, last))
+        every.append((found, last, frames))
         print(f"{clip.prompt}: found {found.mean():.2f}", flush=True)
         print(f"  by the true sprite's distance from the edge: {binned(found, true)}")
         print(f"  by the model's sprite's, when last found:     {binned(found[1:], last[1:])}", flush=True)
-    found, last = (np.concatenate(a) for a in zip(*every))
+    if strip:
+        losses = [(longest_wall_loss(f, la), fr) for f, la, fr in every]
+        (start, length), frames = max(losses, key=lambda x: x[0][1])
+        write_strip(frames, start, strip)
+        print(f"{strip}: the longest loss after an edge, {length} frames from {start / 16:.1f} s")
+    found, last = (np.concatenate(a) for a in list(zip(*every))[:2])
     keep = ~np.isnan(last)
     print(f"all four, by the model's sprite's distance when last found: {binned(found[keep], last[keep])}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], *(int(a) for a in sys.argv[2:3]))
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:3]), *sys.argv[3:4])

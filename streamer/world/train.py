@@ -438,9 +438,9 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     block (p = track_dropout) and, with p = text_only, for the whole clip (a prompt alone must make its
     sprites); text-only clips always keep their prompt and, with `spawn_text`, are the world's
     text-only layout (World.clip(spawn=True): spawn points, fixed bounce). text_offset > 0 (video
-    frames; for layouts whose first latent frame is given clean): each text-only clip starts at a
-    frame drawn uniformly from [0, text_offset) of its motion, so the batch shows the layout's
-    bounces off the walls, which a clip from the spawn point does not reach (33 frames)."""
+    frames; for video starts, whose clean first block shows the motion): each text-only clip starts
+    at a frame drawn uniformly from [0, text_offset) of its motion, so the batch shows the layout's
+    bounces off the walls, which a 33-frame clip from the spawn point never reaches."""
     from streamer.models.wan import block_index
 
     seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
