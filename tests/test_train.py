@@ -622,9 +622,10 @@ def test_every_shipped_recipe_uses_known_keys_and_a_typo_is_one_line(tmp_path, m
 
 
 def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path, monkeypatch):
-    """absolute_positions = true: a fine-tune of the shipped DiT (no position embedding) adds one of
-    the world's token grid (128 px / 16 = 8 x 8), zero at first, trains it at abs_pos_lr_scale x the
-    lr, and writes weights whose config the pipeline loads and streams from."""
+    """absolute_positions = true in a later phase: a fine-tune of the shipped DiT (no position
+    embedding) adds one of the world's token grid (128 px / 16 = 8 x 8), zero and frozen in the
+    phases before (no optimizer group, no gradient), trained at abs_pos_lr_scale x the lr in the
+    phase that asks, and writes weights whose config the pipeline loads and streams from."""
     from safetensors.torch import load_file
 
     import streamer.world.train as train
@@ -633,15 +634,24 @@ def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path,
 
     base = load_recipe(DEFAULT_RECIPE)
     ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
-    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "absolute_positions": True, "lr": 1e-3,
-                                   "abs_pos_lr_scale": 30.0}}
+    phases = [{}, {"absolute_positions": True, "abs_pos_lr_scale": 30.0}]
+    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "lr": 1e-3, "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     scales = []  # (lr_scale, parameter count) of each optimizer group
     adamw = torch.optim.AdamW
 
     def recording_adamw(groups, **kw):
-        scales.extend((g["lr_scale"], sum(p.numel() for p in g["params"])) for g in groups)
+        scales.append([(g["lr_scale"], sum(p.numel() for p in g["params"])) for g in groups])
         return adamw(groups, **kw)
+
+    frozen = []  # per phase: whether the embedding takes no gradient, and is still zero
+    phase = train._train_dit_phase
+
+    def recording_phase(recipe, r, model, *a, **kw):
+        frozen.append((not model.abs_pos.requires_grad, bool((model.abs_pos == 0).all())))
+        return phase(recipe, r, model, *a, **kw)
+
+    monkeypatch.setattr(train, "_train_dit_phase", recording_phase)
 
     monkeypatch.setattr(torch.optim, "AdamW", recording_adamw)
     out = tmp_path / "ft"
@@ -649,7 +659,9 @@ def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path,
                  "--out", str(out)]) == 0
     pos = load_file(str(out / "dit.safetensors"))["abs_pos"]
     assert pos.shape == (1, 192, 8, 8) and pos.abs().max() > 0
-    assert scales[0][0] == 1.0 and scales[1] == (30.0, 192 * 8 * 8)  # the embedding alone learns faster
+    assert len(scales[0]) == 1 and frozen == [(True, True), (False, True)]  # zero through phase 0, then trained
+    assert scales[1][0][0] == 1.0 and scales[1][1] == (30.0, 192 * 8 * 8)  # phase 1: it alone learns faster
+    assert scales[0][0][1] == scales[1][0][1]
     pipe = Pipeline.load_default(out, device=torch.device("cpu"), dtype=torch.float32)
     assert pipe.model.config.abs_pos_grid == (8, 8)
     from streamer.session import Session

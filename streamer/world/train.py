@@ -214,7 +214,9 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     torch.manual_seed(seed)
     text_enc = load_text_encoder(r["text_encoder"])
     cfg = get_config(r["preset"])
-    if r.get("absolute_positions"):  # one embedding per patch token of the world's frame
+    # one embedding per patch token of the world's frame, built when any phase asks for it: zero
+    # (so neutral) and frozen until then, it learns only in the phases that set absolute_positions
+    if any({**base, **ph}.get("absolute_positions") for ph in phases):
         stride = cfg.vae_stride[1] * cfg.patch_size[1]
         cfg = replace(cfg, abs_pos_grid=(world.config.height // stride, world.config.width // stride))
     model = CausalWanModel(cfg).to(device)
@@ -246,7 +248,9 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
         r = {**base, **phases[pi]}
         # the absolute position embedding learns at abs_pos_lr_scale (10) x the lr: it starts from zero
         # inside a fine-tune of a few hundred steps, where Adam moves a weight by about lr per step
-        new = [p for n, p in model.named_parameters() if n == "abs_pos"]
+        if getattr(model, "abs_pos", None) is not None:  # frozen: no gradient, so no share of the clipped norm
+            model.abs_pos.requires_grad_(bool(r.get("absolute_positions")))
+        new = [p for n, p in model.named_parameters() if n == "abs_pos" and r.get("absolute_positions")]
         groups = [{"params": [p for n, p in model.named_parameters() if n != "abs_pos"], "lr_scale": 1.0}]
         groups += [{"params": new, "lr_scale": float(r.get("abs_pos_lr_scale", 10.0))}] if new else []
         opt = torch.optim.AdamW(groups, lr=r["lr"], weight_decay=r["weight_decay"], betas=(0.9, 0.99))
