@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from streamer.pipeline import Pipeline
-from streamer.world.evaluate import MIN_PIXELS, World, is_sprite_blob, largest_blob, stream_clip, text_only_clips
+from streamer.world.evaluate import World, is_sprite_blob, largest_blob, stream_clip, text_only_clips
 
 BINS = (0, 14, 22, 32, 70)  # px from the nearest edge of the 128-px frame (sprite radius 9 at spawn)
 
@@ -78,7 +78,7 @@ def main(weights: str, seconds: int = 60, strip: str | None = None) -> None:
             last[t] = seen
             blob = largest_blob(frame, sprite.rgb)
             found[t] = is_sprite_blob(blob, sprite)[0]
-            if found[t] and blob.sum() >= MIN_PIXELS:
+            if found[t]:
                 seen = edge_distance(np.array([xx[blob].mean(), yy[blob].mean()]), w, h)
         every.append((found, last, frames))
         print(f"{clip.prompt}: found {found.mean():.2f}", flush=True)

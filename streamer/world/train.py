@@ -313,7 +313,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # a stream without a start image: its first chunk too is the model's own (p = noise_rollout)
         noise_roll = not own and not image and r.get("noise_rollout", 0.0) > 0 and rng.random() < r["noise_rollout"]
         # an image start whose first block is a whole clean chunk more (p = video_start): a video's
-        # last frames, as `generate --continue` gives them, which show the sprites' motion too
+        # last frames, like the tail `generate --continue` starts from, which show the sprites' motion
         video = image and r.get("video_start", 0.0) > 0 and rng.random() < r["video_start"]
         mode = "sample" if own else "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
         counts[mode] = counts.get(mode, 0) + 1
@@ -374,7 +374,7 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
     image, noise_roll = mode in ("image", "rollout"), mode == "noise rollout"
     # a later stretch of a prompt alone's stream, after bounces: only where its start shows the
     # motion (a video start), since one frame cannot tell which way a bounced sprite is heading
-    offset = int(r.get("text_only_offset", 0)) if image and not isinstance(blocks, int) and blocks[0] > 1 else 0
+    offset = int(r.get("text_only_offset", 0)) if image and blocks[0] > 1 else 0
     x0, text, tracks, sprites, clips, text_only = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1),
                                                              nl, chunk, device, blocks=blocks, with_clips=True,
                                                              text_offset=offset)
