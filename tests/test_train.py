@@ -621,21 +621,67 @@ def test_every_shipped_recipe_uses_known_keys_and_a_typo_is_one_line(tmp_path, m
         check_recipe_keys({**base, "sead": 1})
 
 
-def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path, monkeypatch):
-    """absolute_positions = true in a later phase: a fine-tune of the shipped DiT (no position
-    embedding) adds one of the world's token grid (128 px / 16 = 8 x 8), zero and frozen in the
-    phases before (no optimizer group, no gradient), trained at abs_pos_lr_scale x the lr in the
-    phase that asks, and writes weights whose config the pipeline loads and streams from."""
+def _init_folder(folder, abs_pos):
+    """A fine-tune `init` folder: the shipped DiT and autoencoder, the DiT's absolute position
+    embedding replaced by `abs_pos` (a (1, 192, 8, 8) tensor), or removed when it is None."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from streamer.pipeline import WEIGHTS_DIR
+
+    folder.mkdir(parents=True)
+    shutil.copy(WEIGHTS_DIR / "vae.safetensors", folder / "vae.safetensors")
+    with safe_open(str(WEIGHTS_DIR / "dit.safetensors"), "pt") as f:
+        meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys() if k != "abs_pos"}
+    if abs_pos is not None:
+        sd["abs_pos"] = abs_pos.to(next(iter(sd.values())).dtype)
+    save_file(sd, str(folder / "dit.safetensors"), metadata=meta)
+    return folder
+
+
+def test_a_fine_tune_keeps_its_inits_position_embedding(tmp_path, monkeypatch):
+    """An init with a position embedding (the shipped DiT from v8 on) fine-tuned by a recipe that
+    never sets absolute_positions (every recipe before v8's): the embedding is built, loaded with
+    the init's values and kept frozen, so the run starts from the init's behaviour and ends with it
+    unchanged; a phase that sets the key then trains it from those values, not from zero."""
     from safetensors.torch import load_file
 
     import streamer.world.train as train
     from streamer.cli import main
-    from streamer.pipeline import WEIGHTS_DIR, Pipeline
+
+    torch.manual_seed(0)
+    pos = (0.05 * torch.randn(1, 192, 8, 8)).half().float()
+    init = _init_folder(tmp_path / "init", abs_pos=pos)
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    args = ["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1"]
+    for name, phases in (("plain", [{}]), ("trained", [{}, {"absolute_positions": True}])):
+        recipe = {**base, "finetune": {**ft, "init": str(init), "lr": 1e-3, "phases": phases}}
+        monkeypatch.setattr(train, "load_recipe", lambda path, recipe=recipe: recipe)
+        assert main(args + ["--out", str(tmp_path / name)]) == 0
+        got = load_file(str(tmp_path / name / "dit.safetensors"))["abs_pos"].float()
+        moved = (got - pos).abs().max().item()
+        assert (moved < 1e-6) if name == "plain" else (1e-6 < moved < 0.05), (name, moved)
+
+
+def test_absolute_positions_fine_tune_starts_from_weights_without_them(tmp_path, monkeypatch):
+    """absolute_positions = true in a later phase: a fine-tune of a DiT without a position embedding
+    (the shipped one up to v7) adds one of the world's token grid (128 px / 16 = 8 x 8), zero and
+    frozen in the phases before (no optimizer group, no gradient), trained at abs_pos_lr_scale x the
+    lr in the phase that asks, and writes weights whose config the pipeline loads and streams from."""
+    from safetensors.torch import load_file
+
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import Pipeline
 
     base = load_recipe(DEFAULT_RECIPE)
     ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
     phases = [{}, {"absolute_positions": True, "abs_pos_lr_scale": 30.0}]
-    recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "lr": 1e-3, "phases": phases}}
+    init = _init_folder(tmp_path / "init", abs_pos=None)
+    recipe = {**base, "finetune": {**ft, "init": str(init), "lr": 1e-3, "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     scales = []  # (lr_scale, parameter count) of each optimizer group
     adamw = torch.optim.AdamW

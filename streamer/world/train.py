@@ -214,9 +214,11 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     torch.manual_seed(seed)
     text_enc = load_text_encoder(r["text_encoder"])
     cfg = get_config(r["preset"])
-    # one embedding per patch token of the world's frame, built when any phase asks for it: zero
-    # (so neutral) and frozen until then, it learns only in the phases that set absolute_positions
-    if any({**base, **ph}.get("absolute_positions") for ph in phases):
+    # one embedding per patch token of the world's frame, built when any phase asks for it or the
+    # init has one (v8 on): the init's values (zero without one, so neutral), frozen in the phases
+    # that do not set absolute_positions, so a recipe without the key keeps what its init learnt
+    init_file = resolve_path(r["init"]) / "dit.safetensors" if r.get("init") else None
+    if any({**base, **ph}.get("absolute_positions") for ph in phases) or _has_abs_pos(init_file):
         stride = cfg.vae_stride[1] * cfg.patch_size[1]
         cfg = replace(cfg, abs_pos_grid=(world.config.height // stride, world.config.width // stride))
     model = CausalWanModel(cfg).to(device)
@@ -228,13 +230,16 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     if r.get("init") and state is None:
         from safetensors.torch import load_file
 
-        init = resolve_path(r["init"]) / "dit.safetensors"
-        got = model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()}, strict=False)
+        weights = {k: v.float() for k, v in load_file(str(init_file)).items()}
+        if "abs_pos" in weights and weights["abs_pos"].shape != model.abs_pos.shape:
+            raise ValueError(f"{init_file}: its position embedding is for a {tuple(weights['abs_pos'].shape[2:])} "
+                             f"token grid, this world's is {cfg.abs_pos_grid}")
+        got = model.load_state_dict(weights, strict=False)
         # only a new absolute position embedding may be missing (it starts at zero: the init's behaviour)
         if got.unexpected_keys or set(got.missing_keys) - {"abs_pos"}:
-            raise ValueError(f"{init}: not this DiT's weights (missing {got.missing_keys[:3]}, "
+            raise ValueError(f"{init_file}: not this DiT's weights (missing {got.missing_keys[:3]}, "
                              f"unexpected {got.unexpected_keys[:3]})")
-        log(f"dit initialised from {init}")
+        log(f"dit initialised from {init_file}")
     if state is not None:
         model.load_state_dict(state["model"])
     log(f"dit {r['preset']}: {count_parameters(model) / 1e6:.2f}M parameters")
@@ -424,6 +429,16 @@ def stream_metadata(recipe: dict) -> dict:
         if key in stream:
             out[key] = stream.pop(key)
     return {**out, "policy_args": stream}
+
+
+def _has_abs_pos(dit_file: Path | None) -> bool:
+    """Whether a DiT checkpoint (a dit.safetensors, or None) holds an absolute position embedding."""
+    if dit_file is None or not dit_file.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(dit_file), "pt") as f:
+        return "abs_pos" in f.keys()
 
 
 def resolve_path(p: str | Path) -> Path:
