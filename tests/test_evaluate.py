@@ -301,3 +301,30 @@ def test_colours_set_runs_and_prints_its_grid(tmp_path, capsys):
     assert main(["eval", "--sets", "colour", "--seconds", "1", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--sets colour: unknown" in err and "colours" in err and "Traceback" not in err
+
+
+def test_a_sprite_that_bounces_back_instead_of_leaving_is_a_phantom():
+    """The held-out scene whose tracked sprite crosses the frame (scene 3, where v8 shows
+    phantoms): the truth has none; the same video with the sprite turned back at the edge (it
+    retraces its path while its track is out of view) has one exactly in the frames where the
+    drawn sprite is farther than 2.2 radii from the track."""
+    from streamer.world.evaluate import phantom_frames
+
+    clip = World().clip(HELD_OUT_SEEDS[3], 240)
+    assert clip.scene.motions == ["cross"]
+    tr, sprite = clip.trajectory, clip.scene.sprites[0]
+    assert summary(clip.frames, clip)["phantom_rate"] == 0.0
+    frames, far, exit_t = clip.frames.copy(), np.zeros(len(clip.frames), bool), None
+    for t in range(len(frames)):
+        if tr.visible[t, 0]:
+            exit_t = t
+            continue
+        if exit_t is None:
+            continue
+        at = tr.tracks[max(exit_t - (t - exit_t), 0), 0]  # back along the way it came
+        frames[t] = clip.background
+        World.draw(frames[t], sprite, *map(float, at))
+        far[t] = np.linalg.norm(tr.tracks[t, 0] - at) > 2.2 * sprite.radius
+    assert far.sum() >= 10
+    got = phantom_frames(frames, clip)
+    assert np.array_equal(got, far.astype(float))

@@ -797,7 +797,7 @@ def test_sample_loss_regresses_the_samplers_own_x0_on_the_truth_with_gradient_at
     assert len(exits) > 1  # the exit step is drawn
 
 
-def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypatch):
+def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypatch, capsys):
     """A fine-tune with `sample_loss` (every step on the model's own first-chunk sample), one with
     `rerender` on rollouts from noise of text-only clips, and one with `text_only_offset` on rollouts
     from a true first chunk (`video_start`) run from the shipped weights and log their modes; a
@@ -829,8 +829,52 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     log = (out / "train.log").read_text()
     assert "dit p0_step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
     assert "dit p2_step 0 loss" in log and "mode rollout" in log and "video 1" in log
-    bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
-                                  "text_only_offset": -4}}
-    monkeypatch.setattr(train, "load_recipe", lambda path: bad)
-    assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
-                 "--out", str(tmp_path / "bad")]) == 2
+    for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5})):
+        bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
+                                      **wrong}}
+        monkeypatch.setattr(train, "load_recipe", lambda path: bad)
+        assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
+                     "--out", str(tmp_path / f"bad{i}")]) == 2, wrong
+        assert next(iter(wrong)) in capsys.readouterr().err
+
+
+def test_track_offset_and_cross_share_change_only_the_clips_with_tracks():
+    """`track_offset`: each clip with tracks is its seed's clip from a frame drawn in
+    [0, track_offset); `cross_share`: that share of their sprites cross the frame (the world's
+    other motions keep their relative weights). Text-only clips stay the text-only layout from
+    frame 0, and neither key changes a batch when absent."""
+    from dataclasses import replace
+
+    from streamer.world.train import dit_batch
+
+    class Text:
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), 4, 8)
+
+    class Vae:  # identity "latents": the frames themselves
+        def encode(self, video):
+            return video
+
+    w = World()
+    r = {"batch": 4, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 0.5,
+         "spawn_text": True}
+    batch = lambda r: dit_batch(w, np.random.default_rng(5), r, Vae(), Text(), TrajectoryEncoder(8), 5, 2, 1,  # noqa: E731
+                                torch.device("cpu"), with_clips=True)
+    got = batch({**r, "track_offset": 300, "cross_share": 1.0})
+    rng = np.random.default_rng(5)
+    seeds = [int(rng.integers(1 << 30)) for _ in range(4)]
+    text_only = rng.random(4) < 0.5
+    offsets = rng.integers(0, 300, 4) * ~text_only
+    assert text_only.any() and (offsets > 0).any()
+    crossing = World(replace(w.config, motion_weights=(0.0, 0.0, 0.0, 1.0)))
+    for clip, seed, t, o in zip(got[4], seeds, text_only, offsets):
+        want = w.clip(seed, 5, spawn=True) if t else crossing.clip(seed, 5 + int(o))
+        assert clip.scene.motions == (["spawn"] * len(want.scene.sprites) if t else want.scene.motions)
+        assert np.array_equal(clip.frames, want.frames[int(o):])
+        if not t:
+            assert set(clip.scene.motions) == {"cross"}
+    plain = batch(r)
+    assert all(np.array_equal(c.frames, (w.clip(s, 5, spawn=True) if t else w.clip(s, 5)).frames)
+               for c, s, t in zip(plain[4], seeds, text_only))
+    with pytest.raises(ValueError, match="motion_weights"):
+        World(replace(w.config, motion_weights=(1.0, 0.0)))

@@ -2,9 +2,9 @@
 set streamed by each model, with their background change (as `streamer eval`: mean absolute change
 from the stream's first frame, 0-255, far from every sprite) over time, the far region's mean colour
 (a drift of the whole background shows there; local blotches do not), and the share of frames with
-a phantom: a blob of any world sprite colour (not the background's) of at least 0.35x the smallest
-sprite's area, whose centre is farther than 2.2 sprite radii from every track (the eval's "far"
-region, where such a blob counts as background change).
+a phantom (`streamer.world.evaluate.phantom_frames`, the eval's "phantom" column: a blob of a
+sprite colour farther than 2.2 sprite radii from every track, in the eval's "far" region, where it
+counts as background change).
 
     python docs/eval/bg_scene.py SCENES OUT.png name=WEIGHTS_DIR [name=WEIGHTS_DIR ...] [--seconds 60]
 
@@ -21,28 +21,7 @@ import numpy as np
 import torch
 
 from streamer.pipeline import Pipeline
-from streamer.world.evaluate import HELD_OUT_SEEDS, World, has_colour, score_frames, stream_clip, stream_frames
-from streamer.world.scenes import CLASHES, COLOURS
-
-
-def phantoms(frames: np.ndarray, clip, min_area: float = 0.35 * np.pi * 7**2) -> np.ndarray:
-    """float [T]: 1 where a frame holds a blob of a world sprite colour (min_area px or more; 7 px is
-    the smallest sprite radius) whose centre is farther than 2.2 sprite radii from every track."""
-    background = clip.scene.background
-    colours = [rgb for c, rgb in COLOURS.items() if (c, background) not in CLASHES]
-    tracks, radius = clip.trajectory.tracks, max(sp.radius for sp in clip.scene.sprites)
-    out = np.zeros(len(frames))
-    for t, frame in enumerate(frames):
-        for rgb in colours:
-            n, _, stats, cents = cv2.connectedComponentsWithStats(has_colour(frame, rgb).astype(np.uint8), connectivity=8)
-            for k in range(1, n):
-                if stats[k, cv2.CC_STAT_AREA] >= min_area and \
-                        np.linalg.norm(tracks[t] - cents[k], axis=-1).min() > 2.2 * radius:
-                    out[t] = 1.0
-                    break
-            if out[t]:
-                break
-    return out
+from streamer.world.evaluate import HELD_OUT_SEEDS, World, score_frames, stream_clip, stream_frames
 
 
 def main() -> None:
@@ -72,7 +51,7 @@ def main() -> None:
                 line += (f"; per {step / fps:.0f} s: " + ", ".join(f"{v:.2f}" for v in per)
                          + f"; border {np.nanmean(s.border_change):.2f}, interior {np.nanmean(s.interior_change):.2f}")
                 first = clip, frames
-            print(line + f"; phantom in {phantoms(frames, clip).mean():.0%} of frames", flush=True)
+            print(line + f"; phantom in {np.nanmean(s.phantom):.0%} of frames", flush=True)
         clip, frames = first
         step = int(len(frames) / 5)
         # the far region's mean colour at the start and the end (the sprites' tracks kept out)

@@ -42,6 +42,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -55,6 +56,7 @@ MOTION_WINDOW = 4  # frames over which achieved and requested displacement are c
 BORDER = 8         # px: the band along the frame's edges scored for border artefacts
 SMEAR_LAG = 4      # frames: a path pixel counts as vacated this long after the sprite left it
 COLOUR_TOL = 70.0  # RGB distance within which a pixel has a sprite's colour (as colour_centroid)
+PHANTOM_AREA = 0.35 * math.pi * 7.0**2  # px: a third of the smallest sprite (radius 7 px at 128 px)
 MIN_PIXELS = 6     # fewer pixels of a sprite's colour than this: the sprite is missing (as colour_centroid)
 # Held-out scenes of each set: fixed large seeds the training's generator never drew. The text-only
 # and two-sprite sets take, from these ranges, the first seeds whose scene fits the set.
@@ -96,9 +98,10 @@ class FrameScores:
     interior_change: np.ndarray = None  # the same inside the band: a border artefact shows as border > interior
     smear: np.ndarray = None            # colour left on the vacated path, 0 (none) to 1 (the sprite's colour)
     identity: np.ndarray = None         # 1 when each sprite's colour sits on its own track (two-sprite scenes)
+    phantom: np.ndarray = None          # 1 when a sprite-coloured blob sits far from every track (`phantom_frames`)
 
     def __post_init__(self) -> None:
-        for f in ("border_change", "interior_change", "smear", "identity"):
+        for f in ("border_change", "interior_change", "smear", "identity", "phantom"):
             if getattr(self, f) is None:
                 setattr(self, f, np.full(len(self.err), np.nan))
 
@@ -188,7 +191,32 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
             err=_nanmean_rows(err), missing=_nanmean_rows(miss), colour_drift=_nanmean_rows(colour_d),
             area_drift=_nanmean_rows(area_d), bg_change=bg_change, achieved=achieved, requested=requested,
             border_change=border_c, interior_change=interior_c, smear=smear, identity=ident,
+            phantom=phantom_frames(frames[:t_len], clip),
         )
+
+
+def phantom_frames(frames: np.ndarray, clip: Clip) -> np.ndarray:
+    """float [T]: 1 where a frame (uint8 [T, H, W, 3]) holds a phantom, else 0: a connected blob of
+    any world sprite colour that does not clash with the background (within COLOUR_TOL), of at
+    least PHANTOM_AREA px, whose centre is farther than 2.2 radii of the scene's largest sprite from
+    every track (in view or not): a sprite where the user put none, e.g. a tracked sprite that
+    bounced back instead of leaving the frame. The truth and the autoencoder's round trip of the
+    held-out scenes have none."""
+    from streamer.world.scenes import CLASHES, COLOURS
+
+    colours = [rgb for c, rgb in COLOURS.items() if (c, clip.scene.background) not in CLASHES]
+    tracks = clip.trajectory.tracks
+    reach = 2.2 * max(sp.radius for sp in clip.scene.sprites)
+    out = np.zeros(len(frames))
+    for t, frame in enumerate(frames):
+        for rgb in colours:
+            n, _, stats, cents = cv2.connectedComponentsWithStats(has_colour(frame, rgb).astype(np.uint8),
+                                                                  connectivity=8)
+            big = stats[1:, cv2.CC_STAT_AREA] >= PHANTOM_AREA
+            if big.any() and (np.linalg.norm(cents[1:][big][:, None] - tracks[t][None], axis=-1).min(1) > reach).any():
+                out[t] = 1.0
+                break
+    return out
 
 
 def sprite_masks(frame: np.ndarray, sprites, tol: float = COLOUR_TOL) -> np.ndarray:
@@ -249,7 +277,6 @@ def shape_of(mask: np.ndarray, shapes: tuple[str, ...] | None = None) -> tuple[s
 
 def largest_blob(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = COLOUR_TOL) -> np.ndarray:
     """bool [H, W]: the largest 8-connected region of a colour (a smear elsewhere is not the sprite)."""
-    import cv2
 
     mask = has_colour(frame, rgb, tol).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -332,7 +359,7 @@ def summarize(scores: list[FrameScores], fps: float) -> dict:
     cat = {f: np.concatenate([getattr(s, f) for s in scores]) for f in FrameScores.__dataclass_fields__}
     n_sec = max(1, int(max(len(s.err) for s in scores) // fps))
     per_frame = ("err", "missing", "colour_drift", "area_drift", "bg_change", "border_change", "interior_change",
-                 "smear", "identity")
+                 "smear", "identity", "phantom")
     curves: dict[str, list] = {k: [] for k in (*per_frame, "motion_kept")}
     for sec in range(n_sec):
         sl = slice(int(sec * fps), int((sec + 1) * fps))
@@ -356,6 +383,7 @@ def summarize(scores: list[FrameScores], fps: float) -> dict:
             "interior_change": _f(np.nanmean(cat["interior_change"])),
             "smear": _f(np.nanmean(cat["smear"])),
             "identity_kept": _f(np.nanmean(cat["identity"])),
+            "phantom_rate": _f(np.nanmean(cat["phantom"])),
         }
     return {"summary": summary, "curves": curves}
 
@@ -546,12 +574,13 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
 TRACK_COLS = [("trajectory_error_px", "traj err px"), ("trajectory_error_px_last10s", "err last 10 s"),
               ("missing_rate", "missing"), ("colour_drift_rgb", "colour drift"), ("area_drift", "area drift"),
               ("background_change", "bg change"), ("border_change", "border change"),
-              ("interior_change", "interior change"), ("smear", "smear"), ("motion_kept", "motion kept"),
-              ("stream_fps", "FPS")]
+              ("interior_change", "interior change"), ("smear", "smear"), ("phantom_rate", "phantom"),
+              ("motion_kept", "motion kept"), ("stream_fps", "FPS")]
 TEXT_COLS = [("found_rate", "found"), ("found_rate_after_1s", "found after 1 s"),
              ("shape_right_rate", "shape right"), ("first_found_s", "first found (s)"), ("stream_fps", "FPS")]
 TWO_COLS = [("trajectory_error_px", "traj err px"), ("identity_kept", "identity kept"), ("missing_rate", "missing"),
-            ("colour_drift_rgb", "colour drift"), ("smear", "smear"), ("border_change", "border change"),
+            ("colour_drift_rgb", "colour drift"), ("smear", "smear"), ("phantom_rate", "phantom"),
+            ("border_change", "border change"),
             ("interior_change", "interior change"), ("motion_kept", "motion kept")]
 
 
@@ -651,6 +680,7 @@ PANELS = [  # (part, curve, title): one panel per metric
     (None, "bg_change", "background change (0-255)"), (None, "missing", "sprite missing rate"),
     (None, "border_change", f"border band ({BORDER} px) change (0-255)"),
     (None, "interior_change", "interior change (0-255)"), (None, "smear", "smear: colour left on the path (0-1)"),
+    (None, "phantom", "phantom: a sprite far from every track"),
     ("text_only", "found", "text only: sprite found"), ("two_sprites", "err", "two sprites: error (px)"),
     ("two_sprites", "identity", "two sprites: identity kept"), ("colours", "found", "colours: sprite found (mean)"),
 ]
@@ -721,7 +751,6 @@ def contact_frames(keep: dict, row: str, fps: float, times: tuple[float, ...]) -
 def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], times: tuple[float, ...], path: Path,
                   scale: int = 2) -> None:
     """A PNG grid: one labelled row per (label, frames uint8 [H, W, 3]), one column per time (s)."""
-    import cv2
 
     def label(img: np.ndarray, text: str) -> np.ndarray:
         bar = np.full((18, img.shape[1], 3), 255, np.uint8)

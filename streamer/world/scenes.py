@@ -88,6 +88,14 @@ class WorldConfig:
     radius: tuple[float, float] = (7.0, 11.0)     # sprite radius in px at 128 px (scales with the frame)
     speed: tuple[float, float] = (0.8, 3.2)       # px per frame at 128 px
     sprite_weights: tuple[float, ...] = (0.5, 0.35, 0.15)  # P(1, 2, 3 sprites)
+    # P(each motion of MOTIONS) per sprite: smooth, bounce, stopstart, cross (leaves the frame)
+    motion_weights: tuple[float, ...] = (0.35, 0.25, 0.25, 0.15)
+
+    def __post_init__(self) -> None:
+        w = self.motion_weights
+        if len(w) != len(MOTIONS) or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"motion_weights must be {len(MOTIONS)} weights >= 0 ({', '.join(MOTIONS)}) "
+                             f"with a positive sum, got {w!r}")
 
     @property
     def scale(self) -> float:
@@ -172,7 +180,8 @@ class World:
         colours = [c for c in COLOURS if (c, background) not in CLASHES]
         picked = rng.choice(colours, size=n, replace=False)
         sprites = [Sprite(str(rng.choice(SHAPES)), str(c), float(rng.uniform(*cfg.radius)) * cfg.scale) for c in picked]
-        motions = [str(rng.choice(MOTIONS, p=[0.35, 0.25, 0.25, 0.15])) for _ in range(n)]
+        p = np.asarray(cfg.motion_weights, np.float64)
+        motions = [str(rng.choice(MOTIONS, p=p / p.sum())) for _ in range(n)]
         return Scene(background, sprites, motions, seed)
 
     def spawn_scene(self, seed: int) -> Scene:

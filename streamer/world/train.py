@@ -304,6 +304,10 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                          f"spawn_text = true and video_start > 0; got {offset!r}")
     if not 0.0 <= r.get("video_start", 0.0) <= 1.0 or (r.get("video_start") and int(r.get("image_chunks", 3)) < 2):
         raise ValueError(f"video_start must be a share in [0, 1], with image_chunks >= 2; got {r.get('video_start')!r}")
+    if not isinstance(r.get("track_offset", 0), int) or r.get("track_offset", 0) < 0:
+        raise ValueError(f"track_offset must be a whole number of video frames >= 0, got {r['track_offset']!r}")
+    if r.get("cross_share") is not None and not 0.0 <= r["cross_share"] <= 1.0:
+        raise ValueError(f"cross_share must be a share in [0, 1], got {r['cross_share']!r}")
     soup_start = out / f"{tag}start.safetensors"
     if soup and (start == 0 or not soup_start.is_file()):
         save_dit(model, soup_start)
@@ -459,14 +463,28 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     text-only layout (World.clip(spawn=True): spawn points, fixed bounce). text_offset > 0 (video
     frames; for video starts, whose clean first block shows the motion): each text-only clip starts
     at a frame drawn uniformly from [0, text_offset) of its motion, so the batch shows the layout's
-    bounces off the walls, which a 33-frame clip from the spawn point never reaches."""
+    bounces off the walls, which a 33-frame clip from the spawn point never reaches.
+    Clips with tracks: r["track_offset"] (video frames, any layout) starts each at a frame drawn
+    uniformly from [0, track_offset) of its motion, so crossing sprites leave the frame, stay out
+    and come back within the clip (from frame 0, a 33-frame clip mostly shows a crossing sprite
+    entering); r["cross_share"] is the share of their sprites that cross (the world's: 0.15)."""
     from streamer.models.wan import block_index
 
     seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
     text_only = (rng.random(r["batch"]) < r["text_only"]) if r.get("text_only") else np.zeros(r["batch"], bool)
     # drawn only when asked, so the recipes before text_only_offset draw the clips they drew
     offsets = rng.integers(0, text_offset, r["batch"]) * text_only if text_offset > 0 else np.zeros(r["batch"], int)
-    clips = [world.clip(s, n_video, paraphrase=r["paraphrase"], spawn=bool(t and r.get("spawn_text")), offset=int(o))
+    if r.get("track_offset", 0) > 0:  # likewise: drawn only when asked
+        offsets = offsets + rng.integers(0, int(r["track_offset"]), r["batch"]) * ~text_only
+    tracked_world = world
+    if r.get("cross_share") is not None:
+        # the other motions keep their relative weights; only clips with tracks (a prompt alone's
+        # sprites bounce in the text-only layout, whatever their drawn motion)
+        rest = np.asarray(world.config.motion_weights[:-1], np.float64)
+        share = float(r["cross_share"])
+        tracked_world = World(replace(world.config, motion_weights=(*(rest / rest.sum() * (1 - share)), share)))
+    clips = [(world if t else tracked_world).clip(s, n_video, paraphrase=r["paraphrase"],
+                                                  spawn=bool(t and r.get("spawn_text")), offset=int(o))
              for s, t, o in zip(seeds, text_only, offsets)]
     with torch.no_grad():
         x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
@@ -788,11 +806,11 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher image_chunks image_start init
-    keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
+    cross_share keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
-    timestep_shift track_dim track_dropout video_start warmup weight_decay""".split())
+    timestep_shift track_dim track_dropout track_offset video_start warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
 
