@@ -878,3 +878,30 @@ def test_track_offset_and_cross_share_change_only_the_clips_with_tracks():
                for c, s, t in zip(plain[4], seeds, text_only))
     with pytest.raises(ValueError, match="motion_weights"):
         World(replace(w.config, motion_weights=(1.0, 0.0)))
+
+
+def test_exit_start_places_tracked_clips_just_before_their_sprites_leave_the_view():
+    """`exit_start`: a clip with tracks whose first track_offset frames hold a moment when every
+    sprite has left the view starts 4-16 frames before it (the truth then shows an empty frame
+    while the track channels are zero); one without such a moment keeps its uniform offset."""
+    from streamer.world.train import dit_batch
+
+    class Text:
+        def encode(self, prompts):
+            return torch.zeros(len(prompts), 4, 8)
+
+    class Vae:  # identity "latents"
+        def encode(self, video):
+            return video
+
+    r = {"batch": 12, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 0.0,
+         "track_offset": 240, "cross_share": 1.0, "exit_start": 1.0}
+    clips = dit_batch(World(), np.random.default_rng(0), r, Vae(), Text(), TrajectoryEncoder(8), 37, 10, 3,
+                      torch.device("cpu"), with_clips=True)[4]
+    placed = 0
+    for clip in clips:
+        gone = ~clip.trajectory.visible.any(1)
+        if gone.any():
+            first = int(np.argmax(gone))
+            placed += 4 <= first <= 16 and not gone[:first].any()
+    assert placed >= 6  # most all-crossing clips of one or two sprites have such a moment in 240 frames

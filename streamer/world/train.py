@@ -306,6 +306,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         raise ValueError(f"video_start must be a share in [0, 1], with image_chunks >= 2; got {r.get('video_start')!r}")
     if not isinstance(r.get("track_offset", 0), int) or r.get("track_offset", 0) < 0:
         raise ValueError(f"track_offset must be a whole number of video frames >= 0, got {r['track_offset']!r}")
+    if r.get("exit_start") and not (0.0 < r["exit_start"] <= 1.0 and r.get("track_offset", 0) > 16):
+        raise ValueError(f"exit_start must be a share in (0, 1] with track_offset > 16, got {r['exit_start']!r}")
     if r.get("cross_share") is not None and not 0.0 <= r["cross_share"] <= 1.0:
         raise ValueError(f"cross_share must be a share in [0, 1], got {r['cross_share']!r}")
     soup_start = out / f"{tag}start.safetensors"
@@ -467,7 +469,8 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     Clips with tracks: r["track_offset"] (video frames, any layout) starts each at a frame drawn
     uniformly from [0, track_offset) of its motion, so crossing sprites leave the frame, stay out
     and come back within the clip (from frame 0, a 33-frame clip mostly shows a crossing sprite
-    entering); r["cross_share"] is the share of their sprites that cross (the world's: 0.15)."""
+    entering); r["cross_share"] is the share of their sprites that cross (the world's: 0.15);
+    r["exit_start"] the share of them placed 4-16 frames before every sprite has left the view."""
     from streamer.models.wan import block_index
 
     seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
@@ -483,6 +486,19 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
         rest = np.asarray(world.config.motion_weights[:-1], np.float64)
         share = float(r["cross_share"])
         tracked_world = World(replace(world.config, motion_weights=(*(rest / rest.sum() * (1 - share)), share)))
+    if r.get("exit_start"):
+        # a share of them start 4-16 frames before a frame where every sprite has left the view (the
+        # offset's range holds one): the truth then shows no sprite while the track channels are zero,
+        # as in a prompt alone, whose rule spawns one (v8 does, 1 chunk after a track leaves)
+        for i in np.nonzero(~text_only)[0]:
+            if rng.random() >= r["exit_start"]:
+                continue
+            traj = tracked_world.trajectory(tracked_world.scene(seeds[i]), int(r["track_offset"]) + n_video)
+            gone = ~traj.visible.any(1)
+            exits = np.nonzero(gone[1:] & ~gone[:-1])[0] + 1
+            exits = exits[(exits >= 16) & (exits < int(r["track_offset"]))]
+            if len(exits):
+                offsets[i] = int(rng.choice(exits)) - int(rng.integers(4, 17))
     clips = [(world if t else tracked_world).clip(s, n_video, paraphrase=r["paraphrase"],
                                                   spawn=bool(t and r.get("spawn_text")), offset=int(o))
              for s, t, o in zip(seeds, text_only, offsets)]
@@ -806,7 +822,7 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions batch bf16 checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher image_chunks image_start init
-    cross_share keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
+    cross_share exit_start keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
