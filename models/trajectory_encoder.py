@@ -41,11 +41,18 @@ def track_id_embedding(n: int, dim: int = 64) -> np.ndarray:
 
 
 class TrajectoryEncoder:
-    def __init__(self, dim: int = 64, temporal: int = 4):
-        self.dim, self.temporal = dim, temporal
+    """outside=False: MotionStream's encoding (a track is placed only where it is visible).
+    outside=True (world models whose config sets `track_outside`): a track point that is not
+    visible and lies outside the frame is placed too, at the centre of the nearest edge cell, with
+    its ID embedding negated. Out of view a track is otherwise zeros, as "no track" (a prompt alone) is,
+    and the world model spawns a sprite there (docs/eval/exits.md). Points that are not visible
+    inside the frame (a track not yet started, or occluded) stay zeros either way."""
+
+    def __init__(self, dim: int = 64, temporal: int = 4, outside: bool = False):
+        self.dim, self.temporal, self.outside = dim, temporal, outside
 
     def __call__(self, traj: Tracks | None, latent_frames: list[int], latent_hw: tuple[int, int]) -> torch.Tensor:
-        """-> [1, dim, len(latent_frames), h, w] float32 (zeros where nothing is visible)."""
+        """-> [1, dim, len(latent_frames), h, w] float32 (zeros where no track is placed)."""
         h, w = latent_hw
         out = np.zeros((len(latent_frames), h, w, self.dim), np.float32)
         if traj is None or traj.num_tracks == 0:
@@ -56,24 +63,32 @@ class TrajectoryEncoder:
             frames = FrameRule(self.temporal).video_frames_of(lf)
             for f in frames:
                 pts, vis = traj.frame(f)
-                for n in np.nonzero(vis)[0]:
+                sign = vis.astype(np.float32)
+                if self.outside:
+                    x, y = pts[:, 0], pts[:, 1]
+                    out_of_frame = ~vis & np.isfinite(pts).all(1) & ((x < 0) | (x >= traj.width) | (y < 0) | (y >= traj.height))
+                    sign[out_of_frame] = -1.0
+                for n in np.nonzero(sign)[0]:
                     u, v = pts[n, 0] * sx - 0.5, pts[n, 1] * sy - 0.5  # cell centres at integer coordinates
+                    if sign[n] < 0:  # out of the frame: the centre of the nearest edge cell, whole
+                        u, v = min(max(u, 0.0), w - 1.0), min(max(v, 0.0), h - 1.0)
                     u0, v0 = math.floor(u), math.floor(v)
                     for dv in (0, 1):
                         for du in (0, 1):
                             x, y = u0 + du, v0 + dv
                             if 0 <= x < w and 0 <= y < h:
                                 wt = (1 - abs(u - x)) * (1 - abs(v - y))
-                                out[j, y, x] += wt * emb[n]
+                                out[j, y, x] += wt * sign[n] * emb[n]
             out[j] /= len(frames)
         return torch.from_numpy(out).permute(3, 0, 1, 2)[None]
 
 
 def make_track_condition(traj: Tracks | None, latent_hw: tuple[int, int], dim: int = 64,
-                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-                         ) -> Callable[[list[int]], torch.Tensor | None]:
-    """A function for `Session.track_condition`: latent frame indices -> track channels (None: no drag)."""
-    enc = TrajectoryEncoder(dim)
+                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                         outside: bool = False) -> Callable[[list[int]], torch.Tensor | None]:
+    """A function for `Session.track_condition`: latent frame indices -> track channels (None: no
+    drag). outside: `TrajectoryEncoder`'s."""
+    enc = TrajectoryEncoder(dim, outside=outside)
 
     def condition(frames: list[int]) -> torch.Tensor | None:
         if traj is None:

@@ -60,6 +60,10 @@ class WanConfig:
     # (0, 0: none, as in Wan, whose only positions are RoPE's relative ones). The world model's rule
     # for a prompt alone ("the sprite spawns at the centre") needs to know where the centre is.
     abs_pos_grid: tuple[int, int] = (0, 0)
+    # world models only: a track out of the frame is placed at its nearest edge cell with its ID
+    # negated (models.trajectory_encoder, `outside`), so "a track, out of view" differs from "no
+    # track" (zeros both, in MotionStream's encoding, which real checkpoints use)
+    track_outside: bool = False
 
     @property
     def head_dim(self) -> int:

@@ -137,7 +137,8 @@ class Pipeline:
         _, sh, sw = self.model.config.vae_stride
         traj = trajectory.resized(width, height) if trajectory is not None else None
         return make_track_condition(traj, (height // sh, width // sw), self.model.config.track_channels,
-                                    device=self.device, dtype=self.dtype)
+                                    device=self.device, dtype=self.dtype,
+                                    outside=getattr(self.model.config, "track_outside", False))
 
     @classmethod
     def load(
@@ -288,7 +289,7 @@ class Pipeline:
         pipe = cls(model=model, decoder=decoder, text_encoder=CachedTextEncoder(enc), device=device, dtype=dtype,
                    fps=16.0, native_size=(128, 128), is_random=False,
                    description=f"default world-128 model ({source}; step {meta.get('step', '?')})",
-                   trajectory_encoder=TrajectoryEncoder(cfg.track_channels),
+                   trajectory_encoder=TrajectoryEncoder(cfg.track_channels, outside=cfg.track_outside),
                    stream_defaults=json.loads(meta["stream"]) if "stream" in meta else None)
         if warmup:  # first calls into oneDNN convs/matmuls are slow: pay that at load, not at the first frame
             with torch.inference_mode():

@@ -905,3 +905,61 @@ def test_exit_start_places_tracked_clips_just_before_their_sprites_leave_the_vie
             first = int(np.argmax(gone))
             placed += 4 <= first <= 16 and not gone[:first].any()
     assert placed >= 6  # most all-crossing clips of one or two sprites have such a moment in 240 frames
+
+
+def test_outside_tracks_get_their_own_code_only_when_asked():
+    """TrajectoryEncoder(outside=True): a track that has left the frame is placed at its nearest
+    edge cell with its ID negated; a track not visible inside the frame (not started, occluded)
+    stays zeros; visible points are placed as before. outside=False (MotionStream's encoding, the
+    default): out of view is zeros, as no track is."""
+    from streamer.models.trajectory_encoder import track_id_embedding
+    from streamer.trajectory import Trajectory
+
+    # track 0 in view at (20, 60), track 1 out past the right edge at y = 60, track 2 hidden inside
+    pts = np.array([[[20.0, 60.0], [150.0, 60.0], [64.0, 64.0]]], np.float32)
+    vis = np.array([[True, False, False]])
+    traj = Trajectory(pts, vis, 16.0, 128, 128)
+    emb = torch.from_numpy(track_id_embedding(3, 8))
+    plain = TrajectoryEncoder(8)(traj, [0], (16, 16))[0, :, 0]
+    coded = TrajectoryEncoder(8, outside=True)(traj, [0], (16, 16))[0, :, 0]
+    assert torch.allclose(plain.sum((1, 2)), emb[0], atol=1e-5)  # only track 0
+    # the right edge column holds -ID of track 1 (split over two rows by the bilinear splat)
+    edge = coded[:, :, 15]
+    assert torch.allclose(edge.sum(1), -emb[1], atol=1e-5)
+    assert torch.allclose(coded[:, :, :15].sum((1, 2)), emb[0], atol=1e-5)  # track 0 as before, track 2 nowhere
+    assert torch.equal(plain[:, :, 15], torch.zeros_like(plain[:, :, 15]))
+
+
+def test_track_outside_fine_tune_writes_a_model_the_pipeline_encodes_for(tmp_path, monkeypatch):
+    """`track_outside = true` in a fine-tune: the run trains with the outside code, its weights'
+    config says so, and the pipeline loaded from them places an out-of-view track (the default
+    model's does not); a further fine-tune from those weights keeps it without the key."""
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import Pipeline
+    from streamer.trajectory import Trajectory
+
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    init = _init_folder(tmp_path / "init", abs_pos=torch.zeros(1, 192, 8, 8))
+    seen = []  # the trainer's track encoder, as each batch receives it
+    batch = train.dit_batch
+
+    def recording_batch(world, rng, r, vae, text_enc, tracks_enc, *a, **kw):
+        seen.append(tracks_enc.outside)
+        return batch(world, rng, r, vae, text_enc, tracks_enc, *a, **kw)
+
+    monkeypatch.setattr(train, "dit_batch", recording_batch)
+    args = ["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1"]
+    for name, src, extra in (("coded", init, {"track_outside": True}), ("again", tmp_path / "coded", {})):
+        recipe = {**base, "finetune": {**ft, "init": str(src), "phases": [extra]}}
+        monkeypatch.setattr(train, "load_recipe", lambda path, recipe=recipe: recipe)
+        assert main(args + ["--out", str(tmp_path / name)]) == 0
+    assert seen and all(seen)
+    traj = Trajectory(np.array([[[150.0, 60.0]]], np.float32), np.array([[False]]), 16.0, 128, 128)
+    coded = Pipeline.load_default(tmp_path / "again", device=torch.device("cpu"), dtype=torch.float32)
+    assert coded.model.config.track_outside
+    assert coded.track_condition(traj, 128, 128)([0]).abs().sum() > 0
+    shipped = Pipeline.load_default(device=torch.device("cpu"), dtype=torch.float32)
+    assert not shipped.model.config.track_outside
+    assert shipped.track_condition(traj, 128, 128)([0]).abs().sum() == 0

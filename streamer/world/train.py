@@ -221,10 +221,14 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     if any({**base, **ph}.get("absolute_positions") for ph in phases) or _has_abs_pos(init_file):
         stride = cfg.vae_stride[1] * cfg.patch_size[1]
         cfg = replace(cfg, abs_pos_grid=(world.config.height // stride, world.config.width // stride))
+    # out-of-view tracks get their own code (`track_outside`): a property of the model, like the
+    # embedding, so it holds from the first phase that asks for it, or from an init that has it
+    if any({**base, **ph}.get("track_outside") for ph in phases) or _init_config(init_file).get("track_outside"):
+        cfg = replace(cfg, track_outside=True)
     model = CausalWanModel(cfg).to(device)
     if cfg.text_dim != text_enc.dim or cfg.text_len != text_enc.text_len or cfg.track_channels != r["track_dim"]:
         raise ValueError("recipe: the DiT preset's text_dim/text_len/track_channels do not match the encoders")
-    tracks_enc = TrajectoryEncoder(dim=r["track_dim"])
+    tracks_enc = TrajectoryEncoder(dim=r["track_dim"], outside=cfg.track_outside)
     ckpt = out / "dit_last.pt"
     state = torch.load(ckpt, weights_only=True) if resume and ckpt.is_file() else None
     if r.get("init") and state is None:
@@ -445,6 +449,16 @@ def _has_abs_pos(dit_file: Path | None) -> bool:
 
     with safe_open(str(dit_file), "pt") as f:
         return "abs_pos" in f.keys()
+
+
+def _init_config(dit_file: Path | None) -> dict:
+    """The model config stored with a DiT checkpoint (a dit.safetensors, or None: {})."""
+    if dit_file is None or not dit_file.is_file():
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(dit_file), "pt") as f:
+        return json.loads((f.metadata() or {}).get("config", "{}"))
 
 
 def resolve_path(p: str | Path) -> Path:
@@ -826,7 +840,7 @@ TRAINING_KEYS = frozenset("""
     noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
-    timestep_shift track_dim track_dropout track_offset video_start warmup weight_decay""".split())
+    timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
 
