@@ -13,6 +13,20 @@ from streamer.trajectory import Trajectory
 from streamer.world.scenes import World
 
 
+class _ZeroText:
+    """A text encoder stub for dit_batch tests: zero embeddings [B, 4, 8]."""
+
+    def encode(self, prompts):
+        return torch.zeros(len(prompts), 4, 8)
+
+
+class _IdentityVae:
+    """An autoencoder stub whose "latents" are the frames themselves, so a test sees what was drawn."""
+
+    def encode(self, video):
+        return video
+
+
 def test_dit_steps_reduce_loss_on_fixed_batch():
     torch.manual_seed(0)
     cfg = get_config("tiny", track_channels=8)
@@ -169,16 +183,12 @@ def test_keep_first_tracks_spares_the_first_chunk_of_random_layout_clips_only():
     chunks, and text-only clips' tracks; without the key the first chunk drops like the rest."""
     from streamer.world.train import dit_batch
 
-    class Text:
-        def encode(self, prompts):
-            return torch.zeros(len(prompts), 4, 8)
-
     class Vae:
         def encode(self, video):
             return video[:, :, ::4, ::8, ::8]
 
     def per_frame(r, blocks=None):  # track channel mass per latent frame [B, F]
-        _, _, tracks, _ = dit_batch(World(), np.random.default_rng(3), r, Vae(), Text(), TrajectoryEncoder(8), 13, 4,
+        _, _, tracks, _ = dit_batch(World(), np.random.default_rng(3), r, Vae(), _ZeroText(), TrajectoryEncoder(8), 13, 4,
                                     2, torch.device("cpu"), blocks=blocks)
         return tracks.abs().sum((1, 3, 4))
 
@@ -195,16 +205,8 @@ def test_spawn_text_makes_text_only_clips_the_worlds_text_only_layout():
     without it, or for clips that keep their tracks, the clip of the same seed as before."""
     from streamer.world.train import dit_batch
 
-    class Text:
-        def encode(self, prompts):
-            return torch.zeros(len(prompts), 4, 8)
-
-    class Vae:  # identity "latents": the frames themselves, so the test sees what was drawn
-        def encode(self, video):
-            return video
-
     w = World()
-    first = lambda r: dit_batch(w, np.random.default_rng(1), r, Vae(), Text(), TrajectoryEncoder(8), 5, 2, 1,  # noqa: E731
+    first = lambda r: dit_batch(w, np.random.default_rng(1), r, _IdentityVae(), _ZeroText(), TrajectoryEncoder(8), 5, 2, 1,  # noqa: E731
                                 torch.device("cpu"))[0][:, :, 0]
     seed = int(np.random.default_rng(1).integers(1 << 30))
     r = {"batch": 1, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 1.0}
@@ -220,18 +222,10 @@ def test_text_only_offset_starts_text_only_clips_later_in_their_motion():
     bounce; clips with tracks still start at frame 0."""
     from streamer.world.train import dit_batch
 
-    class Text:
-        def encode(self, prompts):
-            return torch.zeros(len(prompts), 4, 8)
-
-    class Vae:  # identity "latents": the frames themselves
-        def encode(self, video):
-            return video
-
     w = World()
     r = {"batch": 3, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 1.0,
          "spawn_text": True}
-    got = dit_batch(w, np.random.default_rng(2), r, Vae(), Text(), TrajectoryEncoder(8), 5, 2, 1, torch.device("cpu"),
+    got = dit_batch(w, np.random.default_rng(2), r, _IdentityVae(), _ZeroText(), TrajectoryEncoder(8), 5, 2, 1, torch.device("cpu"),
                     with_clips=True, text_offset=300)[4]
     rng = np.random.default_rng(2)
     seeds = [int(rng.integers(1 << 30)) for _ in range(3)]
@@ -241,7 +235,7 @@ def test_text_only_offset_starts_text_only_clips_later_in_their_motion():
     for clip, seed, o in zip(got, seeds, offsets):
         want = w.clip(seed, 5 + int(o), spawn=True)
         assert np.array_equal(clip.frames, want.frames[o:]) and np.allclose(clip.trajectory.tracks, want.trajectory.tracks[o:])
-    tracked = dit_batch(w, np.random.default_rng(2), {**r, "text_only": 0.0}, Vae(), Text(), TrajectoryEncoder(8), 5, 2,
+    tracked = dit_batch(w, np.random.default_rng(2), {**r, "text_only": 0.0}, _IdentityVae(), _ZeroText(), TrajectoryEncoder(8), 5, 2,
                         1, torch.device("cpu"), with_clips=True, text_offset=300)[4]
     assert all(np.array_equal(c.frames, w.clip(s, 5).frames) for c, s in zip(tracked, seeds))
 
@@ -847,18 +841,10 @@ def test_track_offset_and_cross_share_change_only_the_clips_with_tracks():
 
     from streamer.world.train import dit_batch
 
-    class Text:
-        def encode(self, prompts):
-            return torch.zeros(len(prompts), 4, 8)
-
-    class Vae:  # identity "latents": the frames themselves
-        def encode(self, video):
-            return video
-
     w = World()
     r = {"batch": 4, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 0.5,
          "spawn_text": True}
-    batch = lambda r: dit_batch(w, np.random.default_rng(5), r, Vae(), Text(), TrajectoryEncoder(8), 5, 2, 1,  # noqa: E731
+    batch = lambda r: dit_batch(w, np.random.default_rng(5), r, _IdentityVae(), _ZeroText(), TrajectoryEncoder(8), 5, 2, 1,  # noqa: E731
                                 torch.device("cpu"), with_clips=True)
     got = batch({**r, "track_offset": 300, "cross_share": 1.0})
     rng = np.random.default_rng(5)
@@ -886,17 +872,9 @@ def test_exit_start_places_tracked_clips_just_before_their_sprites_leave_the_vie
     while the track channels are zero); one without such a moment keeps its uniform offset."""
     from streamer.world.train import dit_batch
 
-    class Text:
-        def encode(self, prompts):
-            return torch.zeros(len(prompts), 4, 8)
-
-    class Vae:  # identity "latents"
-        def encode(self, video):
-            return video
-
     r = {"batch": 12, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 0.0,
          "track_offset": 240, "cross_share": 1.0, "exit_start": 1.0}
-    clips = dit_batch(World(), np.random.default_rng(0), r, Vae(), Text(), TrajectoryEncoder(8), 37, 10, 3,
+    clips = dit_batch(World(), np.random.default_rng(0), r, _IdentityVae(), _ZeroText(), TrajectoryEncoder(8), 37, 10, 3,
                       torch.device("cpu"), with_clips=True)[4]
     placed = 0
     for clip in clips:
