@@ -138,7 +138,7 @@ class Pipeline:
         traj = trajectory.resized(width, height) if trajectory is not None else None
         return make_track_condition(traj, (height // sh, width // sw), self.model.config.track_channels,
                                     device=self.device, dtype=self.dtype,
-                                    outside=getattr(self.model.config, "track_outside", False))
+                                    outside=self.model.config.track_outside)
 
     @classmethod
     def load(
