@@ -66,6 +66,33 @@ def test_vae_steps_reduce_loss_on_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_reconstruction_weight_adds_the_sprite_and_the_border_band():
+    from streamer.world.train import reconstruction_weight
+
+    bg = torch.zeros(2, 3, 5, 32, 32)
+    video = bg.clone()
+    video[1, 0, 2, 16, 16] = 1.0  # one sprite pixel, in the interior
+    plain = reconstruction_weight(video, bg, sprite_weight=10.0)
+    assert plain.shape == (2, 1, 5, 32, 32) and plain.sum() == plain.numel() + 10.0
+    w = reconstruction_weight(video, bg, sprite_weight=10.0, border_weight=3.0, border=8)
+    assert w[1, 0, 2, 16, 16] == 11.0 and w[0, 0, 0, 8, 8] == 1.0  # first interior pixel
+    band = w[0, 0, 0] == 4.0
+    assert band[:8].all() and band[-8:].all() and band[:, :8].all() and band[:, -8:].all()
+    assert int(band.sum()) == 32 * 32 - 16 * 16
+
+
+def test_a_negative_border_weight_is_one_clear_error(tmp_path, capsys):
+    from streamer.cli import main
+
+    recipe = tmp_path / "dec.toml"
+    recipe.write_text('[world]\npreset = "world-128"\n[vae]\ninit = "streamer/weights"\npreset = "world-128"\n'
+                      "freeze_encoder = true\nsteps = 2\nbatch = 1\nframes = 5\ncrop = 64\nlr = 1e-3\n"
+                      "latent_noise = 0.0\nlatent_l2 = 0.0\nsprite_weight = 1.0\nborder_weight = -1\nstats_clips = 1\n")
+    assert main(["train", "--recipe", str(recipe), "--stage", "vae", "--device", "cpu", "--out", str(tmp_path / "run"),
+                 "--quiet", "--threads", "1"]) == 2
+    assert "border_weight must be a number >= 0" in capsys.readouterr().err
+
+
 def test_decoder_only_phase_from_init_keeps_the_latent_space(tmp_path):
     """[vae] init + freeze_encoder: the shipped autoencoder's decoder trains, while its encoder and
     latent statistics (what the DiT was trained on) stay bit for bit."""
@@ -76,7 +103,7 @@ def test_decoder_only_phase_from_init_keeps_the_latent_space(tmp_path):
     recipe = tmp_path / "dec.toml"
     recipe.write_text('[world]\npreset = "world-128"\n[vae]\ninit = "streamer/weights"\npreset = "world-128"\n'
                       "freeze_encoder = true\nsteps = 2\nbatch = 1\nframes = 5\ncrop = 64\nlr = 1e-3\n"
-                      "latent_noise = 0.0\nlatent_l2 = 0.0\nsprite_weight = 1.0\nstats_clips = 1\n")
+                      "latent_noise = 0.0\nlatent_l2 = 0.0\nsprite_weight = 1.0\nborder_weight = 2.0\nstats_clips = 1\n")
     out = tmp_path / "run"
     assert main(["train", "--recipe", str(recipe), "--stage", "vae", "--device", "cpu", "--out", str(out),
                  "--quiet", "--threads", "1"]) == 0
