@@ -1,37 +1,58 @@
-"""The autoencoder's own border artefact: the eval's prompt + tracks scenes (held out) through the
-autoencoder alone (no DiT), scored by `streamer eval`'s border / interior change (8-px band), with
-the mean change by distance from the frame's edge and over time on pixels the true clip keeps static.
+"""The autoencoder's own border artefact: the eval's held-out prompt + tracks scenes through the
+autoencoder alone (no DiT), scored by `streamer eval`'s border / interior change (its 8-px band,
+`evaluate.BORDER`), with the mean change from the first frame by distance from the frame's edge
+(px 0-19) and the band's change over time, on pixels the true clip keeps static (so any change
+there is the autoencoder's).
 
     python docs/eval/border_probe.py SECONDS SCENES [WEIGHTS_DIR]
 
 WEIGHTS_DIR (default: the shipped weights) needs vae.safetensors and dit.safetensors (the pipeline
 loads both; only the autoencoder is used). fp32, 1 thread; ~40 s per 20-s scene here."""
-import sys, numpy as np, torch
-torch.set_num_threads(1)
-from streamer.world.scenes import World
-from streamer.world import evaluate as E
+
+import argparse
+
+import numpy as np
+import torch
+
 from streamer.pipeline import Pipeline
-secs = float(sys.argv[1]); nsc = int(sys.argv[2])
-pipe = Pipeline.load_default(sys.argv[3] if len(sys.argv) > 3 else "streamer/weights", device="cpu", dtype=torch.float32); torch.set_num_threads(1)
-world = World()
-n = E.stream_frames(secs, pipe.fps)
-for s in E.HELD_OUT_SEEDS[:nsc]:
-    clip = world.clip(s, n)
-    ref = E.reference_frames(pipe, clip)
-    for name, fr in (("truth", clip.frames[:len(ref)]), ("ae", ref)):
-        sc = E.score_frames(fr, clip)
-        print(s, name, clip.prompt, "border %.2f interior %.2f bg %.2f" % (np.nanmean(sc.border_change), np.nanmean(sc.interior_change), np.nanmean(sc.bg_change)))
-    # per-pixel mean change map relative to frame 0, all pixels (sprite-masked: pixels far from track in both)
-    d = np.abs(ref.astype(np.float32) - ref[0:1].astype(np.float32)).mean(-1)
-    dt = np.abs(clip.frames[:len(ref)].astype(np.float32) - clip.frames[0:1].astype(np.float32)).mean(-1)
-    # where the truth is static, the change is the autoencoder's
-    static = (dt < 1).mean(0) > 0.999
-    m = np.where(static, d.mean(0), np.nan)
-    h = m.shape[0]
-    prof = [np.nanmean(np.concatenate([m[k, k:h-k], m[h-1-k, k:h-k], m[k:h-k, k], m[k:h-k, h-1-k]])) for k in range(20)]
-    print("  change by distance from edge (px 0..19):", " ".join("%.2f" % p for p in prof), "| centre %.2f" % np.nanmean(m[20:-20, 20:-20]))
-    # change vs time in band / interior for static pixels
-    band = np.zeros((h, h), bool); band[:8] = band[-8:] = True; band[:, :8] = band[:, -8:] = True
-    ts = d[:, static & band].mean(1), d[:, static & ~band].mean(1)
-    q = len(ref) // 6
-    print("  band over time:", " ".join("%.2f" % ts[0][i*q:(i+1)*q].mean() for i in range(6)), "| interior:", " ".join("%.2f" % ts[1][i*q:(i+1)*q].mean() for i in range(6)))
+from streamer.world.evaluate import BORDER, HELD_OUT_SEEDS, reference_frames, score_frames, stream_frames
+from streamer.world.scenes import World
+
+
+def edge_profile(m: np.ndarray, depth: int = 20) -> list[float]:
+    """Mean of m [H, W] (NaN ignored) on the ring of pixels k px from the edge, k = 0..depth-1."""
+    h, w = m.shape
+    return [float(np.nanmean(np.concatenate([m[k, k:w - k], m[h - 1 - k, k:w - k], m[k:h - k, k], m[k:h - k, w - 1 - k]])))
+            for k in range(depth)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("seconds", type=float)
+    ap.add_argument("scenes", type=int)
+    ap.add_argument("weights", nargs="?", default="streamer/weights")
+    args = ap.parse_args()
+    pipe = Pipeline.load_default(args.weights, device="cpu", dtype=torch.float32)
+    torch.set_num_threads(1)  # after loading: Pipeline.load sets the machine's cores
+    world = World()
+    n = stream_frames(args.seconds, pipe.fps)
+    for seed in HELD_OUT_SEEDS[: args.scenes]:
+        clip = world.clip(seed, n)
+        ref = reference_frames(pipe, clip)
+        truth = clip.frames[: len(ref)]
+        sc = score_frames(ref, clip)
+        print(f"{seed} {clip.prompt}: border {np.nanmean(sc.border_change):.2f} "
+              f"interior {np.nanmean(sc.interior_change):.2f} bg {np.nanmean(sc.bg_change):.2f}")
+        change = np.abs(ref.astype(np.float32) - ref[:1].astype(np.float32)).mean(-1)  # [T, H, W]
+        static = (np.abs(truth.astype(np.float32) - truth[:1].astype(np.float32)).mean(-1) < 1).mean(0) > 0.999
+        print("  change by distance from the edge (px 0..19):",
+              " ".join(f"{p:.2f}" for p in edge_profile(np.where(static, change.mean(0), np.nan))))
+        band = np.zeros(static.shape, bool)
+        band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
+        if (static & band).any():
+            series, q = change[:, static & band].mean(1), max(len(ref) // 6, 1)
+            print("  band over time (sixths):", " ".join(f"{series[i * q:(i + 1) * q].mean():.2f}" for i in range(6)))
+
+
+if __name__ == "__main__":
+    main()
