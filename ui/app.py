@@ -404,6 +404,11 @@ class App:
         live.stop()
         return message(f"stopped after {live.shown} frames; the recording is complete"), IDLE_STATS
 
+    def idle_stats(self, key: str):
+        """The stats line once nothing streams ("not streaming"); left as it is while a stream runs."""
+        live = self.lives.get(key)
+        return IDLE_STATS if live is None or live.session is None else gr.skip()
+
     def set_prompt(self, key: str, prompt: str) -> str:
         live = self.lives.get(key)
         try:
@@ -620,7 +625,11 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
         ev_resume = resume.click(app.resume, [canvas], outs, concurrency_limit=None, show_progress="hidden")
         streams = [ev_start, ev_resume]
         pause.click(app.pause, [canvas], [note, stats], cancels=streams, queue=False)
-        stop.click(app.stop, [canvas], [note, stats], cancels=streams, queue=False)
+        # A frame's stats line sent just before Stop can reach the page after Stop's own (queue=False)
+        # reply and bring the FPS line back. Queued events share the page's one ordered event stream,
+        # so a queued follow-up lands after anything the stopped stream sent: it settles the line.
+        stop.click(app.stop, [canvas], [note, stats], cancels=streams, queue=False).then(
+            app.idle_stats, [canvas], [stats], concurrency_limit=None, show_progress="hidden")
         apply_prompt.click(app.set_prompt, [canvas, prompt], [note], queue=False)
         prompt.submit(app.set_prompt, [canvas, prompt], [note], queue=False)
         record.click(app.download, [canvas], [recording, note], queue=False).then(  # one click: save it at once
