@@ -81,6 +81,19 @@ def test_reconstruction_weight_adds_the_sprite_and_the_border_band():
     assert int(band.sum()) == 32 * 32 - 16 * 16
 
 
+def test_reconstruction_weight_adds_a_halo_around_each_sprite():
+    from streamer.world.train import reconstruction_weight
+
+    bg = torch.zeros(1, 3, 2, 32, 32)
+    video = bg.clone()
+    video[0, :, 1, 10:14, 10:14] = 1.0  # a 4x4 sprite in frame 1 only
+    w = reconstruction_weight(video, bg, sprite_weight=10.0, halo_weight=5.0, halo=3)
+    assert (w[0, 0, 1, 10:14, 10:14] == 11.0).all()  # the sprite: not the halo as well
+    ring = w[0, 0, 1] == 6.0
+    assert ring[7:17, 7:17].sum() == 10 * 10 - 4 * 4 and ring.sum() == 10 * 10 - 4 * 4  # 3 px around it, square
+    assert (w[0, 0, 0] == 1.0).all()  # frame 0 has no sprite: no halo from frame 1
+
+
 def test_a_negative_border_weight_is_one_clear_error(tmp_path, capsys):
     from streamer.cli import main
 

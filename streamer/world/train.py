@@ -96,7 +96,8 @@ def vae_batch(world: World, rng: np.random.Generator, batch: int, frames: int, c
 
 
 def reconstruction_weight(video: torch.Tensor, bg: torch.Tensor, sprite_weight: float,
-                          border_weight: float = 0.0, border: int = 8) -> torch.Tensor:
+                          border_weight: float = 0.0, border: int = 8, halo_weight: float = 0.0,
+                          halo: int = 3) -> torch.Tensor:
     """Per-pixel weight [B, 1, T, H, W] of the autoencoder's reconstruction loss for video and its
     background bg ([B, 3, T, H, W] in [-1, 1]): 1, plus sprite_weight where a sprite is drawn (a
     sprite is a few percent of the pixels, and its colour is what the eval finds), plus
@@ -104,8 +105,18 @@ def reconstruction_weight(video: torch.Tensor, bg: torch.Tensor, sprite_weight: 
     convolutions' zero padding leaves the decoder least to go on: the v2-v8 autoencoder's round
     trip errs twice as much in its outer 3 px as inside (6.5 vs 3.7 levels of 255 on a held-out
     snow scene) and flickers there with the 4-frame latent period, which `streamer eval` scores as
-    border change above interior change (its 8-px band, `evaluate.BORDER`)."""
-    weight = 1.0 + sprite_weight * ((video - bg).abs().amax(1, keepdim=True) > 0.08).float()
+    border change above interior change (its 8-px band, `evaluate.BORDER`).
+    Plus halo_weight on the background pixels within `halo` px of a sprite (per frame): the blur
+    there mixes the sprite's colour into the background, and a red square's halo on sand is orange
+    enough for the eval to count it as an orange sprite, so the autoencoder alone keeps the two
+    sprites of "a red square and an orange triangle on sand" apart in 1% of frames."""
+    sprite = ((video - bg).abs().amax(1, keepdim=True) > 0.08).float()
+    weight = 1.0 + sprite_weight * sprite
+    if halo_weight:
+        b, _, t, h, w = sprite.shape
+        near = F.max_pool2d(sprite.transpose(1, 2).reshape(b * t, 1, h, w), 2 * halo + 1, stride=1, padding=halo)
+        ring = near.reshape(b, t, 1, h, w).transpose(1, 2) * (1.0 - sprite)
+        weight = weight + halo_weight * ring
     if border_weight:
         band = torch.zeros(video.shape[-2:], dtype=video.dtype, device=video.device)
         band[:border], band[-border:], band[:, :border], band[:, -border:] = 1.0, 1.0, 1.0, 1.0
@@ -139,8 +150,9 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         if pi < first_phase:
             continue
         r = {**base, **phase}
-        if not isinstance(r.get("border_weight", 0.0), (int, float)) or r.get("border_weight", 0.0) < 0:
-            raise ValueError(f"border_weight must be a number >= 0, got {r['border_weight']!r}")
+        for key in ("border_weight", "halo_weight"):
+            if not isinstance(r.get(key, 0.0), (int, float)) or r.get(key, 0.0) < 0:
+                raise ValueError(f"{key} must be a number >= 0, got {r[key]!r}")
         # freeze_encoder: decoder-only phases keep the latent space (and its statistics) fixed, so they
         # can run after, or beside, the DiT's training without invalidating it
         frozen = bool(r.get("freeze_encoder", False))
@@ -154,7 +166,8 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
             with torch.set_grad_enabled(not frozen):
                 z = vae.encoder(video)
             rec = vae.decoder(z + r["latent_noise"] * torch.randn_like(z))[0]
-            weight = reconstruction_weight(video, bg, r["sprite_weight"], r.get("border_weight", 0.0))
+            weight = reconstruction_weight(video, bg, r["sprite_weight"], r.get("border_weight", 0.0),
+                                           halo_weight=r.get("halo_weight", 0.0))
             loss_rec = (weight * (rec - video) ** 2).mean() + 0.5 * (weight * (rec - video).abs()).mean()
             loss = loss_rec + r["latent_l2"] * z.pow(2).mean()
             for g in opt.param_groups:
@@ -855,7 +868,7 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
-    freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher image_chunks image_start init
+    freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
     cross_share exit_start keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
