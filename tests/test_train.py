@@ -397,8 +397,7 @@ def test_default_recipe_runs_every_stage_in_a_smoke_run(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(["train", "--smoke", "1", "--device", "cpu", "--out", str(out), "--quiet", "--threads", "1"]) == 0
     assert "dit initialised from" in (out / "train.log").read_text()
-    assert "decoder phase 1 done" in (out / "train.log").read_text()  # the last stage: decoder-only phases
-    pipe = Pipeline.load_default(out / "decoder", device="cpu", dtype=torch.float32)
+    pipe = Pipeline.load_default(out / "finetune", device="cpu", dtype=torch.float32)
     chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
     assert chunk.frames.shape[1:] == (128, 128, 3)
 
@@ -982,35 +981,3 @@ def test_track_outside_fine_tune_writes_a_model_the_pipeline_encodes_for(tmp_pat
     shipped = Pipeline.load_default(device=torch.device("cpu"), dtype=torch.float32)
     assert not shipped.model.config.track_outside
     assert shipped.track_condition(traj, 128, 128)([0]).abs().sum() == 0
-
-
-def test_decoder_stage_trains_the_decoder_and_keeps_the_dit(tmp_path, monkeypatch, capsys):
-    """[decoder] (the shipped recipe's last stage): `--stage decoder` from its init folder writes that
-    folder's DiT unchanged and an autoencoder whose encoder and latent statistics are the init's,
-    bit for bit, with a trained decoder; freeze_encoder = false there, or no init, is one line, exit 2."""
-    from safetensors.torch import load_file
-
-    import streamer.world.train as train
-    from streamer.cli import main
-    from streamer.pipeline import WEIGHTS_DIR
-
-    base = load_recipe(DEFAULT_RECIPE)
-    assert "decoder" in base, "the shipped recipe ends with its decoder stage"
-    recipe = {**base, "decoder": {**base["decoder"], "init": str(WEIGHTS_DIR)}}
-    monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
-    out = tmp_path / "dec"
-    args = ["train", "--smoke", "1", "--stage", "decoder", "--device", "cpu", "--quiet", "--threads", "1"]
-    assert main(args + ["--out", str(out)]) == 0
-    capsys.readouterr()  # the progress bars
-    assert (out / "dit.safetensors").read_bytes() == (WEIGHTS_DIR / "dit.safetensors").read_bytes()
-    before, after = load_file(str(WEIGHTS_DIR / "vae.safetensors")), load_file(str(out / "vae.safetensors"))
-    kept = [k for k in before if not k.startswith("decoder.")]
-    assert kept and all(torch.equal(before[k].float(), after[k].float()) for k in kept)
-    assert any(not torch.equal(before[k].float(), after[k].float()) for k in before if k.startswith("decoder."))
-    bad = [{**recipe, "decoder": {**recipe["decoder"], "freeze_encoder": False}},
-           {**recipe, "decoder": {k: v for k, v in recipe["decoder"].items() if k != "init"}}]
-    for rec, words in zip(bad, ("freeze_encoder must stay true", "needs init")):
-        monkeypatch.setattr(train, "load_recipe", lambda path, rec=rec: rec)
-        code = main(args + ["--out", str(tmp_path / "bad")])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and words in err[0], err

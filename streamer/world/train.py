@@ -1,14 +1,11 @@
 """`streamer train`: reproduce the shipped default model from a recipe file.
 
-Stages, all on clips the world generates on the fly (unlimited, seeded):
+Two stages, both on clips the world generates on the fly (unlimited, seeded):
 1. vae: the tiny autoencoder (models/tiny_vae.py), reconstruction loss with extra weight on the
    sprites, noise on the latents; then the latent mean/std are measured and stored in the model.
 2. dit: the causal Wan DiT preset, flow matching with teacher forcing (Self-Forcing's
    [clean | noisy] block-causal shape, chunks of 3 latent frames), conditioned on the prompt
    (MiniLM token embeddings) and on MotionStream track channels (dropped per chunk with p=0.2).
-3. finetune: the DiT on its own rollouts, in phases (the recipe's [finetune] section).
-4. decoder: decoder-only phases on the fine-tune's autoencoder, the encoder frozen (the DiT's
-   latents stay as they were), when the recipe has a [decoder] section.
 
 Checkpoints (safetensors, small) and a plain-text log go to the output folder; `--ship` copies the
 final weights into streamer/weights/, which is what `Pipeline.load()` uses when no checkpoint is given.
@@ -127,16 +124,14 @@ def reconstruction_weight(video: torch.Tensor, bg: torch.Tensor, sprite_weight: 
     return weight
 
 
-def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: bool = False,
-              section: str = "vae") -> TinyVAE:
+def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: bool = False) -> TinyVAE:
     """Phases run in order, each with its own optimizer and cosine schedule; a phase's keys override
     the [vae] section (e.g. small crops first for speed, then whole frames with more sprite weight).
     [vae] init = <folder>: start from that folder's vae.safetensors instead of a fresh autoencoder,
     for decoder-only phases (`freeze_encoder`) on a shipped model: its latents, and so its DiT,
-    stay valid. section = "decoder": the recipe's [decoder] stage, the same keys, run after the
-    fine-tune on its autoencoder with the encoder frozen in every phase (decoder_stage)."""
-    base = {k: v for k, v in recipe[section].items() if k != "phases"}
-    phases = recipe[section].get("phases") or [{}]
+    stay valid."""
+    base = {k: v for k, v in recipe["vae"].items() if k != "phases"}
+    phases = recipe["vae"].get("phases") or [{}]
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
     torch.manual_seed(recipe.get("seed", 0))
     rng = np.random.default_rng([recipe.get("seed", 0), 100])
@@ -163,7 +158,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         frozen = bool(r.get("freeze_encoder", False))
         vae.encoder.requires_grad_(not frozen)
         opt = torch.optim.Adam(vae.decoder.parameters() if frozen else vae.parameters(), lr=r["lr"])
-        bar = tqdm(range(r["steps"]), desc=f"{section} phase {pi}", mininterval=5)
+        bar = tqdm(range(r["steps"]), desc=f"vae phase {pi}", mininterval=5)
         t_phase = time.time()
         for step in bar:
             video, bg = vae_batch(world, rng, r["batch"], r["frames"], r["crop"])
@@ -181,12 +176,12 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
             loss.backward()
             opt.step()
             if r.get("max_minutes") and (time.time() - t_phase) / 60 > r["max_minutes"]:
-                log(f"{section} phase {pi} stopped at step {step} after {r['max_minutes']} min")
+                log(f"vae phase {pi} stopped at step {step} after {r['max_minutes']} min")
                 break
             if step % 50 == 0 or step == r["steps"] - 1:
                 psnr = -10 * math.log10(F.mse_loss(rec.clamp(-1, 1), video).item() / 4 + 1e-12)
                 bar.set_postfix(loss=f"{loss_rec.item():.4f}", psnr=f"{psnr:.1f}")
-                log(f"{section} phase {pi} step {step} loss {loss_rec.item():.5f} psnr {psnr:.2f} "
+                log(f"vae phase {pi} step {step} loss {loss_rec.item():.5f} psnr {psnr:.2f} "
                     f"z_rms {z.pow(2).mean().sqrt().item():.3f} t {time.time() - t0:.0f}s")
         vae.eval()
         # latent statistics over whole full-size clips: the DiT trains on normalised latents
@@ -199,33 +194,10 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
                 vae.latent_std.copy_(zs.std(1).clamp_min(1e-3))
         vae.save(out / "vae.safetensors", half=False)
         (out / "vae_phase.txt").write_text(str(pi))
-        log(f"{section} phase {pi} done at {time.time() - t0:.0f}s; latent std {vae.latent_std.mean().item():.3f}")
+        log(f"vae phase {pi} done at {time.time() - t0:.0f}s; latent std {vae.latent_std.mean().item():.3f}")
         vae.train()
     vae.eval()
     return vae
-
-
-def check_decoder(recipe: dict) -> None:
-    """Raises ValueError (one line) when the recipe's [decoder] or one of its phases sets
-    freeze_encoder = false: a trained encoder would move the latents the DiT was trained on."""
-    sec = recipe.get("decoder", {})
-    if any(ph.get("freeze_encoder", True) is not True for ph in [sec, *sec.get("phases", [])]):
-        raise ValueError("recipe [decoder]: freeze_encoder must stay true (the DiT was trained on this encoder's latents)")
-
-
-def decoder_stage(recipe: dict, init: Path, out: Path, log: Log, device: torch.device, resume: bool = False) -> Path:
-    """The recipe's [decoder] stage: decoder-only phases (encoder and latent statistics frozen, so
-    the DiT stays valid) on the autoencoder of `init`, a folder with dit + vae safetensors (the
-    fine-tune's output). Writes `out` with init's DiT and the new autoencoder, and returns it.
-    Raises ValueError when a phase sets freeze_encoder = false: a trained encoder would change the
-    latents the DiT was trained on."""
-    check_decoder(recipe)
-    sec = recipe["decoder"]
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(init / "dit.safetensors", out / "dit.safetensors")
-    recipe = {**recipe, "decoder": {**sec, "init": str(init), "freeze_encoder": True}}
-    train_vae(recipe, out, log, device, resume=resume, section="decoder")
-    return out
 
 
 class WeightEMA:
@@ -878,13 +850,12 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
     2 clips for the latent statistics: every stage runs and connects, in seconds (tests, dry runs)."""
     cut = lambda sec: {**sec, "steps": min(sec.get("steps", steps), steps), "batch": min(sec.get("batch", 2), 2)}  # noqa: E731
     out = dict(recipe)
-    for name in ("vae", "decoder"):  # a fine-tune-only recipe has neither
-        if name in recipe:
-            vae = cut(recipe[name])
-            vae["stats_clips"] = min(vae.get("stats_clips", 2), 2)
-            if "phases" in vae:
-                vae["phases"] = [cut(ph) for ph in vae["phases"]]
-            out[name] = vae
+    if "vae" in recipe:  # a fine-tune-only recipe has none
+        vae = cut(recipe["vae"])
+        vae["stats_clips"] = min(vae.get("stats_clips", 2), 2)
+        if "phases" in vae:
+            vae["phases"] = [cut(ph) for ph in vae["phases"]]
+        out["vae"] = vae
     for name in ("dit", "finetune"):
         if name in recipe:
             out[name] = {**cut(recipe[name]), "checkpoint_every": 1, "bf16": False}  # wiring, not speed
@@ -903,7 +874,7 @@ TRAINING_KEYS = frozenset("""
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
-TOP_KEYS = frozenset("name seed threads world vae dit finetune decoder sampler stream".split())
+TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
 
 
 def check_recipe_keys(recipe: dict) -> None:
@@ -918,7 +889,7 @@ def check_recipe_keys(recipe: dict) -> None:
                 raise ValueError(f"recipe {where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
 
     unknown(recipe, TOP_KEYS, "top level")
-    for section in ("vae", "dit", "finetune", "decoder"):
+    for section in ("vae", "dit", "finetune"):
         sec = recipe.get(section, {})
         unknown(sec, TRAINING_KEYS, f"[{section}]")
         for i, phase in enumerate(sec.get("phases", [])):
@@ -935,12 +906,8 @@ def check_inits(recipe: dict, stage: str) -> None:
     need = [("dit", "dit.safetensors")] if stage in ("all", "dit") and recipe.get("dit", {}).get("init") else []
     if stage in ("all", "vae") and recipe.get("vae", {}).get("init"):
         need.append(("vae", "vae.safetensors"))
-    check_decoder(recipe)
-    if stage == "decoder" and "init" not in recipe.get("decoder", {}):
-        raise ValueError("--stage decoder: the recipe's [decoder] needs init = <folder with dit + vae "
-                         "safetensors> (--stage all trains the decoder on its own fine-tune)")
-    if stage in ("finetune", "decoder"):
-        need = [(stage, "dit.safetensors"), (stage, "vae.safetensors")]
+    if stage == "finetune":
+        need = [("finetune", "dit.safetensors"), ("finetune", "vae.safetensors")]
     for section, name in need:
         path = resolve_path(recipe[section]["init"]) / name
         if not path.is_file():
@@ -961,9 +928,7 @@ def cmd_train(args) -> int:
         shutil.copy(args.recipe, out / "recipe.toml")  # a resumed run may be given the run's own copy
     log = Log(out / "train.log", echo=not args.quiet)
     t0 = time.time()
-    if args.stage == "decoder":
-        out = decoder_stage(recipe, resolve_path(recipe["decoder"]["init"]), out, log, device, resume=args.resume)
-    elif args.stage == "finetune":
+    if args.stage == "finetune":
         # the autoencoder stays the one the init DiT was trained on (same latents)
         init = resolve_path(recipe["finetune"]["init"])
         if not (out / "vae.safetensors").is_file():
@@ -972,7 +937,7 @@ def cmd_train(args) -> int:
         train_dit(recipe, vae, out, log, device, resume=args.resume, section="finetune")
     elif args.stage in ("all", "vae"):
         vae = train_vae(recipe, out, log, device, resume=args.resume)
-    elif args.stage == "dit":
+    else:
         vae = TinyVAE.from_file(out / "vae.safetensors", device=device)
     if args.stage in ("all", "dit"):
         train_dit(recipe, vae, out, log, device, resume=args.resume)
@@ -984,9 +949,6 @@ def cmd_train(args) -> int:
         recipe = {**recipe, "finetune": {**recipe["finetune"], "init": str(out.resolve())}}
         train_dit(recipe, vae, ft, log, device, resume=args.resume, section="finetune")
         out = ft
-    if args.stage == "all" and "decoder" in recipe:
-        # decoder-only phases on the fine-tune's autoencoder: the last stage, what --ship ships
-        out = decoder_stage(recipe, out, Path(args.out) / "decoder", log, device, resume=args.resume)
     log(f"training wall time {(time.time() - t0) / 60:.1f} min")
     if args.ship:
         ship(out)  # the run's last stage
@@ -999,9 +961,8 @@ def register(subparsers) -> None:
                               description="Reproduce the shipped default model (autoencoder, then DiT) from a recipe.")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe .toml (default: recipes/default.toml)")
     p.add_argument("--out", default="runs/default", help="output folder (checkpoints, train.log)")
-    p.add_argument("--stage", choices=["all", "vae", "dit", "finetune", "decoder"], default="all",
-                   help="finetune: the recipe's [finetune] section, from its init weights (autoencoder kept); "
-                        "decoder: its [decoder] section, decoder-only phases on its init's autoencoder (DiT kept)")
+    p.add_argument("--stage", choices=["all", "vae", "dit", "finetune"], default="all",
+                   help="finetune: the recipe's [finetune] section, from its init weights (autoencoder kept)")
     p.add_argument("--resume", action="store_true",
                    help="continue: skip finished autoencoder phases, continue the DiT from <out>/dit_last.pt")
     p.add_argument("--ship", action="store_true", help="copy the final weights into streamer/weights/")
