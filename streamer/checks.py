@@ -117,8 +117,8 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os
 
 
 def check_writable_file(out: str | os.PathLike) -> Path:
-    """An output file path that can be created: not a folder, its parent a writable folder (created
-    when missing). Probes by creating and removing a hidden file, which also catches read-only and
+    """An output file path that can be created: a name ending in .mp4 (or a device such as /dev/null),
+    not a folder, its parent a writable folder (created when missing). Probes by creating and removing a hidden file, which also catches read-only and
     immutable folders that permission bits alone do not show (root ignores them)."""
     out = Path(out)
     if out.is_dir():
@@ -127,6 +127,9 @@ def check_writable_file(out: str | os.PathLike) -> Path:
         return out  # a device such as /dev/null or /dev/full: written to, and write errors are reported
     if out.exists() and not stat.S_ISREG(out.stat().st_mode):
         raise OutputError(f"--out {out} exists and is not a regular file")
+    if out.suffix.lower() != ".mp4":  # the writer makes MP4 (H.264); another name would hide what the file is
+        raise OutputError(f"--out {out}: the video is written as MP4; give a name ending in .mp4, such as "
+                          f"{out.with_suffix('.mp4').name}")
     check_writable_folder(out.parent, flag="--out", create=True, what=f"the folder of {out}")
     return out
 

@@ -116,6 +116,7 @@ def _make(kind: str, tmp: Path):
         "budget 1e6": lambda: (["--policy", "deep-forcing", "--policy-arg", "budget=1000000", *out], ["budget"]),
         # output paths
         "out is a folder": lambda: (["--out", tmp], ["--out", "folder"]),
+        "out is not mp4": lambda: (["--out", tmp / "video.txt"], ["--out", "ending in .mp4", "video.mp4"]),
         "out parent is a file": lambda: (["--out", _touch(tmp / "file") / "v.mp4"], ["--out", "is a file"]),
         "out in read-only fs": lambda: (["--out", "/proc/streamer-test.mp4"], ["--out", "cannot"]),
         "out is /dev/full": lambda: (["--out", "/dev/full", "--size", "64x64", "--chunk", "1"],
@@ -212,7 +213,7 @@ KINDS = [
     "frames 0", "seed -1", "seed 2**64",
     "size 0x64", "size 100000x100000", "device foo",
     "size 60000x60000", "window 1e8", "keep_blocks 1e6", "budget 1e6",
-    "out is a folder", "out parent is a file", "out in read-only fs", "out is /dev/full", "out is the tracks",
+    "out is a folder", "out is not mp4", "out parent is a file", "out in read-only fs", "out is /dev/full", "out is the tracks",
     "out is the checkpoint",
     "vae pickle runs code", "checkpoint without vae", "shard entry number", "shard entry list", "shard escapes",
     "layers 1e7", "weights int8", "weights bool", "weights NaN", "lora without checkpoint",

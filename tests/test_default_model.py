@@ -39,3 +39,23 @@ def test_sprite_follows_the_track(pipe):
     errs = np.array(errs)
     assert np.median(errs) < 9.0, errs  # the sprite radius is 7-11 px
     assert (errs < 16).mean() > 0.7, errs
+
+
+def test_the_wheel_carries_the_weights_and_builds_without_warnings(tmp_path):
+    """`pip install streamer` gets the shipped model and its recipe (package data of
+    streamer.weights), and building the wheel says nothing alarming to a new user (setuptools warns
+    of a data folder that is not a listed package)."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Warning" not in run.stderr + run.stdout, (run.stderr + run.stdout)[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    for f in ("dit.safetensors", "vae.safetensors", "recipe.toml"):
+        assert f"streamer/weights/{f}" in names
+    assert "streamer/ui/canvas.js" in names
