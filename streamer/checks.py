@@ -117,9 +117,10 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os
 
 
 def check_writable_file(out: str | os.PathLike) -> Path:
-    """An output file path that can be created: a name ending in .mp4 (or a device such as /dev/null),
-    not a folder, its parent a writable folder (created when missing). Probes by creating and removing a hidden file, which also catches read-only and
-    immutable folders that permission bits alone do not show (root ignores them)."""
+    """An output file path that can be created: a name ending in .mp4 (or a device such as
+    /dev/null), not a folder, its parent a writable folder (created when missing). Probes by
+    creating and removing a hidden file, which also catches read-only and immutable folders that
+    permission bits alone do not show (root ignores them). Raises OutputError (one line)."""
     out = Path(out)
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder; give a file name such as {out / 'video.mp4'}")

@@ -26,14 +26,21 @@ def edge_profile(m: np.ndarray, depth: int = 20) -> list[float]:
             for k in range(depth)]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def probe_setup(doc: str) -> tuple[argparse.Namespace, Pipeline]:
+    """The autoencoder probes' command line (SECONDS SCENES [WEIGHTS_DIR]) and their pipeline:
+    fp32 on the CPU, 1 thread (also used by identity_probe.py)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("seconds", type=float)
     ap.add_argument("scenes", type=int)
     ap.add_argument("weights", nargs="?", default="streamer/weights")
     args = ap.parse_args()
     pipe = Pipeline.load_default(args.weights, device="cpu", dtype=torch.float32)
     torch.set_num_threads(1)  # after loading: Pipeline.load sets the machine's cores
+    return args, pipe
+
+
+def main() -> None:
+    args, pipe = probe_setup(__doc__)
     world = World()
     n = stream_frames(args.seconds, pipe.fps)
     for seed in HELD_OUT_SEEDS[: args.scenes]:

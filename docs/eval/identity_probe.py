@@ -9,24 +9,15 @@ tolerance counts as the orange sprite).
 WEIGHTS_DIR (default: the shipped weights) needs vae.safetensors and dit.safetensors (the pipeline
 loads both; only the autoencoder is used). fp32, 1 thread; ~10 s per 20-s scene here."""
 
-import argparse
-
 import numpy as np
-import torch
+from border_probe import probe_setup  # the sibling script (run as python docs/eval/identity_probe.py)
 
-from streamer.pipeline import Pipeline
 from streamer.world.evaluate import reference_frames, score_frames, sprite_masks, stream_frames, two_sprite_clips
 from streamer.world.scenes import World
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("seconds", type=float)
-    ap.add_argument("scenes", type=int)
-    ap.add_argument("weights", nargs="?", default="streamer/weights")
-    args = ap.parse_args()
-    pipe = Pipeline.load_default(args.weights, device="cpu", dtype=torch.float32)
-    torch.set_num_threads(1)  # after loading: Pipeline.load sets the machine's cores
+    args, pipe = probe_setup(__doc__)
     idents = []
     for clip in two_sprite_clips(World(), args.scenes, stream_frames(args.seconds, pipe.fps)):
         ref = reference_frames(pipe, clip)

@@ -106,10 +106,10 @@ def reconstruction_weight(video: torch.Tensor, bg: torch.Tensor, sprite_weight: 
     trip errs twice as much in its outer 3 px as inside (6.5 vs 3.7 levels of 255 on a held-out
     snow scene) and flickers there with the 4-frame latent period, which `streamer eval` scores as
     border change above interior change (its 8-px band, `evaluate.BORDER`).
-    Plus halo_weight on the background pixels within `halo` px of a sprite (per frame): the blur
-    there mixes the sprite's colour into the background, and a red square's halo on sand is orange
-    enough for the eval to count it as an orange sprite, so the autoencoder alone keeps the two
-    sprites of "a red square and an orange triangle on sand" apart in 1% of frames."""
+    Plus halo_weight on the background pixels within `halo` px of a sprite (per frame): the v8
+    decoder draws a red square on sand with an orange rim that the eval counts as an orange sprite,
+    so the autoencoder alone keeps the two sprites of "a red square and an orange triangle on sand"
+    apart in 3% of frames (docs/eval/identity_probe.py; a 45-min halo round did not lift it)."""
     sprite = ((video - bg).abs().amax(1, keepdim=True) > 0.08).float()
     weight = 1.0 + sprite_weight * sprite
     if halo_weight:
