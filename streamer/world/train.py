@@ -129,7 +129,12 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
     the [vae] section (e.g. small crops first for speed, then whole frames with more sprite weight).
     [vae] init = <folder>: start from that folder's vae.safetensors instead of a fresh autoencoder,
     for decoder-only phases (`freeze_encoder`) on a shipped model: its latents, and so its DiT,
-    stay valid."""
+    stay valid. With `init`, anchor_weight = a > 0 trains the encoder too but adds a * the mean
+    squared distance between the new and the init encoder's latents, both normalised by the init's
+    latent statistics (the space its DiT was trained in): a sharper autoencoder whose latents stay
+    near the ones the shipped DiT knows, so a short fine-tune re-fits it.
+    Raises ValueError for a negative border_weight, halo_weight or anchor_weight, or an
+    anchor_weight without init."""
     base = {k: v for k, v in recipe["vae"].items() if k != "phases"}
     phases = recipe["vae"].get("phases") or [{}]
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
@@ -140,6 +145,12 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         log(f"vae from {base['init']}")
     else:
         vae = TinyVAE(VAE_PRESETS[base["preset"]]).to(device)
+    anchor = None  # (frozen init encoder, its latent mean and std as [1, C, 1, 1, 1] views)
+    if any(p.get("anchor_weight", base.get("anchor_weight", 0.0)) for p in phases):
+        if not base.get("init"):
+            raise ValueError("anchor_weight needs [vae] init: the autoencoder whose latents to stay near")
+        ref = TinyVAE.from_file(resolve_path(base["init"]) / "vae.safetensors", device=device).eval().requires_grad_(False)
+        anchor = (ref.encoder, ref._view(ref.latent_mean), ref._view(ref.latent_std))
     first_phase = 0
     if resume and (out / "vae_phase.txt").is_file():
         first_phase = int((out / "vae_phase.txt").read_text()) + 1
@@ -150,7 +161,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         if pi < first_phase:
             continue
         r = {**base, **phase}
-        for key in ("border_weight", "halo_weight"):
+        for key in ("border_weight", "halo_weight", "anchor_weight"):
             if not isinstance(r.get(key, 0.0), (int, float)) or r.get(key, 0.0) < 0:
                 raise ValueError(f"{key} must be a number >= 0, got {r[key]!r}")
         # freeze_encoder: decoder-only phases keep the latent space (and its statistics) fixed, so they
@@ -170,6 +181,11 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
                                            halo_weight=r.get("halo_weight", 0.0))
             loss_rec = (weight * (rec - video) ** 2).mean() + 0.5 * (weight * (rec - video).abs()).mean()
             loss = loss_rec + r["latent_l2"] * z.pow(2).mean()
+            if r.get("anchor_weight", 0.0):
+                with torch.no_grad():
+                    z_ref = anchor[0](video)
+                loss_anchor = ((z - z_ref) / anchor[2]).pow(2).mean()
+                loss = loss + r["anchor_weight"] * loss_anchor
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, r["steps"], r["lr"], time_frac=time_fraction(r, t_phase))
             opt.zero_grad(set_to_none=True)
@@ -181,8 +197,9 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
             if step % 50 == 0 or step == r["steps"] - 1:
                 psnr = -10 * math.log10(F.mse_loss(rec.clamp(-1, 1), video).item() / 4 + 1e-12)
                 bar.set_postfix(loss=f"{loss_rec.item():.4f}", psnr=f"{psnr:.1f}")
+                drift = f" anchor {loss_anchor.item():.4f}" if r.get("anchor_weight", 0.0) else ""
                 log(f"vae phase {pi} step {step} loss {loss_rec.item():.5f} psnr {psnr:.2f} "
-                    f"z_rms {z.pow(2).mean().sqrt().item():.3f} t {time.time() - t0:.0f}s")
+                    f"z_rms {z.pow(2).mean().sqrt().item():.3f}{drift} t {time.time() - t0:.0f}s")
         vae.eval()
         # latent statistics over whole full-size clips: the DiT trains on normalised latents
         if not frozen:
@@ -867,7 +884,7 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # every key a training section ([vae], [dit], [finetune] and their [[...phases]]) may set; a key
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
-    abs_pos_lr_scale absolute_positions batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
+    abs_pos_lr_scale absolute_positions anchor_weight batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
     cross_share exit_start keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
