@@ -145,12 +145,12 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         log(f"vae from {base['init']}")
     else:
         vae = TinyVAE(VAE_PRESETS[base["preset"]]).to(device)
-    anchor = None  # (frozen init encoder, its latent mean and std as [1, C, 1, 1, 1] views)
+    ref_encoder = ref_std = None  # the init's frozen encoder and latent std [1, C, 1, 1, 1]
     if any(p.get("anchor_weight", base.get("anchor_weight", 0.0)) for p in phases):
         if not base.get("init"):
             raise ValueError("anchor_weight needs [vae] init: the autoencoder whose latents to stay near")
         ref = TinyVAE.from_file(resolve_path(base["init"]) / "vae.safetensors", device=device).eval().requires_grad_(False)
-        anchor = (ref.encoder, ref._view(ref.latent_mean), ref._view(ref.latent_std))
+        ref_encoder, ref_std = ref.encoder, ref._view(ref.latent_std)  # the mean cancels in a difference
     first_phase = 0
     if resume and (out / "vae_phase.txt").is_file():
         first_phase = int((out / "vae_phase.txt").read_text()) + 1
@@ -183,8 +183,8 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
             loss = loss_rec + r["latent_l2"] * z.pow(2).mean()
             if r.get("anchor_weight", 0.0):
                 with torch.no_grad():
-                    z_ref = anchor[0](video)
-                loss_anchor = ((z - z_ref) / anchor[2]).pow(2).mean()
+                    z_ref = ref_encoder(video)
+                loss_anchor = ((z - z_ref) / ref_std).pow(2).mean()
                 loss = loss + r["anchor_weight"] * loss_anchor
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, r["steps"], r["lr"], time_frac=time_fraction(r, t_phase))
