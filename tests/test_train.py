@@ -662,6 +662,56 @@ def test_soup_with_start_ends_the_phase_on_the_mean_of_its_start_and_its_average
                  "--out", str(tmp_path / "bad")]) == 2
 
 
+def _refit_recipe(init) -> dict:
+    """The default recipe with a [refit] stage from `init`: an autoencoder round, then two phases."""
+    base = load_recipe(DEFAULT_RECIPE)
+    return {**base, "refit": {"init": str(init), "lr": 2e-4, "vae": {"lr": 5e-4, "latent_noise": 0.02, "crop": 64},
+                              "phases": [{"text_only": 0.7}, {"soup_with_start": 0.5}]}}
+
+
+def test_refit_trains_the_autoencoder_on_then_the_dit_on_its_new_latents(tmp_path, monkeypatch):
+    """--stage refit: the init's autoencoder trains on (its latent statistics change), then the init's
+    DiT is fine-tuned in [refit]'s phases on the new latents; the folder streams in the pipeline."""
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR, Pipeline
+    from streamer.session import Session
+
+    monkeypatch.setattr(train, "load_recipe", lambda path: _refit_recipe(WEIGHTS_DIR))
+    out = tmp_path / "refit"
+    assert main(["train", "--smoke", "2", "--stage", "refit", "--device", "cpu", "--out", str(out), "--quiet",
+                 "--threads", "1"]) == 0
+    log = (out / "train.log").read_text()
+    assert log.index("vae from") < log.index("vae phase 0 done") < log.index("refit: the DiT from")
+    assert log.index("refit: the DiT from") < log.index("finetune phase 0: text_only = 0.7") < log.index(
+        "finetune phase 1: soup_with_start = 0.5")
+    old, new = TinyVAE.from_file(WEIGHTS_DIR / "vae.safetensors"), TinyVAE.from_file(out / "vae.safetensors")
+    assert not torch.equal(old.latent_std, new.latent_std)  # the encoder trained: new statistics
+    assert any(not torch.equal(a, b) for a, b in zip(old.encoder.parameters(), new.encoder.parameters()))
+    pipe = Pipeline.load_default(out, device="cpu", dtype=torch.float32)
+    chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
+    assert chunk.frames.shape[1:] == (128, 128, 3)
+
+
+def test_refit_without_init_or_autoencoder_round_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR
+
+    no_init = _refit_recipe(WEIGHTS_DIR)
+    del no_init["refit"]["init"]
+    no_vae = _refit_recipe(WEIGHTS_DIR)
+    del no_vae["refit"]["vae"]
+    missing = _refit_recipe(tmp_path / "none")
+    for recipe, words in [(no_init, "needs a [refit] section with init"), (no_vae, "needs a [refit.vae]"),
+                          (missing, "recipe [refit] init: no ")]:
+        monkeypatch.setattr(train, "load_recipe", lambda path, recipe=recipe: recipe)
+        code = main(["train", "--smoke", "1", "--stage", "refit", "--device", "cpu", "--out", str(tmp_path / "x"),
+                     "--quiet", "--threads", "1"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and words in err[0], err
+
+
 def test_every_shipped_recipe_uses_known_keys_and_a_typo_is_one_line(tmp_path, monkeypatch, capsys):
     """check_recipe_keys: the repository's recipes pass; a misspelt key (here in a fine-tune phase)
     stops `streamer train` with one line naming it and the key it resembles, exit 2, before training."""

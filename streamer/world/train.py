@@ -861,6 +861,27 @@ def ship(out: Path, dest: Path = WEIGHTS_DIR) -> None:
     save_file(sd, str(dest / "dit.safetensors"), metadata=meta)
 
 
+# ---- stage 3: a sharper autoencoder, the DiT re-fitted to it -------------------------------------
+def train_refit(recipe: dict, init: Path, out: Path, log: Log, device: torch.device, resume: bool = False) -> None:
+    """The [refit] stage (v9 on): `init`'s autoencoder trains on, encoder and decoder both
+    ([refit.vae]'s keys over [vae]'s, without [vae]'s phases), so its latent space moves; then
+    `init`'s DiT is fine-tuned on the new latents ([refit]'s keys and [[refit.phases]] over
+    [finetune]'s keys, without [finetune]'s phases). Both write into `out`: vae.safetensors, then
+    dit.safetensors. A DiT run on an autoencoder it was not trained on loses most of what it knew
+    (README, "After v8, part 3"); the re-fit keeps its motion and text binding and moves only its
+    latent space, in under an hour on this CPU.
+    `init`: a folder with dit.safetensors and vae.safetensors (check_inits has checked the recipe)."""
+    rf = recipe["refit"]
+    out.mkdir(parents=True, exist_ok=True)
+    vae_keys = {k: v for k, v in recipe.get("vae", {}).items() if k != "phases"}
+    vae = train_vae({**recipe, "vae": {**vae_keys, **rf["vae"], "init": str(init)}}, out, log, device, resume=resume)
+    ft_keys = {k: v for k, v in recipe.get("finetune", {}).items() if k != "phases"}
+    refit_keys = {k: v for k, v in rf.items() if k != "vae"}
+    log(f"refit: the DiT from {init} on the new autoencoder")
+    train_dit({**recipe, "finetune": {**ft_keys, **refit_keys, "init": str(init)}}, vae, out, log, device,
+              resume=resume, section="finetune")
+
+
 # ---- CLI ---------------------------------------------------------------------------------------
 def smoke_recipe(recipe: dict, steps: int) -> dict:
     """The recipe cut to `steps` steps per stage (autoencoder phases, DiT, fine-tune), batches of 2 and
@@ -873,11 +894,13 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
         if "phases" in vae:
             vae["phases"] = [cut(ph) for ph in vae["phases"]]
         out["vae"] = vae
-    for name in ("dit", "finetune"):
+    for name in ("dit", "finetune", "refit"):
         if name in recipe:
             out[name] = {**cut(recipe[name]), "checkpoint_every": 1, "bf16": False}  # wiring, not speed
             if "phases" in recipe[name]:
                 out[name]["phases"] = [cut(ph) for ph in recipe[name]["phases"]]
+    if "vae" in recipe.get("refit", {}):
+        out["refit"]["vae"] = {**cut(recipe["refit"]["vae"]), "stats_clips": 2}
     return out
 
 
@@ -891,7 +914,7 @@ TRAINING_KEYS = frozenset("""
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
-TOP_KEYS = frozenset("name seed threads world vae dit finetune sampler stream".split())
+TOP_KEYS = frozenset("name seed threads world vae dit finetune refit sampler stream".split())
 
 
 def check_recipe_keys(recipe: dict) -> None:
@@ -906,8 +929,12 @@ def check_recipe_keys(recipe: dict) -> None:
                 raise ValueError(f"recipe {where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
 
     unknown(recipe, TOP_KEYS, "top level")
-    for section in ("vae", "dit", "finetune"):
-        sec = recipe.get(section, {})
+    sections = {s: recipe.get(s, {}) for s in ("vae", "dit", "finetune")}
+    refit = recipe.get("refit", {})
+    if refit:  # [refit.vae] is an autoencoder section; the rest of [refit] a fine-tune's
+        sections["refit.vae"] = refit.get("vae", {})
+        sections["refit"] = {k: v for k, v in refit.items() if k != "vae"}
+    for section, sec in sections.items():
         unknown(sec, TRAINING_KEYS, f"[{section}]")
         for i, phase in enumerate(sec.get("phases", [])):
             unknown(phase, TRAINING_KEYS - {"phases"}, f"[{section}] phase {i}")
@@ -925,6 +952,13 @@ def check_inits(recipe: dict, stage: str) -> None:
         need.append(("vae", "vae.safetensors"))
     if stage == "finetune":
         need = [("finetune", "dit.safetensors"), ("finetune", "vae.safetensors")]
+    if stage == "refit":
+        if "refit" not in recipe or "init" not in recipe["refit"]:
+            raise ValueError("--stage refit: the recipe needs a [refit] section with init = <folder with dit + "
+                             "vae safetensors> (--stage all re-fits its own fine-tune)")
+        need = [("refit", "dit.safetensors"), ("refit", "vae.safetensors")]
+    if stage in ("all", "refit") and "refit" in recipe and "vae" not in recipe["refit"]:
+        raise ValueError("recipe [refit]: needs a [refit.vae] section (the autoencoder round before the re-fit)")
     for section, name in need:
         path = resolve_path(recipe[section]["init"]) / name
         if not path.is_file():
@@ -954,7 +988,7 @@ def cmd_train(args) -> int:
         train_dit(recipe, vae, out, log, device, resume=args.resume, section="finetune")
     elif args.stage in ("all", "vae"):
         vae = train_vae(recipe, out, log, device, resume=args.resume)
-    else:
+    elif args.stage == "dit":
         vae = TinyVAE.from_file(out / "vae.safetensors", device=device)
     if args.stage in ("all", "dit"):
         train_dit(recipe, vae, out, log, device, resume=args.resume)
@@ -963,9 +997,14 @@ def cmd_train(args) -> int:
         ft = out / "finetune"
         ft.mkdir(exist_ok=True)
         shutil.copy(out / "vae.safetensors", ft / "vae.safetensors")
-        recipe = {**recipe, "finetune": {**recipe["finetune"], "init": str(out.resolve())}}
-        train_dit(recipe, vae, ft, log, device, resume=args.resume, section="finetune")
+        ft_recipe = {**recipe, "finetune": {**recipe["finetune"], "init": str(out.resolve())}}
+        train_dit(ft_recipe, vae, ft, log, device, resume=args.resume, section="finetune")
         out = ft
+        if "refit" in recipe:  # and the re-fit continues the fine-tune's weights, in a folder of its own
+            train_refit(recipe, ft, ft / "refit", log, device, resume=args.resume)
+            out = ft / "refit"
+    elif args.stage == "refit":
+        train_refit(recipe, resolve_path(recipe["refit"]["init"]), out, log, device, resume=args.resume)
     log(f"training wall time {(time.time() - t0) / 60:.1f} min")
     if args.ship:
         ship(out)  # the run's last stage
@@ -978,8 +1017,9 @@ def register(subparsers) -> None:
                               description="Reproduce the shipped default model (autoencoder, then DiT) from a recipe.")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe .toml (default: recipes/default.toml)")
     p.add_argument("--out", default="runs/default", help="output folder (checkpoints, train.log)")
-    p.add_argument("--stage", choices=["all", "vae", "dit", "finetune"], default="all",
-                   help="finetune: the recipe's [finetune] section, from its init weights (autoencoder kept)")
+    p.add_argument("--stage", choices=["all", "vae", "dit", "finetune", "refit"], default="all",
+                   help="finetune: the recipe's [finetune] section, from its init weights (autoencoder kept); "
+                        "refit: the [refit] section from its init (a new autoencoder round, then the DiT re-fitted)")
     p.add_argument("--resume", action="store_true",
                    help="continue: skip finished autoencoder phases, continue the DiT from <out>/dit_last.pt")
     p.add_argument("--ship", action="store_true", help="copy the final weights into streamer/weights/")
