@@ -304,6 +304,13 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     if state is not None and state.get("done"):  # that phase ended: the next one starts afresh
         first_phase, state = first_phase + 1, None
     for pi in range(first_phase, len(phases)):
+        if pi > 0 and not (state is not None and pi == first_phase) and {**base, **phases[pi - 1]}.get("ema_decay"):
+            # a phase that averaged its weights hands the next one its average (dit.safetensors), as
+            # a separate run started from its folder would (the souped phases already hold theirs)
+            from safetensors.torch import load_file
+
+            model.load_state_dict({k: v.float() for k, v in load_file(str(out / "dit.safetensors")).items()})
+            log(f"{section} phase {pi} starts from phase {pi - 1}'s weight average")
         r = {**base, **phases[pi]}
         # the absolute position embedding learns at abs_pos_lr_scale (10) x the lr: it starts from zero
         # inside a fine-tune of a few hundred steps, where Adam moves a weight by about lr per step
