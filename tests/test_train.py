@@ -415,8 +415,9 @@ def test_a_missing_init_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, cap
 
 def test_default_recipe_runs_every_stage_in_a_smoke_run(tmp_path, monkeypatch):
     """recipes/default.toml (the shipped model's recipe) connects: autoencoder phases, the DiT
-    warm-started from its `init` (here the shipped weights, which have the same architecture) and
-    the fine-tune, 1 step each, end with weights the pipeline loads and streams from."""
+    warm-started from its `init` (here the shipped weights, which have the same architecture), the
+    fine-tune and the re-fit (the autoencoder round, then the DiT), 1 step each, end with weights the
+    pipeline loads and streams from."""
     import streamer.world.train as train
     from streamer.cli import main
     from streamer.pipeline import WEIGHTS_DIR, Pipeline
@@ -428,8 +429,9 @@ def test_default_recipe_runs_every_stage_in_a_smoke_run(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     out = tmp_path / "run"
     assert main(["train", "--smoke", "1", "--device", "cpu", "--out", str(out), "--quiet", "--threads", "1"]) == 0
-    assert "dit initialised from" in (out / "train.log").read_text()
-    pipe = Pipeline.load_default(out / "finetune", device="cpu", dtype=torch.float32)
+    log = (out / "train.log").read_text()
+    assert "dit initialised from" in log and "refit: the DiT from" in log
+    pipe = Pipeline.load_default(out / "finetune" / "refit", device="cpu", dtype=torch.float32)
     chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
     assert chunk.frames.shape[1:] == (128, 128, 3)
 
@@ -622,6 +624,40 @@ def test_ema_decay_writes_the_average_and_keeps_the_live_weights_for_a_resume(tm
         else:
             assert "ema" not in state
             torch.testing.assert_close(shipped, live)
+
+
+def test_a_phase_that_averages_hands_the_next_phase_its_average(tmp_path, monkeypatch):
+    """Phase 1 starts from phase 0's weight average (its dit.safetensors), not its live weights, as
+    a run started from phase 0's folder would; a phase without ema_decay hands on its live weights
+    (which its dit.safetensors then holds)."""
+    from safetensors.torch import load_file
+
+    import streamer.world.train as train
+    from streamer.cli import main
+    from streamer.pipeline import WEIGHTS_DIR
+
+    base = load_recipe(DEFAULT_RECIPE)
+    ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
+    seen = []
+    inner = train._train_dit_phase
+
+    def spy(recipe, r, model, *args, **kw):
+        out = args[5]
+        if (out / "dit.safetensors").is_file():
+            on_disk = load_file(str(out / "dit.safetensors"))
+            seen.append(all(torch.equal(v.float(), on_disk[k].float()) for k, v in model.state_dict().items()))
+        return inner(recipe, r, model, *args, **kw)
+
+    monkeypatch.setattr(train, "_train_dit_phase", spy)
+    for phases, averaged in [([{"ema_decay": 0.5}, {}], True), ([{}, {}], False)]:
+        recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
+        monkeypatch.setattr(train, "load_recipe", lambda path, recipe=recipe: recipe)
+        seen.clear()
+        out = tmp_path / str(len(phases[0]))
+        assert main(["train", "--smoke", "3", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
+                     "--out", str(out)]) == 0
+        assert seen == [True]  # phase 1 began on the weights phase 0 wrote
+        assert ("phase 1 starts from phase 0's weight average" in (out / "train.log").read_text()) == averaged
 
 
 def test_soup_with_start_ends_the_phase_on_the_mean_of_its_start_and_its_average(tmp_path, monkeypatch):
