@@ -142,7 +142,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
     rng = np.random.default_rng([recipe.get("seed", 0), 100])
     if base.get("init"):
         vae = TinyVAE.from_file(resolve_path(base["init"]) / "vae.safetensors", device=device).train().requires_grad_(True)
-        log(f"vae from {base['init']}")
+        log(f"vae from {resolve_path(base['init'])}")
     else:
         vae = TinyVAE(VAE_PRESETS[base["preset"]]).to(device)
     ref_encoder = ref_std = None  # the init's frozen encoder and latent std [1, C, 1, 1, 1]
@@ -969,7 +969,8 @@ def check_inits(recipe: dict, stage: str) -> None:
     for section, name in need:
         path = resolve_path(recipe[section]["init"]) / name
         if not path.is_file():
-            raise ValueError(f"recipe [{section}] init: no {path} (the recipe's header says how to fetch it)")
+            raise ValueError(f"recipe [{section}] init: no {path} (the recipe's header or its comments at "
+                             f"[{section}] say how to fetch it)")
 
 
 def cmd_train(args) -> int:
@@ -1021,12 +1022,14 @@ def cmd_train(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the default world model from a recipe",
-                              description="Reproduce the shipped default model (autoencoder, then DiT) from a recipe.")
+                              description="Reproduce the shipped default model from a recipe: the autoencoder, the DiT "
+                                          "(teacher forcing), the fine-tune on its own rollouts, then the re-fit.")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe .toml (default: recipes/default.toml)")
     p.add_argument("--out", default="runs/default", help="output folder (checkpoints, train.log)")
     p.add_argument("--stage", choices=["all", "vae", "dit", "finetune", "refit"], default="all",
-                   help="finetune: the recipe's [finetune] section, from its init weights (autoencoder kept); "
-                        "refit: the [refit] section from its init (a new autoencoder round, then the DiT re-fitted)")
+                   help="all: every section in order; vae / dit: that stage alone; finetune: the [finetune] "
+                        "section from its init weights (autoencoder kept); refit: the [refit] section from its init "
+                        "(the init's autoencoder trained on, then the init's DiT re-fitted to its new latents)")
     p.add_argument("--resume", action="store_true",
                    help="continue: skip finished autoencoder phases, continue the DiT from <out>/dit_last.pt")
     p.add_argument("--ship", action="store_true", help="copy the final weights into streamer/weights/")
@@ -1034,5 +1037,5 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=checks.int_in(1, 1024), help="torch CPU threads (default: the recipe's)")
     p.add_argument("--smoke", type=checks.int_in(1, 1_000_000), metavar="STEPS",
                    help="cut every stage to this many steps with batches of 2: checks a recipe end to end in seconds")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="log to <out>/train.log only, not to the terminal")
     p.set_defaults(func=cmd_train)
