@@ -705,9 +705,10 @@ def _refit_recipe(init) -> dict:
                               "phases": [{"text_only": 0.7}, {"soup_with_start": 0.5}]}}
 
 
-def test_refit_trains_the_autoencoder_on_then_the_dit_on_its_new_latents(tmp_path, monkeypatch):
+def test_refit_trains_the_autoencoder_on_then_the_dit_on_its_new_latents(tmp_path, monkeypatch, capsys):
     """--stage refit: the init's autoencoder trains on (its latent statistics change), then the init's
-    DiT is fine-tuned in [refit]'s phases on the new latents; the folder streams in the pipeline."""
+    DiT is fine-tuned in [refit]'s phases on the new latents; the folder streams in the pipeline.
+    --quiet leaves the terminal silent (no log lines, no progress bars)."""
     import streamer.world.train as train
     from streamer.cli import main
     from streamer.pipeline import WEIGHTS_DIR, Pipeline
@@ -717,6 +718,8 @@ def test_refit_trains_the_autoencoder_on_then_the_dit_on_its_new_latents(tmp_pat
     out = tmp_path / "refit"
     assert main(["train", "--smoke", "2", "--stage", "refit", "--device", "cpu", "--out", str(out), "--quiet",
                  "--threads", "1"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == "", printed.err[-300:]
     log = (out / "train.log").read_text()
     assert log.index("vae from") < log.index("vae phase 0 done") < log.index("refit: the DiT from")
     assert log.index("refit: the DiT from") < log.index("finetune phase 0: text_only = 0.7") < log.index(

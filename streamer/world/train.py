@@ -169,7 +169,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         frozen = bool(r.get("freeze_encoder", False))
         vae.encoder.requires_grad_(not frozen)
         opt = torch.optim.Adam(vae.decoder.parameters() if frozen else vae.parameters(), lr=r["lr"])
-        bar = tqdm(range(r["steps"]), desc=f"vae phase {pi}", mininterval=5)
+        bar = tqdm(range(r["steps"]), desc=f"vae phase {pi}", mininterval=5, disable=not log.echo)
         t_phase = time.time()
         for step in bar:
             video, bg = vae_batch(world, rng, r["batch"], r["frames"], r["crop"])
@@ -350,7 +350,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     if r.get("ema_decay"):
         weight_ema = WeightEMA(model, float(r["ema_decay"]), ema_state)
         log(f"dit {tag}weights averaged with decay {weight_ema.decay}: dit.safetensors holds the average")
-    bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"])
+    bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"],
+               disable=not log.echo)  # --quiet: train.log only
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
               **({"video": 0} if r.get("video_start") else {})}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
@@ -1037,5 +1038,6 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=checks.int_in(1, 1024), help="torch CPU threads (default: the recipe's)")
     p.add_argument("--smoke", type=checks.int_in(1, 1_000_000), metavar="STEPS",
                    help="cut every stage to this many steps with batches of 2: checks a recipe end to end in seconds")
-    p.add_argument("--quiet", action="store_true", help="log to <out>/train.log only, not to the terminal")
+    p.add_argument("--quiet", action="store_true",
+                   help="log to <out>/train.log only: no log lines or progress bars on the terminal")
     p.set_defaults(func=cmd_train)
