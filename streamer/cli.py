@@ -236,7 +236,10 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
         latents = rule.latent_frames(video_frames)
     else:  # after the continued video's own latents, enough to decode video_frames more
         latents = start_latents.shape[2] + -(-video_frames // rule.temporal_stride)
-    bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True)
+    # one frame rate on the bar: tqdm's, as the average since the start (smoothing 0: frames made
+    # over wall time, first-chunk latency and mp4 writing in it), beside the last chunk's latency
+    bar = tqdm(total=video_frames, unit="frame", desc=out.name, disable=not progress, dynamic_ncols=True,
+               smoothing=0)
     written = 0
     writer = None
     first_frame_s = None
@@ -262,7 +265,7 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
                     first_frame_s = process_seconds()
                 written += len(frames)
                 seconds = chunk.dit_seconds + chunk.decode_seconds
-                bar.set_postfix(fps=f"{len(chunk.frames) / max(seconds, 1e-9):.1f}", chunk_ms=f"{seconds * 1e3:.0f}")
+                bar.set_postfix(chunk_ms=f"{seconds * 1e3:.0f}")
                 bar.update(len(frames))
     except KeyboardInterrupt as e:
         # what the file really holds, for the caller's message (0: no frame was made)

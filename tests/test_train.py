@@ -384,8 +384,8 @@ def test_fine_tune_phases_run_in_order_and_resume_at_the_next_phase(tmp_path, mo
     out = tmp_path / "ft"
     assert main(args + ["--out", str(out)]) == 0
     log = (out / "train.log").read_text()
-    assert log.index("finetune phase 0") < log.index("dit p0_stopped") < log.index("finetune phase 1: text_only = 1.0")
-    assert "dit p1_stopped" in log
+    assert log.index("finetune phase 0") < log.index("dit phase 0: stopped") < log.index("finetune phase 1: text_only = 1.0")
+    assert "dit phase 1: stopped" in log
     # resume after phase 0 ended: phase 1 only
     state = torch.load(out / "dit_last.pt", weights_only=True)
     torch.save({**state, "phase": 0, "done": True}, out / "dit_last.pt")
@@ -518,6 +518,36 @@ def test_history_background_weighs_only_the_background_after_the_first_block():
         assert loss(0.0) < loss(1.0)
         with pytest.raises(ValueError, match="sprite cells"):
             flow_loss(model, x0, text, tracks, np.random.default_rng(0), r, 3, history_background=0.0)
+
+
+def test_own_background_continues_the_models_own_history_away_from_the_sprites():
+    """own_background: in each block after the first whose previous block is the model's own, the
+    background cells of a clip with tracks take that block's last own latent frame (input and
+    target alike), the ring within one cell of a sprite weighs 0, sprite cells and the first block
+    keep the truth; a prompt alone keeps it all unless own_background_text."""
+    from streamer.world.train import own_background
+
+    torch.manual_seed(0)
+    x0, ctx = torch.randn(2, 4, 9, 8, 8), torch.randn(2, 4, 9, 8, 8)
+    sprites = torch.zeros(2, 1, 9, 8, 8)
+    sprites[:, :, :, 3:5, 3:5] = 1.0  # a sprite standing still on cells 3-4
+    text_only = np.array([False, True])
+    out, w = own_background(x0, ctx, sprites, 3, 2, text_only, {"own_background": 0.5})
+    far = torch.ones(8, 8, dtype=torch.bool)
+    far[2:6, 2:6] = False  # the sprite cells and their one-cell ring
+    ring = ~far
+    ring[3:5, 3:5] = False
+    for k, src in ((1, 2), (2, 5)):  # blocks 1 and 2 follow own blocks 0 and 1
+        for f in range(3 * k, 3 * k + 3):
+            assert torch.equal(out[0, :, f][:, far], ctx[0, :, src][:, far])
+            assert torch.equal(out[0, :, f][:, ~far], x0[0, :, f][:, ~far])
+            assert (w[0, 0, f][far] == 0.5).all() and (w[0, 0, f][ring] == 0).all()
+            assert (w[0, 0, f][3:5, 3:5] == 1).all()
+    assert torch.equal(out[0, :, :3], x0[0, :, :3]) and (w[0, :, :3] == 1).all()
+    assert torch.equal(out[1], x0[1]) and (w[1] == 1).all()  # the prompt alone: the truth throughout
+    out, w = own_background(x0, ctx, sprites, 3, 1, text_only, {"own_background": 1.0, "own_background_text": True})
+    assert torch.equal(out[1, :, 3][:, far], ctx[1, :, 2][:, far])
+    assert torch.equal(out[:, :, 6:], x0[:, :, 6:])  # block 2 follows block 1, the truth: no change
 
 
 def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
@@ -954,6 +984,7 @@ def test_sample_loss_regresses_the_samplers_own_x0_on_the_truth_with_gradient_at
 
 def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypatch, capsys):
     """A fine-tune with `sample_loss` (every step on the model's own first-chunk sample), one with
+    `own_background` on rollouts from noise, one with
     `rerender` on rollouts from noise of text-only clips, and one with `text_only_offset` on rollouts
     from a true first chunk (`video_start`) run from the shipped weights and log their modes; a
     negative offset is exit 2."""
@@ -965,6 +996,7 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     ft = {k: v for k, v in base["finetune"].items() if k != "phases"}
     phases = [{"sample_loss": 1.0, "rerender": True},
               {"sample_loss": 0.0, "rerender": True, "noise_rollout": 1.0, "image_start": 0.0, "text_only": 1.0},
+              {"sample_loss": 0.0, "noise_rollout": 1.0, "image_start": 0.0, "text_only": 0.5, "own_background": 1.0},
               {"sample_loss": 0.0, "image_start": 1.0, "rollout": 1.0, "text_only": 1.0, "spawn_text": True,
                "video_start": 1.0, "text_only_offset": 200}]
     recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
@@ -982,8 +1014,9 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
                  "--out", str(out)]) == 0
     assert layouts[-1] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
     log = (out / "train.log").read_text()
-    assert "dit p0_step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
-    assert "dit p2_step 0 loss" in log and "mode rollout" in log and "video 1" in log
+    assert "dit phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
+    assert "dit phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
+    assert "dit phase 2: step 0 loss" in log
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}

@@ -339,7 +339,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     # keyed by the first step (and phase), so a resumed run draws fresh clips instead of replaying the first ones
     key = [seed, 200] + ([phase] if phase else []) + ([start] if start else [])
     rng = np.random.default_rng(key)
-    tag = f"p{phase}_" if phase is not None else ""
+    tag = f"p{phase}_" if phase is not None else ""  # file names: p0_start.safetensors, p0_step100/
+    who = f"dit phase {phase}:" if phase is not None else "dit"  # log lines: "dit phase 0: step 20 ..."
     n_lat, chunk = r["latent_frames"], r["chunk_frames"]
     n_video = 1 + 4 * (n_lat - 1)
     t0 = time.time()
@@ -349,8 +350,9 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     weight_ema = None
     if r.get("ema_decay"):
         weight_ema = WeightEMA(model, float(r["ema_decay"]), ema_state)
-        log(f"dit {tag}weights averaged with decay {weight_ema.decay}: dit.safetensors holds the average")
-    bar = tqdm(range(start, r["steps"]), desc=f"dit {tag}".strip(), mininterval=5, initial=start, total=r["steps"],
+        log(f"{who} weights averaged with decay {weight_ema.decay}: dit.safetensors holds the average")
+    desc = f"dit phase {phase}" if phase is not None else "dit"
+    bar = tqdm(range(start, r["steps"]), desc=desc, mininterval=5, initial=start, total=r["steps"],
                disable=not log.echo)  # --quiet: train.log only
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
               **({"video": 0} if r.get("video_start") else {})}
@@ -413,14 +415,14 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         minutes = (time.time() - t0) / 60
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_avg:.4f}")
-            log(f"dit {tag}step {step} loss {loss.item():.4f} avg {loss_avg:.4f} mode {mode} t {minutes * 60:.0f}s "
+            log(f"{who} step {step} loss {loss.item():.4f} avg {loss_avg:.4f} mode {mode} t {minutes * 60:.0f}s "
                 f"(steps {', '.join(f'{k} {v}' for k, v in counts.items())})")
         # stop_step: end before the schedule does (the shipped fine-tune is step 410 of a 750-step cosine)
         done = step == min(r["steps"] - 1, r.get("stop_step", r["steps"])) or minutes > r["max_minutes"]
         if done and soup:
             soup_into(model, soup_start, soup, weight_ema)
             weight_ema = None  # the soup holds the average: the checkpoint and dit.safetensors keep it
-            log(f"dit {tag}weights souped with the phase start: {1 - soup:g} x end + {soup:g} x start")
+            log(f"{who} weights souped with the phase start: {1 - soup:g} x end + {soup:g} x start")
         if step % r["checkpoint_every"] == 0 or done:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "phase": phase or 0, "done": done,
@@ -436,7 +438,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                 save_dit(model, keep / "dit.safetensors", extra=extra, state=shipped)
                 shutil.copy(out / "vae.safetensors", keep / "vae.safetensors")
         if done:
-            log(f"dit {tag}stopped at step {step} after {minutes:.1f} min")
+            log(f"{who} stopped at step {step} after {minutes:.1f} min")
             break
 
 
@@ -465,14 +467,58 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
                                                   1 + 4 * (nl - 1), r)
                 x0, sprites = x0.clone(), sprites.clone()
                 x0[idx], sprites[idx] = new_x0.to(x0.dtype), new_sprites
+        cell_weight = None
+        if noise_roll and r.get("own_background", 0.0) > 0:
+            # the background continues the model's own history, not the true clip's (a fresh draw)
+            x0, cell_weight = own_background(x0, ctx, sprites, blocks, int(r.get("rollout_chunks", 2)),
+                                             text_only, r)
         # guided teacher targets on teacher-forced and image-start steps (p = guidance_p); a rollout
         # keeps the truth as its target: the point of it is to steer own history back to the truth
         guided = teacher is not None and mode in ("tf", "image") and rng.random() < r.get("guidance_p", 1.0)
         loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx, skip_first=image, sprites=sprites,
                          teacher=teacher if guided else None, null_text=null_text,
-                         history_background=r.get("noise_rollout_background", 1.0) if noise_roll else 1.0)
+                         history_background=r.get("noise_rollout_background", 1.0) if noise_roll else 1.0,
+                         cell_weight=cell_weight)
     counts["guided"] += guided
     return loss
+
+
+@torch.no_grad()
+def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, chunk: int, n_own: int,
+                   text_only: np.ndarray, r: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean clip a rollout from noise is trained toward, with its background continuing the
+    model's own history (`own_background`, tried after v9). x0 [B, C, F, h, w] is the true clip,
+    ctx (same shape) the rollout (`rollout_context(from_noise=True)`: blocks 0..n_own-1 the model's
+    own, of `chunk` latent frames each), sprites [B, 1, F, h, w] the true sprite cells.
+
+    From noise the history's background is the model's own draw, and the true clip's is another
+    texture: regressed on it, each chunk learns to redraw the background from the prompt instead of
+    copying it, and a ten-minute stream's background jitters chunk to chunk (README, "v9"). Here,
+    in every block whose previous block is the model's own, the background cells (farther than
+    one cell from a sprite cell of the block or of that previous block's last frame) take that last
+    own latent frame instead, in the noisy input and in the target alike (the world's backgrounds
+    are static, so their later latent frames match to ~7% of the latents' spread); the ring of
+    cells within one cell of a sprite is left out of the loss (its truth lies on the other
+    texture). Clips with tracks only, unless `own_background_text`: a prompt alone's own sprite
+    need not be where the true one is.
+
+    Returns (x0 with those cells replaced, loss weights [B, 1, F, h, w]: `own_background` on the
+    replaced cells, 0 on the ring, 1 elsewhere)."""
+    import torch.nn.functional as F
+
+    b, _, n, _, _ = x0.shape
+    out, weight = x0.clone(), torch.ones_like(sprites)
+    use = torch.ones(b, dtype=torch.bool) if r.get("own_background_text") else torch.from_numpy(~np.asarray(text_only, bool))
+    use = use.to(x0.device)[:, None, None, None]
+    near = F.max_pool3d(sprites, (1, 3, 3), stride=1, padding=(0, 1, 1)) > 0  # sprite cells + one cell
+    for k in range(1, min(n_own, n // chunk - 1) + 1):
+        s, e = k * chunk, min((k + 1) * chunk, n)
+        ring = (near[:, :, s:e] | near[:, :, s - 1 : s]) & use[:, :, None]
+        bg = ~ring & use[:, :, None]
+        out[:, :, s:e] = torch.where(bg, ctx[:, :, s - 1 : s].to(out.dtype), out[:, :, s:e])
+        weight[:, :, s:e] = torch.where(bg, torch.full_like(weight[:, :, s:e], float(r["own_background"])),
+                                        torch.where(ring & (sprites[:, :, s:e] == 0), 0.0, weight[:, :, s:e]))
+    return out, weight
 
 
 @torch.no_grad()
@@ -708,7 +754,7 @@ def sigma_per_block(rng, b: int, blocks, n: int, shift: float) -> torch.Tensor:
 
 def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: bool = False,
               sprites: torch.Tensor | None = None, teacher=None, null_text: torch.Tensor | None = None,
-              history_background: float = 1.0) -> torch.Tensor:
+              history_background: float = 1.0, cell_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Flow matching on the teacher-forcing shape: one noise level per block (as the sampler sees),
     timesteps drawn uniformly and warped by the schedule shift, so the few high-noise steps train most.
 
@@ -726,7 +772,8 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     [1, L, D]: the empty prompt's embedding. history_background: the weight of the background
     (non-sprite) cells in every block after the first, for a context sampled from noise: its
     background is the model's own invention, so the true clip's background is no continuation of it
-    (the sprites' cells stay consistent: the tracks or the spawn layout place them)."""
+    (the sprites' cells stay consistent: the tracks or the spawn layout place them). cell_weight
+    [B, 1, F, h, w]: a further per-cell loss weight (`own_background`'s)."""
     b, _, n, _, _ = x0.shape
     sigma = sigma_per_block(rng, b, chunk, n, r["timestep_shift"]).to(x0.device)  # [B, F]
     eps = torch.randn_like(x0)
@@ -768,6 +815,8 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
         keep = torch.ones_like(sprites)
         keep[:, :, first:] = history_background + (1.0 - history_background) * sprites[:, :, first:]
         err = err * keep
+    if cell_weight is not None:
+        err = err * cell_weight
     if skip_first:
         err = err[:, :, first:]
     return err.mean()
@@ -918,7 +967,7 @@ TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions anchor_weight batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
     cross_share exit_start keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
-    noise_rollout_background paraphrase phases preset rerender rerender_within rollout rollout_chunks
+    noise_rollout_background own_background own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
