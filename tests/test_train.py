@@ -550,6 +550,24 @@ def test_own_background_continues_the_models_own_history_away_from_the_sprites()
     assert torch.equal(out[:, :, 6:], x0[:, :, 6:])  # block 2 follows block 1, the truth: no change
 
 
+def test_a_bad_value_in_a_later_phase_is_one_line_before_any_stage_trains(tmp_path, monkeypatch, capsys):
+    """A wrong value in the default recipe's last re-fit phase stops `--stage all` with one line and
+    exit 2 before the autoencoder (its first stage) writes anything."""
+    import copy
+
+    import streamer.world.train as train
+    from streamer.cli import main
+
+    recipe = copy.deepcopy(load_recipe(DEFAULT_RECIPE))
+    recipe["refit"]["phases"][-1]["own_background"] = -1.0
+    monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
+    out = tmp_path / "x"
+    assert main(["train", "--smoke", "1", "--device", "cpu", "--out", str(out), "--quiet", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "own_background must be" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "vae.safetensors").exists() and not (out / "train.log").exists()
+
+
 def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
     from streamer.world.train import stream_metadata
 
@@ -1017,7 +1035,9 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     assert "dit phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
     assert "dit phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
     assert "dit phase 2: step 0 loss" in log
-    for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5})):
+    for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
+                               {"own_background": -1.0}, {"own_background": 1.0, "noise_rollout": 0.0},
+                               {"own_background_text": "yes"})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)

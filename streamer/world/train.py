@@ -258,6 +258,8 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
 
     base = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
     phases = base.pop("phases", None) or [{}]
+    for ph in phases:
+        check_phase({**base, **ph})
     r = {**base, **phases[0]}
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
     seed = recipe.get("seed", 0)
@@ -332,6 +334,33 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
                          start, pi if len(phases) > 1 else None, ema_state)
 
 
+def check_phase(r: dict) -> None:
+    """Raise ValueError (one line, naming the key) for a value a DiT phase cannot train with; run for
+    every phase before the first one trains, so a bad last phase costs no hours of the ones before."""
+    soup = float(r.get("soup_with_start", 0.0))
+    if not 0.0 <= soup < 1.0:
+        raise ValueError(f"soup_with_start must be in [0, 1), got {soup}")
+    offset = r.get("text_only_offset", 0)
+    if not isinstance(offset, int) or offset < 0 or (offset and not (r.get("spawn_text") and r.get("video_start"))):
+        raise ValueError(f"text_only_offset must be a whole number of video frames >= 0, used with "
+                         f"spawn_text = true and video_start > 0; got {offset!r}")
+    if not 0.0 <= r.get("video_start", 0.0) <= 1.0 or (r.get("video_start") and int(r.get("image_chunks", 3)) < 2):
+        raise ValueError(f"video_start must be a share in [0, 1], with image_chunks >= 2; got {r.get('video_start')!r}")
+    if not isinstance(r.get("track_offset", 0), int) or r.get("track_offset", 0) < 0:
+        raise ValueError(f"track_offset must be a whole number of video frames >= 0, got {r['track_offset']!r}")
+    if r.get("exit_start") and not (0.0 < r["exit_start"] <= 1.0 and r.get("track_offset", 0) > 16):
+        raise ValueError(f"exit_start must be a share in (0, 1] with track_offset > 16, got {r['exit_start']!r}")
+    if r.get("cross_share") is not None and not 0.0 <= r["cross_share"] <= 1.0:
+        raise ValueError(f"cross_share must be a share in [0, 1], got {r['cross_share']!r}")
+    own_bg = r.get("own_background", 0.0)
+    if isinstance(own_bg, bool) or not isinstance(own_bg, (int, float)) or not 0.0 <= own_bg < float("inf"):
+        raise ValueError(f"own_background must be a loss weight >= 0 (0: off), got {own_bg!r}")
+    if own_bg and not r.get("noise_rollout"):
+        raise ValueError("own_background acts on rollouts from noise only: set noise_rollout > 0 with it")
+    if not isinstance(r.get("own_background_text", False), bool):
+        raise ValueError(f"own_background_text must be true or false, got {r['own_background_text']!r}")
+
+
 def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, out, log, device, seed,
                      start: int, phase: int | None, ema_state: dict | None = None) -> None:
     """One schedule of train_dit (a stage, or one phase of the fine-tune) from step `start`."""
@@ -359,21 +388,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
     # soup_with_start = a: the phase ends on (1 - a) * its weights + a * its start weights (a uniform
     # model soup of a fine-tune and its start, Wortsman et al. 2022); the start is kept in the folder
-    soup = float(r.get("soup_with_start", 0.0))
-    if not 0.0 <= soup < 1.0:
-        raise ValueError(f"soup_with_start must be in [0, 1), got {soup}")
-    offset = r.get("text_only_offset", 0)
-    if not isinstance(offset, int) or offset < 0 or (offset and not (r.get("spawn_text") and r.get("video_start"))):
-        raise ValueError(f"text_only_offset must be a whole number of video frames >= 0, used with "
-                         f"spawn_text = true and video_start > 0; got {offset!r}")
-    if not 0.0 <= r.get("video_start", 0.0) <= 1.0 or (r.get("video_start") and int(r.get("image_chunks", 3)) < 2):
-        raise ValueError(f"video_start must be a share in [0, 1], with image_chunks >= 2; got {r.get('video_start')!r}")
-    if not isinstance(r.get("track_offset", 0), int) or r.get("track_offset", 0) < 0:
-        raise ValueError(f"track_offset must be a whole number of video frames >= 0, got {r['track_offset']!r}")
-    if r.get("exit_start") and not (0.0 < r["exit_start"] <= 1.0 and r.get("track_offset", 0) > 16):
-        raise ValueError(f"exit_start must be a share in (0, 1] with track_offset > 16, got {r['exit_start']!r}")
-    if r.get("cross_share") is not None and not 0.0 <= r["cross_share"] <= 1.0:
-        raise ValueError(f"cross_share must be a share in [0, 1], got {r['cross_share']!r}")
+    soup = float(r.get("soup_with_start", 0.0))  # check_phase has checked every value
     soup_start = out / f"{tag}start.safetensors"
     if soup and (start == 0 or not soup_start.is_file()):
         save_dit(model, soup_start)
@@ -1023,9 +1038,23 @@ def check_inits(recipe: dict, stage: str) -> None:
                              f"[{section}] say how to fetch it)")
 
 
+def check_phases(recipe: dict) -> None:
+    """check_phase on every DiT phase the recipe can run ([dit], [finetune] and [refit], each phase
+    with the keys it inherits, as train_dit and train_refit merge them), before any stage trains."""
+    dit = {k: v for k, v in recipe.get("dit", {}).items() if k != "phases"}
+    ft = {k: v for k, v in recipe.get("finetune", {}).items() if k != "phases"}
+    rf = {k: v for k, v in recipe.get("refit", {}).items() if k not in ("phases", "vae")}
+    for base, phases in ((dit, recipe.get("dit", {}).get("phases")),
+                         ({**dit, **ft}, recipe.get("finetune", {}).get("phases")),
+                         ({**dit, **ft, **rf}, recipe.get("refit", {}).get("phases"))):
+        for ph in phases or [{}]:
+            check_phase({**base, **ph})
+
+
 def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe)
     check_recipe_keys(recipe)
+    check_phases(recipe)
     check_inits(recipe, args.stage)
     if args.smoke:
         recipe = smoke_recipe(recipe, args.smoke)
