@@ -384,8 +384,8 @@ def test_fine_tune_phases_run_in_order_and_resume_at_the_next_phase(tmp_path, mo
     out = tmp_path / "ft"
     assert main(args + ["--out", str(out)]) == 0
     log = (out / "train.log").read_text()
-    assert log.index("finetune phase 0") < log.index("dit phase 0: stopped") < log.index("finetune phase 1: text_only = 1.0")
-    assert "dit phase 1: stopped" in log
+    assert log.index("finetune phase 0") < log.index("finetune phase 0: stopped") < log.index("finetune phase 1: text_only = 1.0")
+    assert "finetune phase 1: stopped" in log
     # resume after phase 0 ended: phase 1 only
     state = torch.load(out / "dit_last.pt", weights_only=True)
     torch.save({**state, "phase": 0, "done": True}, out / "dit_last.pt")
@@ -770,8 +770,8 @@ def test_refit_trains_the_autoencoder_on_then_the_dit_on_its_new_latents(tmp_pat
     assert printed.out == "" and printed.err == "", printed.err[-300:]
     log = (out / "train.log").read_text()
     assert log.index("vae from") < log.index("vae phase 0 done") < log.index("refit: the DiT from")
-    assert log.index("refit: the DiT from") < log.index("finetune phase 0: text_only = 0.7") < log.index(
-        "finetune phase 1: soup_with_start = 0.5")
+    assert log.index("refit: the DiT from") < log.index("refit phase 0: text_only = 0.7") < log.index(
+        "refit phase 1: soup_with_start = 0.5")
     old, new = TinyVAE.from_file(WEIGHTS_DIR / "vae.safetensors"), TinyVAE.from_file(out / "vae.safetensors")
     assert not torch.equal(old.latent_std, new.latent_std)  # the encoder trained: new statistics
     assert any(not torch.equal(a, b) for a, b in zip(old.encoder.parameters(), new.encoder.parameters()))
@@ -1032,12 +1032,12 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
                  "--out", str(out)]) == 0
     assert layouts[-1] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
     log = (out / "train.log").read_text()
-    assert "dit phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
-    assert "dit phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
-    assert "dit phase 2: step 0 loss" in log
+    assert "finetune phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
+    assert "finetune phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
+    assert "finetune phase 2: step 0 loss" in log and "mode noise rollout" in log.split("finetune phase 2: step 0")[1].split("\n")[0]
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
                                {"own_background": -1.0}, {"own_background": 1.0, "noise_rollout": 0.0},
-                               {"own_background_text": "yes"})):
+                               {"own_background_text": "yes"}, {"own_background_text": True})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)

@@ -2,7 +2,8 @@
 scenes, streamed by a model (its own cache policy) and through the autoencoder alone, with the mean
 absolute change (0-255, far from every sprite, as `streamer eval`'s background change) of each
 stretch of frames from the stream's frame 0 and from frame 9 (the first frame of the second chunk:
-a chunk of 3 latent frames is 12 video frames, the first 9). The autoencoder's change is flat; a
+a chunk of 3 latent frames is 12 video frames, the first 9), the anchor frame itself left out
+("-": a stretch the stream does not reach). The autoencoder's change is flat; a
 model that redraws the texture each chunk shows ~1 within its second chunk (frames 9-20, as the
 autoencoder) and more from the third on.
 
@@ -29,6 +30,7 @@ def main(weights: str, seconds: float = 10.0) -> None:
         clip = world.clip(seed, stream_frames(seconds, pipe.fps))
         frames, _ = stream_clip(pipe, clip, defaults.get("policy", "window"), defaults.get("policy_args", {}), 4, 0)
         ref = reference_frames(pipe, clip)
+        print(clip.prompt)
         t_len, h, w = len(frames), frames.shape[1], frames.shape[2]
         yy, xx = np.mgrid[0:h, 0:w]
         far = np.ones((t_len, h, w), bool)
@@ -39,9 +41,11 @@ def main(weights: str, seconds: float = 10.0) -> None:
         for name, video in (("model", frames), ("autoencoder", ref)):
             video = video.astype(np.float32)
             for anchor in (0, 9):
-                d = [np.abs(video[t] - video[anchor]).mean(-1)[far[t] & far[anchor]].mean() for t in range(t_len)]
-                print(f"{clip.prompt[:48]:48s} {name:11s} from frame {anchor}: "
-                      + " ".join(f"{np.mean(d[a:b]):.2f}" for a, b in STRETCHES))
+                d = np.array([np.abs(video[t] - video[anchor]).mean(-1)[far[t] & far[anchor]].mean()
+                              for t in range(t_len)])
+                d[anchor] = np.nan  # a frame's change from itself is no change
+                cells = [np.nanmean(d[a:b]) if np.isfinite(d[a:b]).any() else None for a, b in STRETCHES]
+                print(f"{name:11s} from frame {anchor}: " + " ".join("-" if c is None else f"{c:.2f}" for c in cells))
 
 
 if __name__ == "__main__":

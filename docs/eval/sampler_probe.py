@@ -1,6 +1,6 @@
-"""Does the sampler move the background's chunk-to-chunk change? Streams the eval's first held-out
-prompt + tracks scenes with the model's own cache policy under sampler variants and prints, per
-variant, the eval's one-track columns (`streamer.world.evaluate.score_frames`: error, missing,
+"""Does the sampler move the background's chunk-to-chunk change? Streams the eval's first SCENES
+held-out prompt + tracks scenes (one or two tracks each) with the model's own cache policy under
+sampler variants and prints, per variant, the eval's track-set columns (`streamer.world.evaluate.score_frames`: error, missing,
 background change from the stream's first frame, border / interior, smear) and the mean absolute
 change between consecutive frames.
 

@@ -247,7 +247,7 @@ class WeightEMA:
 
 # ---- stage 2: the DiT --------------------------------------------------------------------------
 def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.device,
-              resume: bool = False, section: str = "dit") -> None:
+              resume: bool = False, section: str = "dit", label: str | None = None) -> None:
     """`section` = "dit": teacher forcing from scratch. "finetune": the [finetune] keys override
     [dit]; the DiT starts from `init`'s dit.safetensors, and each step is one of: teacher forcing
     from frame 0 (chunks of 3), an image start (blocks [1, 3, 3, ...], the true first latent frame
@@ -256,6 +256,7 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     from streamer.models.trajectory_encoder import TrajectoryEncoder
     from streamer.models.wan import CausalWanModel, count_parameters, get_config
 
+    label = label or section  # what the log calls the phases: "finetune phase 2", "refit phase 2"
     base = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
     phases = base.pop("phases", None) or [{}]
     for ph in phases:
@@ -312,7 +313,7 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
             from safetensors.torch import load_file
 
             model.load_state_dict({k: v.float() for k, v in load_file(str(out / "dit.safetensors")).items()})
-            log(f"{section} phase {pi} starts from phase {pi - 1}'s weight average")
+            log(f"{label} phase {pi} starts from phase {pi - 1}'s weight average")
         r = {**base, **phases[pi]}
         # the absolute position embedding learns at abs_pos_lr_scale (10) x the lr: it starts from zero
         # inside a fine-tune of a few hundred steps, where Adam moves a weight by about lr per step
@@ -329,9 +330,9 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
             start = int(state["step"]) + 1
             log(f"dit resumed at step {start}" + (f" of phase {pi}" if len(phases) > 1 else ""))
         if len(phases) > 1:
-            log(f"{section} phase {pi}: " + ", ".join(f"{k} = {v}" for k, v in phases[pi].items()))
+            log(f"{label} phase {pi}: " + ", ".join(f"{k} = {v}" for k, v in phases[pi].items()))
         _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, out, log, device, seed,
-                         start, pi if len(phases) > 1 else None, ema_state)
+                         start, pi if len(phases) > 1 else None, ema_state, label)
 
 
 def check_phase(r: dict) -> None:
@@ -354,22 +355,24 @@ def check_phase(r: dict) -> None:
         raise ValueError(f"cross_share must be a share in [0, 1], got {r['cross_share']!r}")
     own_bg = r.get("own_background", 0.0)
     if isinstance(own_bg, bool) or not isinstance(own_bg, (int, float)) or not 0.0 <= own_bg < float("inf"):
-        raise ValueError(f"own_background must be a loss weight >= 0 (0: off), got {own_bg!r}")
+        raise ValueError(f"own_background must be a finite loss weight >= 0 (0: off), got {own_bg!r}")
     if own_bg and not r.get("noise_rollout"):
         raise ValueError("own_background acts on rollouts from noise only: set noise_rollout > 0 with it")
     if not isinstance(r.get("own_background_text", False), bool):
         raise ValueError(f"own_background_text must be true or false, got {r['own_background_text']!r}")
+    if r.get("own_background_text") and not own_bg:
+        raise ValueError("own_background_text widens own_background: set own_background > 0 with it")
 
 
 def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, out, log, device, seed,
-                     start: int, phase: int | None, ema_state: dict | None = None) -> None:
+                     start: int, phase: int | None, ema_state: dict | None = None, label: str = "dit") -> None:
     """One schedule of train_dit (a stage, or one phase of the fine-tune) from step `start`."""
     ckpt = out / "dit_last.pt"
     # keyed by the first step (and phase), so a resumed run draws fresh clips instead of replaying the first ones
     key = [seed, 200] + ([phase] if phase else []) + ([start] if start else [])
     rng = np.random.default_rng(key)
     tag = f"p{phase}_" if phase is not None else ""  # file names: p0_start.safetensors, p0_step100/
-    who = f"dit phase {phase}:" if phase is not None else "dit"  # log lines: "dit phase 0: step 20 ..."
+    who = f"{label} phase {phase}:" if phase is not None else label  # log lines: "finetune phase 0: step 20 ..."
     n_lat, chunk = r["latent_frames"], r["chunk_frames"]
     n_video = 1 + 4 * (n_lat - 1)
     t0 = time.time()
@@ -380,7 +383,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     if r.get("ema_decay"):
         weight_ema = WeightEMA(model, float(r["ema_decay"]), ema_state)
         log(f"{who} weights averaged with decay {weight_ema.decay}: dit.safetensors holds the average")
-    desc = f"dit phase {phase}" if phase is not None else "dit"
+    desc = f"{label} phase {phase}" if phase is not None else label
     bar = tqdm(range(start, r["steps"]), desc=desc, mininterval=5, initial=start, total=r["steps"],
                disable=not log.echo)  # --quiet: train.log only
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
@@ -453,7 +456,9 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                 save_dit(model, keep / "dit.safetensors", extra=extra, state=shipped)
                 shutil.copy(out / "vae.safetensors", keep / "vae.safetensors")
         if done:
-            log(f"{who} stopped at step {step} after {minutes:.1f} min")
+            bar.update(1)  # the loop's own count would come after this step; the bar ends full
+            log(f"{who} stopped at step {step} after {minutes:.1f} min "
+                f"(steps {', '.join(f'{k} {v}' for k, v in counts.items())})")
             break
 
 
@@ -951,7 +956,7 @@ def train_refit(recipe: dict, init: Path, out: Path, log: Log, device: torch.dev
     refit_keys = {k: v for k, v in rf.items() if k != "vae"}
     log(f"refit: the DiT from {init} on the new autoencoder")
     train_dit({**recipe, "finetune": {**ft_keys, **refit_keys, "init": str(init)}}, vae, out, log, device,
-              resume=resume, section="finetune")
+              resume=resume, section="finetune", label="refit")
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
