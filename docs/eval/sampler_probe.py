@@ -25,18 +25,19 @@ from streamer.world.evaluate import HELD_OUT_SEEDS, World, score_frames, stream_
 
 
 def ode_denoise(flow, noise, timesteps, draw, num_train_timesteps=1000):
-    """`streamer.sampler.denoise` with the flow's own noise estimate in place of a fresh draw."""
-    x = noise
-    for i, t in enumerate(timesteps):
-        sigma = t / num_train_timesteps
-        v = flow(x, t)
-        x0 = (x.double() - sigma * v.double()).to(noise.dtype)
-        if i + 1 == len(timesteps):
-            return x0
-        nxt = timesteps[i + 1] / num_train_timesteps
-        eps = ((x.double() - (1 - sigma) * x0.double()) / sigma).to(noise.dtype)
-        x = (1 - nxt) * x0 + nxt * eps
-    raise ValueError("no timesteps")
+    """`streamer.sampler.denoise` with the flow's own noise estimate in place of a fresh draw: the
+    re-noise of x0 = x_t - sigma v uses eps = x_t + (1 - sigma) v, the noise that x_t implies."""
+    last = {}
+
+    def recording_flow(x, t):
+        last["x"], last["t"], last["v"] = x, t, flow(x, t)
+        return last["v"]
+
+    def implied_noise(shape):
+        sigma = last["t"] / num_train_timesteps
+        return (last["x"].double() + (1 - sigma) * last["v"].double()).float()
+
+    return denoise(recording_flow, noise, timesteps, implied_noise, num_train_timesteps)
 
 
 def main(weights: str, seconds: float, scenes: int, variants: str) -> None:

@@ -258,9 +258,7 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
 
     label = label or section  # what the log calls the phases: "finetune phase 2", "refit phase 2"
     base = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
-    phases = base.pop("phases", None) or [{}]
-    for ph in phases:
-        check_phase({**base, **ph})
+    phases = base.pop("phases", None) or [{}]  # their values: check_phases, before any stage trains
     r = {**base, **phases[0]}
     world = World(WORLD_PRESETS[recipe["world"]["preset"]])
     seed = recipe.get("seed", 0)
