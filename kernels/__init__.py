@@ -14,14 +14,53 @@ package under its own name.)
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
-import torch
 
-import torch.nn.functional as F
+def _yield_top_level_name() -> None:
+    """Give the top-level name `kernels` back to the distribution that owns it.
+
+    This folder is installed as `streamer.kernels` (the layout of DESIGN.md). It is also importable as a
+    plain `kernels` whenever the repository root is on sys.path (`python -m pytest` or `python -m
+    streamer` run from a checkout, a notebook opened there). That name belongs to Hugging Face's
+    `kernels` distribution, which transformers >= 5.25 requires and imports at start-up (`from kernels
+    import CUDAProperties`, reached from diffusers through peft); shadowing it breaks every import of
+    diffusers' Wan VAE and transformer. So when this file runs as `kernels` and that distribution is
+    installed, the distribution's package is loaded under the name instead: the import statement that
+    led here returns it (a module may replace its own sys.modules entry while it runs). Without the
+    distribution nothing is shadowed and this module stays as it is.
+    """
+    try:
+        dist = importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    init = Path(str(dist.locate_file("kernels/__init__.py")))
+    if not init.is_file() or init.resolve() == Path(__file__).resolve():
+        return
+    spec = importlib.util.spec_from_file_location("kernels", init, submodule_search_locations=[str(init.parent)])
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["kernels"]
+        raise
+
+
+if __name__ == "kernels":
+    _yield_top_level_name()
+
+import torch  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
 
 Mode = Literal["auto", "torch", "triton"]
 _mode: Mode = "auto"

@@ -424,3 +424,26 @@ def test_attention_kernel_takes_half_precision_only_unless_forced(monkeypatch):
     assert not kernels.use_attention_kernel(torch.zeros(1, dtype=torch.float32))
     kernels.set_mode("triton")
     assert kernels.use_attention_kernel(torch.zeros(1, dtype=torch.float32))
+
+
+def test_top_level_name_kernels_left_to_its_distribution(tmp_path):
+    """Run from a checkout, the repository root is on sys.path and this package's folder is importable
+    as a plain `kernels`, the name of Hugging Face's distribution that transformers >= 5.25 imports at
+    start-up. A stand-in distribution must win that name; `streamer.kernels` must stay ours."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site = tmp_path / "site"
+    (site / "kernels").mkdir(parents=True)
+    (site / "kernels" / "__init__.py").write_text("OWNER = 'hub'\n")
+    (site / "kernels" / "layer.py").write_text("NAME = 'layer'\n")
+    (site / "kernels-0.19.1.dist-info").mkdir()
+    (site / "kernels-0.19.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: kernels\nVersion: 0.19.1\n")
+    root = Path(__file__).resolve().parents[1]
+    probe = ("import kernels, kernels.layer; from streamer import kernels as ours; "
+             "print(kernels.OWNER, kernels.layer.NAME, ours.get_mode(), ours.__name__)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["hub", "layer", "auto", "streamer.kernels"]
