@@ -430,6 +430,7 @@ def test_top_level_name_kernels_left_to_its_distribution(tmp_path):
     """Run from a checkout, the repository root is on sys.path and this package's folder is importable
     as a plain `kernels`, the name of Hugging Face's distribution that transformers >= 5.25 imports at
     start-up. A stand-in distribution must win that name; `streamer.kernels` must stay ours."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -443,7 +444,7 @@ def test_top_level_name_kernels_left_to_its_distribution(tmp_path):
     root = Path(__file__).resolve().parents[1]
     probe = ("import kernels, kernels.layer; from streamer import kernels as ours; "
              "print(kernels.OWNER, kernels.layer.NAME, ours.get_mode(), ours.__name__)")
-    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["hub", "layer", "auto", "streamer.kernels"]
