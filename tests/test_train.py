@@ -1016,7 +1016,9 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
               {"sample_loss": 0.0, "rerender": True, "noise_rollout": 1.0, "image_start": 0.0, "text_only": 1.0},
               {"sample_loss": 0.0, "noise_rollout": 1.0, "image_start": 0.0, "text_only": 0.5, "own_background": 1.0},
               {"sample_loss": 0.0, "image_start": 1.0, "rollout": 1.0, "text_only": 1.0, "spawn_text": True,
-               "video_start": 1.0, "text_only_offset": 200}]
+               "video_start": 1.0, "text_only_offset": 200},
+              {"sample_loss": 0.0, "image_start": 0.0, "noise_rollout": 1.0, "text_only": 0.5, "own_background": 1.0,
+               "sink_layout": 1.0, "sink_gap": 24}]
     recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     layouts = []  # (blocks, text_offset) of each flow step's batch
@@ -1030,14 +1032,17 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     out = tmp_path / "ft"
     assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
                  "--out", str(out)]) == 0
-    assert layouts[-1] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
+    assert layouts[-2] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
     log = (out / "train.log").read_text()
     assert "finetune phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
     assert "finetune phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
     assert "finetune phase 2: step 0 loss" in log and "mode noise rollout" in log.split("finetune phase 2: step 0")[1].split("\n")[0]
+    assert "sink 1" in log.split("finetune phase 4: step 0")[1].split("\n")[0]  # Deep Sink's layout
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
                                {"own_background": -1.0}, {"own_background": 1.0, "noise_rollout": 0.0},
-                               {"own_background_text": "yes"}, {"own_background_text": True})):
+                               {"own_background_text": "yes"}, {"own_background_text": True},
+                               {"sink_layout": 1.5}, {"sink_gap": 0},
+                               {"sink_layout": 0.5, "rerender": True})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)
@@ -1155,3 +1160,43 @@ def test_track_outside_fine_tune_writes_a_model_the_pipeline_encodes_for(tmp_pat
     shipped = Pipeline.load_default(device=torch.device("cpu"), dtype=torch.float32)
     assert not shipped.model.config.track_outside
     assert shipped.track_condition(traj, 128, 128)([0]).abs().sum() == 0
+
+
+class _StrideVae:
+    """An autoencoder stub with the real temporal layout: latent frame j is video frame 4j (the last
+    of the four video frames 4j-3..4j that it holds; latent frame 0 holds frame 0 alone)."""
+
+    def encode(self, video):
+        return video[:, :, ::4]
+
+
+def test_sink_layout_batch_is_one_stream_with_its_middle_left_out():
+    """gap (the `sink_layout` steps): latent frames 0..chunk-1 are the clip's start, the later ones
+    the same stream `gap` latent frames further on, frames, tracks and sprite cells alike, for clips
+    with tracks and prompts alone (spawn layout); image-start blocks are refused."""
+    from streamer.world.train import dit_batch, sprite_cells
+
+    w, enc = World(), TrajectoryEncoder(8)
+    r = {"batch": 2, "paraphrase": False, "text_dropout": 0.0, "track_dropout": 0.0, "text_only": 0.5,
+         "spawn_text": True}
+    chunk, n_lat, gap = 2, 6, 4
+    n_video = 1 + 4 * (n_lat - 1)
+    rng = np.random.default_rng(2)
+    x0, _, tracks, cells, clips, text_only = dit_batch(w, rng, r, _StrideVae(), _ZeroText(), enc, n_video, n_lat, chunk,
+                                                      torch.device("cpu"), with_clips=True, gap=gap)
+    assert x0.shape[2] == tracks.shape[2] == cells.shape[2] == n_lat
+    rng = np.random.default_rng(2)
+    seeds = [int(rng.integers(1 << 30)) for _ in range(2)]
+    assert set(text_only.tolist()) == {True, False}  # both kinds of clip are checked
+    stream_lat = [0, 1] + [chunk + gap + i for i in range(n_lat - chunk)]  # the stream's latent frames
+    for b, (seed, t) in enumerate(zip(seeds, text_only)):
+        whole = w.clip(seed, 1 + 4 * stream_lat[-1], spawn=bool(t))  # the uncut stream
+        want = to_video(whole.frames[None])[:, :, [4 * j for j in stream_lat]]
+        assert torch.equal(x0[b : b + 1], want)
+        keep = 0.0 if t else 1.0  # a prompt alone has no tracks
+        assert torch.allclose(tracks[b], keep * enc(whole.trajectory, stream_lat, x0.shape[-2:])[0])
+        assert torch.equal(cells[b], sprite_cells([whole], stream_lat[-1] + 1, x0.shape[-2:])[0][:, stream_lat])
+    assert clips[0].frames.shape[0] == 1 + 4 * (n_lat - chunk)  # the later clips, from 4 video frames before
+    with pytest.raises(ValueError, match="gap"):
+        dit_batch(w, np.random.default_rng(2), r, _StrideVae(), _ZeroText(), enc, n_video, n_lat, chunk,
+                  torch.device("cpu"), blocks=(1, 2, 2), gap=gap)

@@ -358,6 +358,15 @@ def check_phase(r: dict) -> None:
         raise ValueError("own_background acts on rollouts from noise only: set noise_rollout > 0 with it")
     if not isinstance(r.get("own_background_text", False), bool):
         raise ValueError(f"own_background_text must be true or false, got {r['own_background_text']!r}")
+    layout = r.get("sink_layout", 0.0)
+    if isinstance(layout, bool) or not isinstance(layout, (int, float)) or not 0.0 <= layout <= 1.0:
+        raise ValueError(f"sink_layout must be a share in [0, 1], got {layout!r}")
+    if layout and (r.get("rerender") or r.get("latent_frames", 0) < 3 * r.get("chunk_frames", 1)):
+        raise ValueError("sink_layout needs latent_frames >= 3 x chunk_frames (a sink, a block without loss, "
+                         "a block with it) and no rerender")
+    gap = r.get("sink_gap", 480)
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+        raise ValueError(f"sink_gap must be a whole number of video frames >= 1, got {gap!r}")
     if r.get("own_background_text") and not own_bg:
         raise ValueError("own_background_text widens own_background: set own_background > 0 with it")
 
@@ -406,10 +415,17 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # an image start whose first block is a whole clean chunk more (p = video_start): a video's
         # last frames, like the tail `generate --continue` starts from, which show the sprites' motion
         video = image and r.get("video_start", 0.0) > 0 and rng.random() < r["video_start"]
+        # Deep Sink's layout (p = sink_layout of the steps without an image start): the blocks after
+        # the first come from later in the clip, as the cache of a stream's 4th chunk on holds them
+        # (drawn only when asked, so the recipes before it draw the clips they drew)
+        sink = not own and not image and r.get("sink_layout", 0.0) > 0 and rng.random() < r["sink_layout"]
+        gap = chunk * int(rng.integers(1, sink_gap_chunks(r) + 1)) if sink else 0
         mode = "sample" if own else "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
         counts[mode] = counts.get(mode, 0) + 1
         if video:
             counts["video"] += 1
+        if sink:
+            counts["sink"] = counts.get("sink", 0) + 1
         if own:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
                 loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
@@ -417,7 +433,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
             k = int(r.get("image_chunks", 3))
             blocks, nl = ((1 + chunk * video,) + (chunk,) * (k - video), 1 + chunk * k) if image else (chunk, n_lat)
             loss = _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk,
-                              blocks, nl, mode, counts)
+                              blocks, nl, mode, counts, gap=gap)
         for g in opt.param_groups:
             g["lr"] = g.get("lr_scale", 1.0) * cosine_lr(step, r["steps"], r["lr"], r["warmup"],
                                                          time_frac=time_fraction(r, t0))
@@ -461,16 +477,18 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
 
 
 def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk, blocks, nl: int,
-               mode: str, counts: dict) -> torch.Tensor:
+               mode: str, counts: dict, gap: int = 0) -> torch.Tensor:
     """The loss of one flow-matching step of _train_dit_phase: teacher forcing, an image start, or a
-    rollout (from the true first frame, or from noise) whose context is the model's own samples."""
+    rollout (from the true first frame, or from noise) whose context is the model's own samples.
+    gap > 0 (latent frames): Deep Sink's layout (`dit_batch`); the block right after the sink, whose
+    only history is the sink across the gap (a layout no stream shows), has no loss."""
     image, noise_roll = mode in ("image", "rollout"), mode == "noise rollout"
     # a later stretch of a prompt alone's stream, after bounces: only where its start shows the
     # motion (a video start), since one frame cannot tell which way a bounced sprite is heading
     offset = int(r.get("text_only_offset", 0)) if image and blocks[0] > 1 else 0
     x0, text, tracks, sprites, clips, text_only = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1),
                                                              nl, chunk, device, blocks=blocks, with_clips=True,
-                                                             text_offset=offset)
+                                                             text_offset=offset, gap=gap)
     # bf16 autocast: ~4x the fp32 matmul throughput on a recent CPU (and the usual choice on GPU)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
         ctx = None
@@ -490,6 +508,9 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
             # the background continues the model's own history, not the true clip's (a fresh draw)
             x0, cell_weight = own_background(x0, ctx, sprites, blocks, int(r.get("rollout_chunks", 2)),
                                              text_only, r)
+        if gap:
+            cell_weight = torch.ones_like(sprites) if cell_weight is None else cell_weight.clone()
+            cell_weight[:, :, chunk : 2 * chunk] = 0.0
         # guided teacher targets on teacher-forced and image-start steps (p = guidance_p); a rollout
         # keeps the truth as its target: the point of it is to steer own history back to the truth
         guided = teacher is not None and mode in ("tf", "image") and rng.random() < r.get("guidance_p", 1.0)
@@ -499,6 +520,12 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
                          cell_weight=cell_weight)
     counts["guided"] += guided
     return loss
+
+
+def sink_gap_chunks(r: dict) -> int:
+    """The most chunks a `sink_layout` step skips between its sink and its next block:
+    r["sink_gap"] video frames (default 480, 30 s of the world's 16 fps) in whole chunks, at least 1."""
+    return max(1, int(r.get("sink_gap", 480)) // (4 * int(r["chunk_frames"])))
 
 
 @torch.no_grad()
@@ -592,7 +619,7 @@ def resolve_path(p: str | Path) -> Path:
 
 
 def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, device, blocks=None,
-              with_clips: bool = False, text_offset: int = 0):
+              with_clips: bool = False, text_offset: int = 0, gap: int = 0):
     """Latents x0 [B, C, n_lat, h, w], text embeddings, track channels [B, C_track, n_lat, h, w] and
     sprite cells [B, 1, n_lat, h, w] (`sprite_cells`) of a batch of fresh clips (with_clips: then
     also the clips and the text-only mask, bool [B], for `rerender`). Tracks are dropped per
@@ -606,7 +633,14 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     uniformly from [0, track_offset) of its motion, so crossing sprites leave the frame, stay out
     and come back within the clip (from frame 0, a 33-frame clip mostly shows a crossing sprite
     entering); r["cross_share"] is the share of their sprites that cross (the world's: 0.15);
-    r["exit_start"] the share of them placed 4-16 frames before every sprite has left the view."""
+    r["exit_start"] the share of them placed 4-16 frames before every sprite has left the view.
+    gap > 0 (latent frames; `sink_layout`): Deep Sink's layout. The first block (`chunk` latent
+    frames) is the clip's start, and the blocks after it are the same clip `gap` latent frames
+    further on: latent frames 0..chunk-1, then chunk+gap.. of one stream. A Deep Sink stream's
+    chunk k >= 2 sees exactly this: its first chunk as sinks, re-aligned right before chunk k-1
+    (gap = chunk * (k - 2)). The later frames are encoded from a clip that starts 4 video frames
+    before them, so each is a 4-frame latent frame as mid-stream (the autoencoder's first latent
+    frame holds one video frame). The clips returned are then the later ones."""
     from streamer.models.wan import block_index
 
     seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
@@ -635,17 +669,35 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
             exits = exits[(exits >= 16) & (exits < int(r["track_offset"]))]
             if len(exits):
                 offsets[i] = int(rng.choice(exits)) - int(rng.integers(4, 17))
-    clips = [(world if t else tracked_world).clip(s, n_video, paraphrase=r["paraphrase"],
+    if gap and (blocks is not None and not isinstance(blocks, int)):
+        raise ValueError("gap (Deep Sink's layout) takes blocks of `chunk` latent frames, not an image start's")
+    head = 1 + 4 * (chunk - 1) if gap else n_video  # with a gap: the first block's video frames only
+    clips = [(world if t else tracked_world).clip(s, head, paraphrase=r["paraphrase"],
                                                   spawn=bool(t and r.get("spawn_text")), offset=int(o))
              for s, t, o in zip(seeds, text_only, offsets)]
+    late = []
+    if gap:
+        # stream latent frame j >= 1 holds video frames 4j-3..4j: a clip from video frame 4(j0-1)
+        # has them as its latent frames 1.. (its latent frame 0, one video frame, is dropped)
+        j0 = chunk + gap
+        late = [(world if t else tracked_world).clip(s, 1 + 4 * (n_lat - chunk), spawn=bool(t and r.get("spawn_text")),
+                                                     offset=int(o) + 4 * (j0 - 1))
+                for s, t, o in zip(seeds, text_only, offsets)]
     with torch.no_grad():
         x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
+        if gap:
+            x0 = torch.cat([x0[:, :, :chunk], vae.encode(to_video(np.stack([c.frames for c in late])).to(device))[:, :, 1:]], 2)
     prompts = [c.prompt if (t_only or rng.random() >= r["text_dropout"]) else " " for c, t_only in zip(clips, text_only)]
     # clone: the text encoder runs in inference mode, and an fp32 (non-autocast) step would save its
     # output for backward
     text = text_enc.encode(prompts).to(device).clone()
     h, w = x0.shape[-2:]
-    tracks = torch.stack([tracks_enc(c.trajectory, list(range(n_lat)), (h, w))[0] for c in clips]).to(device)
+    if gap:
+        tracks = torch.stack([torch.cat([tracks_enc(c.trajectory, list(range(chunk)), (h, w))[0],
+                                         tracks_enc(c2.trajectory, list(range(1, n_lat - chunk + 1)), (h, w))[0]], 1)
+                              for c, c2 in zip(clips, late)]).to(device)
+    else:
+        tracks = torch.stack([tracks_enc(c.trajectory, list(range(n_lat)), (h, w))[0] for c in clips]).to(device)
     idx = block_index(n_lat, blocks if blocks is not None else chunk)
     keep = rng.random((r["batch"], int(idx[-1]) + 1)) >= r["track_dropout"]
     if r.get("keep_first_tracks") and (blocks is None or isinstance(blocks, int)):
@@ -658,8 +710,12 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     keep[text_only] = False
     keep = torch.from_numpy(keep).float()[:, idx]
     tracks = tracks * keep[:, None, :, None, None].to(device)
-    out = x0, text, tracks, sprite_cells(clips, n_lat, (h, w)).to(device)
-    return (*out, clips, text_only) if with_clips else out
+    if gap:
+        cells = torch.cat([sprite_cells(clips, chunk, (h, w)), sprite_cells(late, n_lat - chunk + 1, (h, w))[:, :, 1:]], 2)
+    else:
+        cells = sprite_cells(clips, n_lat, (h, w))
+    out = x0, text, tracks, cells.to(device)
+    return (*out, late or clips, text_only) if with_clips else out
 
 
 def own_starts(world: World, clip, frame: np.ndarray, within: float, tol: float = 90.0) -> np.ndarray:
@@ -986,7 +1042,7 @@ TRAINING_KEYS = frozenset("""
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
     cross_share exit_start keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background own_background own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
-    rollout_steps sample_background sample_loss soup_with_start spawn_text sprite_weight stats_clips steps
+    rollout_steps sample_background sample_loss sink_gap sink_layout soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune refit sampler stream".split())
