@@ -394,7 +394,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     bar = tqdm(range(start, r["steps"]), desc=desc, mininterval=5, initial=start, total=r["steps"],
                disable=not log.echo)  # --quiet: train.log only
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
-              **({"video": 0} if r.get("video_start") else {})}
+              **({"video": 0} if r.get("video_start") else {}), **({"sink": 0} if r.get("sink_layout") else {})}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
     # soup_with_start = a: the phase ends on (1 - a) * its weights + a * its start weights (a uniform
     # model soup of a fine-tune and its start, Wortsman et al. 2022); the start is kept in the folder
@@ -425,7 +425,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if video:
             counts["video"] += 1
         if sink:
-            counts["sink"] = counts.get("sink", 0) + 1
+            counts["sink"] += 1
         if own:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
                 loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
@@ -637,7 +637,7 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     gap > 0 (latent frames; `sink_layout`): Deep Sink's layout. The first block (`chunk` latent
     frames) is the clip's start, and the blocks after it are the same clip `gap` latent frames
     further on: latent frames 0..chunk-1, then chunk+gap.. of one stream. A Deep Sink stream's
-    chunk k >= 2 sees exactly this: its first chunk as sinks, re-aligned right before chunk k-1
+    chunk k >= 3 sees exactly this: its first chunk as sinks, re-aligned right before chunk k-1
     (gap = chunk * (k - 2)). The later frames are encoded from a clip that starts 4 video frames
     before them, so each is a 4-frame latent frame as mid-stream (the autoencoder's first latent
     frame holds one video frame). The clips returned are then the later ones."""
@@ -675,7 +675,8 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     clips = [(world if t else tracked_world).clip(s, head, paraphrase=r["paraphrase"],
                                                   spawn=bool(t and r.get("spawn_text")), offset=int(o))
              for s, t, o in zip(seeds, text_only, offsets)]
-    late = []
+    # the batch's pieces of stream: (clips, the latent frames of theirs it keeps)
+    pieces = [(clips, range(chunk if gap else n_lat))]
     if gap:
         # stream latent frame j >= 1 holds video frames 4j-3..4j: a clip from video frame 4(j0-1)
         # has them as its latent frames 1.. (its latent frame 0, one video frame, is dropped)
@@ -683,21 +684,17 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
         late = [(world if t else tracked_world).clip(s, 1 + 4 * (n_lat - chunk), spawn=bool(t and r.get("spawn_text")),
                                                      offset=int(o) + 4 * (j0 - 1))
                 for s, t, o in zip(seeds, text_only, offsets)]
+        pieces.append((late, range(1, n_lat - chunk + 1)))
     with torch.no_grad():
-        x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
-        if gap:
-            x0 = torch.cat([x0[:, :, :chunk], vae.encode(to_video(np.stack([c.frames for c in late])).to(device))[:, :, 1:]], 2)
+        x0 = torch.cat([vae.encode(to_video(np.stack([c.frames for c in cs])).to(device))[:, :, kept.start : kept.stop]
+                        for cs, kept in pieces], 2)
     prompts = [c.prompt if (t_only or rng.random() >= r["text_dropout"]) else " " for c, t_only in zip(clips, text_only)]
     # clone: the text encoder runs in inference mode, and an fp32 (non-autocast) step would save its
     # output for backward
     text = text_enc.encode(prompts).to(device).clone()
     h, w = x0.shape[-2:]
-    if gap:
-        tracks = torch.stack([torch.cat([tracks_enc(c.trajectory, list(range(chunk)), (h, w))[0],
-                                         tracks_enc(c2.trajectory, list(range(1, n_lat - chunk + 1)), (h, w))[0]], 1)
-                              for c, c2 in zip(clips, late)]).to(device)
-    else:
-        tracks = torch.stack([tracks_enc(c.trajectory, list(range(n_lat)), (h, w))[0] for c in clips]).to(device)
+    tracks = torch.stack([torch.cat([tracks_enc(cs[b].trajectory, list(kept), (h, w))[0] for cs, kept in pieces], 1)
+                          for b in range(len(clips))]).to(device)
     idx = block_index(n_lat, blocks if blocks is not None else chunk)
     keep = rng.random((r["batch"], int(idx[-1]) + 1)) >= r["track_dropout"]
     if r.get("keep_first_tracks") and (blocks is None or isinstance(blocks, int)):
@@ -710,12 +707,9 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     keep[text_only] = False
     keep = torch.from_numpy(keep).float()[:, idx]
     tracks = tracks * keep[:, None, :, None, None].to(device)
-    if gap:
-        cells = torch.cat([sprite_cells(clips, chunk, (h, w)), sprite_cells(late, n_lat - chunk + 1, (h, w))[:, :, 1:]], 2)
-    else:
-        cells = sprite_cells(clips, n_lat, (h, w))
+    cells = torch.cat([sprite_cells(cs, kept.stop, (h, w))[:, :, kept.start :] for cs, kept in pieces], 2)
     out = x0, text, tracks, cells.to(device)
-    return (*out, late or clips, text_only) if with_clips else out
+    return (*out, pieces[-1][0], text_only) if with_clips else out
 
 
 def own_starts(world: World, clip, frame: np.ndarray, within: float, tol: float = 90.0) -> np.ndarray:
