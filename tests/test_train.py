@@ -1018,7 +1018,9 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
               {"sample_loss": 0.0, "image_start": 1.0, "rollout": 1.0, "text_only": 1.0, "spawn_text": True,
                "video_start": 1.0, "text_only_offset": 200},
               {"sample_loss": 0.0, "image_start": 0.0, "noise_rollout": 1.0, "text_only": 0.5, "own_background": 1.0,
-               "sink_layout": 1.0, "sink_gap": 24}]
+               "sink_layout": 1.0, "sink_gap": 24},
+              {"sample_loss": 0.0, "image_start": 1.0, "rollout": 1.0, "video_start": 0.0, "text_only": 0.5,
+               "sink_layout_image": 1.0, "sink_gap": 24}]
     recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     layouts = []  # (blocks, text_offset) of each flow step's batch
@@ -1032,17 +1034,20 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     out = tmp_path / "ft"
     assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
                  "--out", str(out)]) == 0
-    assert layouts[-2] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
+    assert layouts[-3] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
     log = (out / "train.log").read_text()
     assert "finetune phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
     assert "finetune phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
     assert "finetune phase 2: step 0 loss" in log and "mode noise rollout" in log.split("finetune phase 2: step 0")[1].split("\n")[0]
     assert "sink 1" in log.split("finetune phase 4: step 0")[1].split("\n")[0]  # Deep Sink's layout
+    # and an image start's: the sink block, then image_chunks chunks
+    assert layouts[-1] == ((3, 3, 3, 3), 0) and "sink 1" in log.split("finetune phase 5: step 0")[1].split("\n")[0]
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
                                {"own_background": -1.0}, {"own_background": 1.0, "noise_rollout": 0.0},
                                {"own_background_text": "yes"}, {"own_background_text": True},
                                {"sink_layout": 1.5}, {"sink_gap": 0},
-                               {"sink_layout": 0.5, "rerender": True})):
+                               {"sink_layout": 0.5, "rerender": True}, {"sink_layout_image": 2.0},
+                               {"sink_layout_image": 0.5, "image_start": 0.0})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)
@@ -1197,6 +1202,10 @@ def test_sink_layout_batch_is_one_stream_with_its_middle_left_out():
         assert torch.allclose(tracks[b], keep * enc(whole.trajectory, stream_lat, x0.shape[-2:])[0])
         assert torch.equal(cells[b], sprite_cells([whole], stream_lat[-1] + 1, x0.shape[-2:])[0][:, stream_lat])
     assert clips[0].frames.shape[0] == 1 + 4 * (n_lat - chunk)  # the later clips, from 4 video frames before
+    # an image start's layout (blocks of `chunk`, any gap): the same stream, so the same batch
+    again = dit_batch(w, np.random.default_rng(2), r, _StrideVae(), _ZeroText(), enc, n_video, n_lat, chunk,
+                      torch.device("cpu"), blocks=(chunk,) * (n_lat // chunk), gap=gap)
+    assert torch.equal(again[0], x0) and torch.equal(again[2], tracks)
     with pytest.raises(ValueError, match="gap"):
         dit_batch(w, np.random.default_rng(2), r, _StrideVae(), _ZeroText(), enc, n_video, n_lat, chunk,
                   torch.device("cpu"), blocks=(1, 2, 2), gap=gap)

@@ -18,9 +18,12 @@ its ground-truth trajectory as the track condition. Every frame is scored:
 - smear: colour left on a sprite's vacated path (where it was >= 4 frames ago, now far from every
   sprite): how far those pixels moved from the first frame's background toward the sprite's colour
   (0: background as it was, 1: the sprite's colour);
-- identity (scenes of several sprites): every sprite's colour centroid within its radius of its own
-  track and nearest to it (a swap or a mix of colours fails). With several sprites a pixel counts
-  only for the sprite colour nearest to it (sprite_masks), so a reddish orange is not both.
+- identity (scenes of several sprites): the centroid of every sprite colour's largest connected
+  region within its radius of its own track and nearest to it (a swap or a mix of colours fails).
+  With several sprites a pixel counts only for the sprite colour nearest to it (sprite_masks), so a
+  reddish orange is not both, and only the largest region counts (as for a prompt alone,
+  largest_blob), so the rim of another colour that the autoencoder draws round a blurred sprite (a
+  red square on sand gets an orange one) is not that colour's sprite.
 
 Two more scene sets: "text" streams a one-sprite prompt alone (no tracks) and asks whether its
 sprite is there with the named colour (a compact blob of 0.35-3x its drawn area: is_sprite_blob)
@@ -173,7 +176,11 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
             if (m & band).sum() > 50 and (m & ~band).sum() > 50:
                 border_c[t], interior_c[t] = float(diff[m & band].mean()), float(diff[m & ~band].mean())
         if len(sprites) > 1:
-            ident[t] = identity_kept(cents[t], traj.tracks[t], [sp.radius for sp in sprites], ok=~np.isnan(miss[t]))
+            blobs = np.full((len(sprites), 2), np.nan)
+            for n in np.nonzero(miss[t] == 0.0)[0]:
+                blob = largest_region(masks[n])
+                blobs[n] = (float(xx[blob].mean()), float(yy[blob].mean()))
+            ident[t] = identity_kept(blobs, traj.tracks[t], [sp.radius for sp in sprites], ok=~np.isnan(miss[t]))
     achieved, requested = np.full(t_len, np.nan), np.full(t_len, np.nan)
     k = MOTION_WINDOW
     for t in range(k, t_len):
@@ -234,7 +241,8 @@ def has_colour(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = COLOUR
 
 
 def identity_kept(cents: np.ndarray, tracks: np.ndarray, radii: list[float], ok: np.ndarray) -> float:
-    """1.0 when every scored sprite's colour centroid (cents [N, 2], NaN = not found) lies within its
+    """1.0 when every scored sprite's centroid (cents [N, 2] px, NaN = not found; score_frames gives
+    that of its colour's largest connected region) lies within its
     radius of its own track point and nearer to it than to any other track (no swap, no mix), else
     0.0; NaN when no sprite is scored this frame (ok [N] bool: sprite inside the frame)."""
     if not ok.any():
@@ -277,9 +285,12 @@ def shape_of(mask: np.ndarray, shapes: tuple[str, ...] | None = None) -> tuple[s
 
 def largest_blob(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = COLOUR_TOL) -> np.ndarray:
     """bool [H, W]: the largest 8-connected region of a colour (a smear elsewhere is not the sprite)."""
+    return largest_region(has_colour(frame, rgb, tol))
 
-    mask = has_colour(frame, rgb, tol).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the largest 8-connected region of a mask (bool [H, W]); all False when empty."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return np.zeros(mask.shape, bool)
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))

@@ -364,6 +364,11 @@ def check_phase(r: dict) -> None:
     if layout and (r.get("rerender") or r.get("latent_frames", 0) < 3 * r.get("chunk_frames", 1)):
         raise ValueError("sink_layout needs latent_frames >= 3 x chunk_frames (a sink, a block without loss, "
                          "a block with it) and no rerender")
+    layout_image = r.get("sink_layout_image", 0.0)
+    if isinstance(layout_image, bool) or not isinstance(layout_image, (int, float)) or not 0.0 <= layout_image <= 1.0:
+        raise ValueError(f"sink_layout_image must be a share in [0, 1], got {layout_image!r}")
+    if layout_image and not (r.get("image_start") and int(r.get("image_chunks", 3)) >= 2):
+        raise ValueError("sink_layout_image acts on image starts: set image_start > 0 and image_chunks >= 2 with it")
     gap = r.get("sink_gap", 480)
     if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
         raise ValueError(f"sink_gap must be a whole number of video frames >= 1, got {gap!r}")
@@ -394,7 +399,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     bar = tqdm(range(start, r["steps"]), desc=desc, mininterval=5, initial=start, total=r["steps"],
                disable=not log.echo)  # --quiet: train.log only
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
-              **({"video": 0} if r.get("video_start") else {}), **({"sink": 0} if r.get("sink_layout") else {})}
+              **({"video": 0} if r.get("video_start") else {}),
+              **({"sink": 0} if r.get("sink_layout") or r.get("sink_layout_image") else {})}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
     # soup_with_start = a: the phase ends on (1 - a) * its weights + a * its start weights (a uniform
     # model soup of a fine-tune and its start, Wortsman et al. 2022); the start is kept in the folder
@@ -420,6 +426,12 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # (drawn only when asked, so the recipes before it draw the clips they drew)
         sink = not own and not image and r.get("sink_layout", 0.0) > 0 and rng.random() < r["sink_layout"]
         gap = chunk * int(rng.integers(1, sink_gap_chunks(r) + 1)) if sink else 0
+        # the same for a share of the image starts (p = sink_layout_image): their sinks are the start
+        # frame and the next two latent frames (of a video start, its first three), and their chunks
+        # start one latent frame after a chunk boundary, so the first gap is the one latent frame
+        # evicted before the sinks (latent frame 3), then one more chunk at a time
+        if image and r.get("sink_layout_image", 0.0) > 0 and rng.random() < r["sink_layout_image"]:
+            sink, gap = True, 1 + chunk * int(rng.integers(0, sink_gap_chunks(r)))
         mode = "sample" if own else "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
         counts[mode] = counts.get(mode, 0) + 1
         if video:
@@ -432,8 +444,10 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         else:
             k = int(r.get("image_chunks", 3))
             blocks, nl = ((1 + chunk * video,) + (chunk,) * (k - video), 1 + chunk * k) if image else (chunk, n_lat)
+            if image and gap:  # the sink block (given, no loss), then k chunks, the first without loss
+                blocks, nl = (chunk,) * (1 + k), chunk * (1 + k)
             loss = _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk,
-                              blocks, nl, mode, counts, gap=gap)
+                              blocks, nl, mode, counts, gap=gap, video=video)
         for g in opt.param_groups:
             g["lr"] = g.get("lr_scale", 1.0) * cosine_lr(step, r["steps"], r["lr"], r["warmup"],
                                                          time_frac=time_fraction(r, t0))
@@ -477,15 +491,17 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
 
 
 def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk, blocks, nl: int,
-               mode: str, counts: dict, gap: int = 0) -> torch.Tensor:
+               mode: str, counts: dict, gap: int = 0, video: bool = False) -> torch.Tensor:
     """The loss of one flow-matching step of _train_dit_phase: teacher forcing, an image start, or a
     rollout (from the true first frame, or from noise) whose context is the model's own samples.
     gap > 0 (latent frames): Deep Sink's layout (`dit_batch`); the block right after the sink, whose
-    only history is the sink across the gap (a layout no stream shows), has no loss."""
+    only history is the sink across the gap (a layout no stream shows), has no loss. For an image
+    start (`sink_layout_image`) the sink block is the given one (no loss either). video: the image
+    start is a video start (its first block, or sink, a whole clean chunk more)."""
     image, noise_roll = mode in ("image", "rollout"), mode == "noise rollout"
     # a later stretch of a prompt alone's stream, after bounces: only where its start shows the
     # motion (a video start), since one frame cannot tell which way a bounced sprite is heading
-    offset = int(r.get("text_only_offset", 0)) if image and blocks[0] > 1 else 0
+    offset = int(r.get("text_only_offset", 0)) if image and video else 0
     x0, text, tracks, sprites, clips, text_only = dit_batch(world, rng, r, vae, text_enc, tracks_enc, 1 + 4 * (nl - 1),
                                                              nl, chunk, device, blocks=blocks, with_clips=True,
                                                              text_offset=offset, gap=gap)
@@ -638,9 +654,11 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
     frames) is the clip's start, and the blocks after it are the same clip `gap` latent frames
     further on: latent frames 0..chunk-1, then chunk+gap.. of one stream. A Deep Sink stream's
     chunk k >= 3 sees exactly this: its first chunk as sinks, re-aligned right before chunk k-1
-    (gap = chunk * (k - 2)). The later frames are encoded from a clip that starts 4 video frames
-    before them, so each is a 4-frame latent frame as mid-stream (the autoencoder's first latent
-    frame holds one video frame). The clips returned are then the later ones."""
+    (gap = chunk * (k - 2)); an image start's (`sink_layout_image`, blocks (chunk,) * n) sees
+    gap = 1 + chunk * m, as its chunks start one latent frame after a chunk boundary. The later
+    frames are encoded from a clip that starts 4 video frames before them, so each is a 4-frame
+    latent frame as mid-stream (the autoencoder's first latent frame holds one video frame). The
+    clips returned are then the later ones."""
     from streamer.models.wan import block_index
 
     seeds = [int(rng.integers(1 << 30)) for _ in range(r["batch"])]
@@ -669,7 +687,7 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
             exits = exits[(exits >= 16) & (exits < int(r["track_offset"]))]
             if len(exits):
                 offsets[i] = int(rng.choice(exits)) - int(rng.integers(4, 17))
-    if gap and (blocks is not None and not isinstance(blocks, int)):
+    if gap and blocks is not None and any(b != chunk for b in ((blocks,) if isinstance(blocks, int) else blocks)):
         raise ValueError("gap (Deep Sink's layout) takes blocks of `chunk` latent frames, not an image start's")
     head = 1 + 4 * (chunk - 1) if gap else n_video  # with a gap: the first block's video frames only
     clips = [(world if t else tracked_world).clip(s, head, paraphrase=r["paraphrase"],
@@ -1036,7 +1054,7 @@ TRAINING_KEYS = frozenset("""
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
     cross_share exit_start keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background own_background own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
-    rollout_steps sample_background sample_loss sink_gap sink_layout soup_with_start spawn_text sprite_weight stats_clips steps
+    rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune refit sampler stream".split())
