@@ -190,6 +190,14 @@ def test_text_only_scores_presence_colour_and_shape():
     clip = text_only_clips(World(), 1, 33)[0]
     s = summarize_text([score_text_only(clip.frames, clip)], FPS)["summary"]
     assert s["found_rate"] == 1.0 and s["shape_right_rate"] == 1.0 and s["first_found_s"] == 0.0
+    assert s["second_blob_rate"] == 0.0
+    # the sprite drawn a second time, 40 px away, from frame 10 on: still found, a second blob
+    two = clip.frames.copy()
+    for t in range(10, len(two)):
+        x, y = clip.trajectory.tracks[t, 0]
+        World.draw(two[t], clip.scene.sprites[0], float((x + 40) % 128), float((y + 40) % 128))
+    s = summarize_text([score_text_only(two, clip)], FPS)["summary"]
+    assert s["found_rate"] == 1.0 and s["second_blob_rate"] == pytest.approx(23 / 33, abs=1e-3)
     # the sprite appears only after 1 s (frame 16): found late
     late = clip.frames.copy()
     late[:16] = clip.background

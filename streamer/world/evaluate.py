@@ -27,7 +27,8 @@ its ground-truth trajectory as the track condition. Every frame is scored:
 
 Two more scene sets: "text" streams a one-sprite prompt alone (no tracks) and asks whether its
 sprite is there with the named colour (a compact blob of 0.35-3x its drawn area: is_sprite_blob)
-and shape (best IoU among the world's drawn shapes), and from when; "two" starts two-sprite scenes from their true
+and shape (best IoU among the world's drawn shapes), from when, and how often its colour also
+forms a second blob (of PHANTOM_AREA px, as a phantom: one sprite named, two drawn); "two" starts two-sprite scenes from their true
 first frame (an image start: the clean latent frame 0 in the cache) with a track on each.
 An opt-in set, "colours", streams "a <colour> circle on a <background> background" alone for every
 colour on every background it does not clash with (38 prompts, COLOUR_SECONDS each): which colours
@@ -302,6 +303,7 @@ class TextScores:
 
     found: np.ndarray     # 1 when the sprite's colour forms a sprite-like blob (is_sprite_blob)
     shape_ok: np.ndarray  # 1 when that blob's best-matching shape is the named one (NaN when not found)
+    second: np.ndarray = None  # 1 when a named colour forms more blobs of PHANTOM_AREA px than the prompt names
 
 
 # A blob counts as the sprite when its area is TEXT_MIN_AREA..TEXT_MAX_AREA of the sprite's drawn
@@ -323,22 +325,32 @@ def is_sprite_blob(blob: np.ndarray, sprite) -> tuple[bool, str | None]:
 
 def score_text_only(frames: np.ndarray, clip: Clip) -> TextScores:
     """frames uint8 [T, H, W, 3] streamed from `clip`'s prompt alone (no tracks): is each named
-    sprite there, with its colour and shape? Its position is free, so only presence is scored."""
+    sprite there, with its colour and shape? Its position is free, so only presence is scored, and
+    whether the colour also shows as a second sprite-sized blob (a prompt for one sprite made two)."""
     sprites = clip.scene.sprites
     found = np.zeros((len(frames), len(sprites)))
     shape_ok = np.full((len(frames), len(sprites)), np.nan)
+    second = np.zeros(len(frames))
+    named = {sp.rgb: sum(o.rgb == sp.rgb for o in sprites) for sp in sprites}  # colour -> sprites of it
     for t, frame in enumerate(frames):
         for n, sp in enumerate(sprites):
             ok, shape = is_sprite_blob(largest_blob(frame, sp.rgb), sp)
             if ok:
                 found[t, n] = 1.0
                 shape_ok[t, n] = float(shape == sp.shape)
+        for rgb, k in named.items():
+            # a second sprite of the named colour where the prompt names one ("found" still counts
+            # the frame: the sprite is there); blobs as big as phantom_frames counts
+            _, _, stats, _ = cv2.connectedComponentsWithStats(has_colour(frame, rgb).astype(np.uint8), connectivity=8)
+            if (stats[1:, cv2.CC_STAT_AREA] >= PHANTOM_AREA).sum() > k:
+                second[t] = 1.0
     with np.errstate(all="ignore"):
-        return TextScores(found=found.mean(1), shape_ok=_nanmean_rows(shape_ok))
+        return TextScores(found=found.mean(1), shape_ok=_nanmean_rows(shape_ok), second=second)
 
 
 def summarize_text(scores: list[TextScores], fps: float) -> dict:
-    """Found rate, shape-right rate (of found frames) and the first time each stream shows its sprites."""
+    """Found rate, shape-right rate (of found frames), the first time each stream shows its sprites,
+    and the share of frames with a second blob of a named colour (TextScores.second)."""
     n_sec = max(1, int(max(len(s.found) for s in scores) // fps))
     curves: dict[str, list] = {"found": [], "shape_ok": []}
     for sec in range(n_sec):
@@ -354,6 +366,7 @@ def summarize_text(scores: list[TextScores], fps: float) -> dict:
             "found_rate_after_1s": _f(np.mean(np.concatenate([s.found[int(fps):] for s in scores]))),
             "shape_right_rate": _f(np.nanmean(np.concatenate([s.shape_ok for s in scores]))),
             "first_found_s": None if any(f is None for f in firsts) else _f(max(firsts)),
+            "second_blob_rate": _f(np.mean(np.concatenate([s.second for s in scores]))),
         }
     return {"summary": summary, "curves": curves}
 
@@ -588,7 +601,8 @@ TRACK_COLS = [("trajectory_error_px", "traj err px"), ("trajectory_error_px_last
               ("interior_change", "interior change"), ("smear", "smear"), ("phantom_rate", "phantom"),
               ("motion_kept", "motion kept"), ("stream_fps", "FPS")]
 TEXT_COLS = [("found_rate", "found"), ("found_rate_after_1s", "found after 1 s"),
-             ("shape_right_rate", "shape right"), ("first_found_s", "first found (s)"), ("stream_fps", "FPS")]
+             ("shape_right_rate", "shape right"), ("first_found_s", "first found (s)"),
+             ("second_blob_rate", "second blob"), ("stream_fps", "FPS")]
 TWO_COLS = [("trajectory_error_px", "traj err px"), ("identity_kept", "identity kept"), ("missing_rate", "missing"),
             ("colour_drift_rgb", "colour drift"), ("smear", "smear"), ("phantom_rate", "phantom"),
             ("border_change", "border change"),
