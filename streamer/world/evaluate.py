@@ -289,12 +289,20 @@ def largest_blob(frame: np.ndarray, rgb: tuple[int, int, int], tol: float = COLO
     return largest_region(has_colour(frame, rgb, tol))
 
 
+def regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 8-connected regions of a mask (bool [H, W]): labels int [H, W] (0 outside the mask,
+    k for region k) and areas int [K] (px of regions 1..K)."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return labels, stats[1:, cv2.CC_STAT_AREA]
+
+
 def largest_region(mask: np.ndarray) -> np.ndarray:
     """bool [H, W]: the largest 8-connected region of a mask (bool [H, W]); all False when empty."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros(mask.shape, bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return _largest(*regions(mask))
+
+
+def _largest(labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    return labels == 1 + int(np.argmax(areas)) if len(areas) else np.zeros(labels.shape, bool)
 
 
 @dataclass
@@ -333,17 +341,15 @@ def score_text_only(frames: np.ndarray, clip: Clip) -> TextScores:
     second = np.zeros(len(frames))
     named = {sp.rgb: sum(o.rgb == sp.rgb for o in sprites) for sp in sprites}  # colour -> sprites of it
     for t, frame in enumerate(frames):
+        by_colour = {rgb: regions(has_colour(frame, rgb)) for rgb in named}  # once per colour
         for n, sp in enumerate(sprites):
-            ok, shape = is_sprite_blob(largest_blob(frame, sp.rgb), sp)
+            ok, shape = is_sprite_blob(_largest(*by_colour[sp.rgb]), sp)  # as largest_blob
             if ok:
                 found[t, n] = 1.0
                 shape_ok[t, n] = float(shape == sp.shape)
-        for rgb, k in named.items():
-            # a second sprite of the named colour where the prompt names one ("found" still counts
-            # the frame: the sprite is there); blobs as big as phantom_frames counts
-            _, _, stats, _ = cv2.connectedComponentsWithStats(has_colour(frame, rgb).astype(np.uint8), connectivity=8)
-            if (stats[1:, cv2.CC_STAT_AREA] >= PHANTOM_AREA).sum() > k:
-                second[t] = 1.0
+        # a second sprite of a named colour where the prompt names one ("found" still counts the
+        # frame: the sprite is there); blobs as big as phantom_frames counts
+        second[t] = float(any((areas >= PHANTOM_AREA).sum() > named[rgb] for rgb, (_, areas) in by_colour.items()))
     with np.errstate(all="ignore"):
         return TextScores(found=found.mean(1), shape_ok=_nanmean_rows(shape_ok), second=second)
 

@@ -443,9 +443,12 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                 loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
         else:
             k = int(r.get("image_chunks", 3))
-            blocks, nl = ((1 + chunk * video,) + (chunk,) * (k - video), 1 + chunk * k) if image else (chunk, n_lat)
-            if image and gap:  # the sink block (given, no loss), then k chunks, the first without loss
+            if image and gap:  # Deep Sink's layout: the sink block (given, no loss), then k chunks
                 blocks, nl = (chunk,) * (1 + k), chunk * (1 + k)
+            elif image:  # the start frame (and, from a video, a clean chunk more), then the chunks
+                blocks, nl = (1 + chunk * video,) + (chunk,) * (k - video), 1 + chunk * k
+            else:
+                blocks, nl = chunk, n_lat
             loss = _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_text, device, chunk,
                               blocks, nl, mode, counts, gap=gap, video=video)
         for g in opt.param_groups:
