@@ -38,7 +38,7 @@ class TinyVAEConfig:
 
 
 # world-128-z32: twice the latent channels at the same grid (the DiT's cost barely changes: only its
-# patch embedding and head see them), tried to lift the shipped autoencoder's blur (README, "After
+# patch embedding and head see them), tried to lift the shipped autoencoder's blur (docs/model_history.md, "After
 # v8, part 3"); a DiT for it needs in_channels = out_channels = 32.
 PRESETS = {"world-128": TinyVAEConfig(), "world-128-z32": TinyVAEConfig(z_dim=32)}
 

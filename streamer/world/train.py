@@ -557,7 +557,7 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
 
     From noise the history's background is the model's own draw, and the true clip's is another
     texture: regressed on it, each chunk learns to redraw the background from the prompt instead of
-    copying it, and a ten-minute stream's background jitters chunk to chunk (README, "v9"). Here,
+    copying it, and a ten-minute stream's background jitters chunk to chunk (docs/model_history.md, "v9"). Here,
     in every block whose previous block is the model's own, the background cells (farther than
     one cell from a sprite cell of the block or of that previous block's last frame) take that last
     own latent frame instead, in the noisy input and in the target alike (the world's backgrounds
@@ -722,7 +722,7 @@ def dit_batch(world, rng, r, vae, text_enc, tracks_enc, n_video, n_lat, chunk, d
         # the world's rule: a stream whose first chunk has no tracks is in the spawn layout, which a
         # random-layout clip without its first chunk's tracks contradicts (in phase 6's mix, 17% of
         # the track-free first chunks). Removing it alone barely strengthened a prompt alone's weak
-        # first sprite (README, "v7"). An image start shows where its sprites are, so its first
+        # first sprite (docs/model_history.md, "v7"). An image start shows where its sprites are, so its first
         # chunk may lose them.
         keep[:, 0] = True
     keep[text_only] = False
@@ -759,7 +759,7 @@ def rerender(world: World, vae, clips, first: torch.Tensor, n_video: int, r: dic
     px of the spawn point, default 16: two latent cells), with the world's heading and speed.
     The idea: without it the loss asks a sprite the model placed a few pixels off the centre (RoPE
     gives the DiT no absolute position) to jump there, whose least-squares answer is a faint sprite
-    spread over both places. Tried with `sample_loss`, it changed nothing measurable (README, "After v7").
+    spread over both places. Tried with `sample_loss`, it changed nothing measurable (docs/model_history.md, "After v7").
     Returns (x0 [B, C, n_lat, h, w], sprite cells, clips)."""
     from streamer.models.frames import video_to_uint8
 
@@ -1014,7 +1014,7 @@ def train_refit(recipe: dict, init: Path, out: Path, log: Log, device: torch.dev
     `init`'s DiT is fine-tuned on the new latents ([refit]'s keys and [[refit.phases]] over
     [finetune]'s keys, without [finetune]'s phases). Both write into `out`: vae.safetensors, then
     dit.safetensors. A DiT run on an autoencoder it was not trained on loses most of what it knew
-    (README, "After v8, part 3"); the re-fit keeps its motion and text binding and moves only its
+    (docs/model_history.md, "After v8, part 3"); the re-fit keeps its motion and text binding and moves only its
     latent space, in under an hour on this CPU.
     `init`: a folder with dit.safetensors and vae.safetensors (check_inits has checked the recipe)."""
     rf = recipe["refit"]
