@@ -2,7 +2,7 @@
 
 `StreamerError` subclasses `ValueError` (bad input is a value problem, and callers that already catch
 `ValueError` keep working). Every message is one line naming the field and what is allowed; the CLI
-prints it as `streamer: error: <message>` and exits with code 2. The engine's own subclasses live in
+prints it as `streamer <command>: error: <message>` and exits with code 2. The engine's own subclasses live in
 `streamer.errors`.
 """
 

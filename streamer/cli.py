@@ -472,7 +472,7 @@ def cmd_generate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; bad input of any kind prints `streamer: error: <message>` and returns 2,
+    """Run one command; bad input of any kind prints `streamer <command>: error: <message>` and returns 2,
     an interrupt (Ctrl-C, SIGTERM, SIGHUP) one line and 130. STREAMER_DEBUG=1 shows tracebacks."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -489,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     except (StreamerError, PolicyError, ValueError, OSError) as e:
         if os.environ.get("STREAMER_DEBUG"):
             raise
-        print(f"streamer: error: {e}", file=sys.stderr)
+        # the same prefix as argparse's own errors for this command ("streamer generate: error: ...")
+        print(f"streamer {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -8,7 +8,7 @@
     └── ResourceError                  a stream that cannot fit the device's memory (what to lower)
 
 Messages are one line that names the field and the allowed range; the CLI prints them as
-`streamer: error: <message>` with exit code 2.
+`streamer <command>: error: <message>` with exit code 2.
 """
 
 from __future__ import annotations

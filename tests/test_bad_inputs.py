@@ -1,6 +1,6 @@
 """Malformed and extreme inputs of every kind (issue 14), fed to the CLI in-process.
 
-Each row must end with exit code 2, one `streamer: error:` (or argparse) line naming the field,
+Each row must end with exit code 2, one `streamer <command>: error:` line (ours or argparse's) naming the field,
 no traceback, and no output file left behind that could pass for a finished video. Most rows are
 refused before a model loads; the rest share one loaded default model (see `_cached_load`).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def _run(args, capsys) -> tuple[int, str]:
 def _assert_refused(code: int, err: str, *needles: str) -> None:
     assert code == 2, err
     assert "Traceback" not in err and "error:" in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    # one line, with the command's prefix whether argparse or the command itself refused
+    assert len(lines) == 1 and re.match(r"streamer [a-z-]+: error: ", lines[0]), err
     for needle in needles:
         assert needle in err, (needle, err)
 
