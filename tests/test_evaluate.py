@@ -196,8 +196,11 @@ def test_text_only_scores_presence_colour_and_shape():
     for t in range(10, len(two)):
         x, y = clip.trajectory.tracks[t, 0]
         World.draw(two[t], clip.scene.sprites[0], float((x + 40) % 128), float((y + 40) % 128))
-    s = summarize_text([score_text_only(two, clip)], FPS)["summary"]
+    r = summarize_text([score_text_only(two, clip)], FPS)
+    s, second = r["summary"], r["curves"]["second"]
     assert s["found_rate"] == 1.0 and s["second_blob_rate"] == pytest.approx(23 / 33, abs=1e-3)
+    # per second (16 frames): none in the first 10 frames, then every frame
+    assert second == pytest.approx([6 / 16, 1.0])
     # the sprite appears only after 1 s (frame 16): found late
     late = clip.frames.copy()
     late[:16] = clip.background

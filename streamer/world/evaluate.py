@@ -358,7 +358,8 @@ def summarize_text(scores: list[TextScores], fps: float) -> dict:
     """Found rate, shape-right rate (of found frames), the first time each stream shows its sprites,
     and the share of frames with a second blob of a named colour (TextScores.second)."""
     n_sec = max(1, int(max(len(s.found) for s in scores) // fps))
-    curves: dict[str, list] = {"found": [], "shape_ok": []}
+    # per second: when a stream loses its sprite, and when it draws the colour twice
+    curves: dict[str, list] = {"found": [], "shape_ok": [], "second": []}
     for sec in range(n_sec):
         sl = slice(int(sec * fps), int((sec + 1) * fps))
         with np.errstate(all="ignore"), _quiet():
@@ -712,7 +713,8 @@ PANELS = [  # (part, curve, title): one panel per metric
     (None, "border_change", f"border band ({BORDER} px) change (0-255)"),
     (None, "interior_change", "interior change (0-255)"), (None, "smear", "smear: colour left on the path (0-1)"),
     (None, "phantom", "phantom: a sprite far from every track"),
-    ("text_only", "found", "text only: sprite found"), ("two_sprites", "err", "two sprites: error (px)"),
+    ("text_only", "found", "text only: sprite found"),
+    ("text_only", "second", "text only: its colour as a second blob"), ("two_sprites", "err", "two sprites: error (px)"),
     ("two_sprites", "identity", "two sprites: identity kept"), ("colours", "found", "colours: sprite found (mean)"),
 ]
 
