@@ -1020,7 +1020,8 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
               {"sample_loss": 0.0, "image_start": 0.0, "noise_rollout": 1.0, "text_only": 0.5, "own_background": 1.0,
                "sink_layout": 1.0, "sink_gap": 24},
               {"sample_loss": 0.0, "image_start": 1.0, "rollout": 1.0, "video_start": 0.0, "text_only": 0.5,
-               "sink_layout_image": 1.0, "sink_gap": 24}]
+               "sink_layout_image": 1.0, "sink_gap": 24},
+              {"sample_loss": 0.0, "image_start": 0.0, "ghost": 1.0, "noise_rollout": 1.0}]
     recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     layouts = []  # (blocks, text_offset) of each flow step's batch
@@ -1042,12 +1043,14 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     assert "sink 1" in log.split("finetune phase 4: step 0")[1].split("\n")[0]  # Deep Sink's layout
     # and an image start's: the sink block, then image_chunks chunks
     assert layouts[-1] == ((3, 3, 3, 3), 0) and "sink 1" in log.split("finetune phase 5: step 0")[1].split("\n")[0]
+    assert "mode ghost" in log.split("finetune phase 6: step 0")[1].split("\n")[0]  # a copy of the sprite, erased
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
                                {"own_background": -1.0}, {"own_background": 1.0, "noise_rollout": 0.0},
                                {"own_background_text": "yes"}, {"own_background_text": True},
                                {"sink_layout": 1.5}, {"sink_gap": 0},
                                {"sink_layout": 0.5, "rerender": True}, {"sink_layout_image": 2.0},
-                               {"sink_layout_image": 0.5, "image_start": 0.0})):
+                               {"sink_layout_image": 0.5, "image_start": 0.0}, {"ghost": 1.5},
+                               {"ghost": 0.5, "latent_frames": 6})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)
@@ -1209,3 +1212,50 @@ def test_sink_layout_batch_is_one_stream_with_its_middle_left_out():
     with pytest.raises(ValueError, match="gap"):
         dit_batch(w, np.random.default_rng(2), r, _StrideVae(), _ZeroText(), enc, n_video, n_lat, chunk,
                   torch.device("cpu"), blocks=(1, 2, 2), gap=gap)
+
+
+def test_ghost_batch_shows_the_sprite_twice_in_the_second_block_only():
+    """`ghost` steps: a prompt alone's clip whose second block alone shows a copy of its sprite (same
+    colour, on the sprite's own path, apart from it); that block has no loss, and the third block's
+    loss weights the cells the copy has left as sprite cells."""
+    from streamer.world.evaluate import PHANTOM_AREA, has_colour, regions
+    from streamer.world.train import ghost_batch, sprite_cells
+
+    w = World()
+    r = {"batch": 3, "paraphrase": False, "track_dim": 8, "text_only_offset": 200}
+    chunk, n_lat = 2, 6
+    x0, text, tracks, weight, cells = ghost_batch(w, np.random.default_rng(5), r, _StrideVae(), _ZeroText(),
+                                                  n_lat, chunk, torch.device("cpu"))
+    assert x0.shape[2] == weight.shape[2] == cells.shape[2] == n_lat and not tracks.any()
+    frames = ((x0.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255).numpy().astype(np.uint8)
+    prompts = []
+    for b in range(3):
+        rng = np.random.default_rng(5)  # the clip ghost_batch drew for batch item b, without its copy
+        for _ in range(b + 1):
+            seed, offset = int(rng.integers(1 << 30)), int(rng.integers(0, 200))
+            n = int(rng.integers(len(w.spawn_scene(seed).sprites)))
+            for _ in range(20):
+                shift = int(rng.integers(24, 400)) * (1 if rng.random() < 0.5 else -1)
+                start = max(0, offset + shift)
+                path = w.trajectory(w.spawn_scene(seed), start + 1 + 4 * (n_lat - 1)).tracks[start:, n]
+                clean = w.clip(seed, 1 + 4 * (n_lat - 1), spawn=True, offset=offset)
+                gap = np.linalg.norm(clean.trajectory.tracks[4 * chunk - 3 : 4 * (2 * chunk - 1) + 1]
+                                     - path[4 * chunk - 3 : 4 * (2 * chunk - 1) + 1, None], axis=-1)
+                if gap.min() >= 2 * clean.scene.sprites[n].radius + 4:
+                    break
+        rgb = clean.scene.sprites[n].rgb
+        blobs = [int((regions(has_colour(f, rgb))[1] >= PHANTOM_AREA).sum()) for f in frames[b]]
+        named = sum(sp.rgb == rgb for sp in clean.scene.sprites)
+        copy = [j for j in range(n_lat) if blobs[j] > named]
+        assert copy == list(range(chunk, 2 * chunk)), (b, blobs)  # the second block, and only it
+        for j in (*range(chunk), *range(2 * chunk, n_lat)):  # elsewhere the clean clip itself
+            assert np.array_equal(frames[b, j], clean.frames[4 * j])
+        true = sprite_cells([clean], n_lat, x0.shape[-2:])[0]
+        assert torch.equal(weight[b, :, : 2 * chunk], true[:, : 2 * chunk])
+        assert (weight[b, :, 2 * chunk :] >= true[:, 2 * chunk :]).all()
+        assert weight[b, :, 2 * chunk :].sum() > true[:, 2 * chunk :].sum()  # where the copy was
+        prompts.append(clean.prompt)
+    assert (cells[:, :, chunk : 2 * chunk] == 0).all() and (cells[:, :, :chunk] == 1).all()
+    assert (cells[:, :, 2 * chunk :] == 1).all()
+    with pytest.raises(ValueError, match="ghost"):
+        ghost_batch(w, np.random.default_rng(5), r, _StrideVae(), _ZeroText(), 5, chunk, torch.device("cpu"))

@@ -372,6 +372,12 @@ def check_phase(r: dict) -> None:
     gap = r.get("sink_gap", 480)
     if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
         raise ValueError(f"sink_gap must be a whole number of video frames >= 1, got {gap!r}")
+    ghost = r.get("ghost", 0.0)
+    if isinstance(ghost, bool) or not isinstance(ghost, (int, float)) or not 0.0 <= ghost <= 1.0:
+        raise ValueError(f"ghost must be a share in [0, 1], got {ghost!r}")
+    if ghost and r.get("latent_frames", 0) < 3 * r.get("chunk_frames", 1):
+        raise ValueError("ghost needs latent_frames >= 3 x chunk_frames (a block, the block with the copy, "
+                         "the block without it)")
     if r.get("own_background_text") and not own_bg:
         raise ValueError("own_background_text widens own_background: set own_background > 0 with it")
 
@@ -399,6 +405,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
     bar = tqdm(range(start, r["steps"]), desc=desc, mininterval=5, initial=start, total=r["steps"],
                disable=not log.echo)  # --quiet: train.log only
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
+              **({"ghost": 0} if r.get("ghost") else {}),
               **({"video": 0} if r.get("video_start") else {}),
               **({"sink": 0} if r.get("sink_layout") or r.get("sink_layout_image") else {})}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
@@ -416,15 +423,19 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         own = r.get("sample_loss", 0.0) > 0 and rng.random() < r["sample_loss"]
         image = not own and r.get("image_start", 0.0) > 0 and rng.random() < r["image_start"]
         roll = image and r.get("rollout", 0.0) > 0 and rng.random() < r["rollout"]
+        # a prompt alone whose history shows its sprite twice, the copy gone in the truth (p = ghost;
+        # `ghost_batch`); drawn only when asked, so the recipes before it draw the steps they drew
+        ghost = not own and not image and r.get("ghost", 0.0) > 0 and rng.random() < r["ghost"]
         # a stream without a start image: its first chunk too is the model's own (p = noise_rollout)
-        noise_roll = not own and not image and r.get("noise_rollout", 0.0) > 0 and rng.random() < r["noise_rollout"]
+        noise_roll = (not own and not image and not ghost and r.get("noise_rollout", 0.0) > 0
+                      and rng.random() < r["noise_rollout"])
         # an image start whose first block is a whole clean chunk more (p = video_start): a video's
         # last frames, like the tail `generate --continue` starts from, which show the sprites' motion
         video = image and r.get("video_start", 0.0) > 0 and rng.random() < r["video_start"]
         # Deep Sink's layout (p = sink_layout of the steps without an image start): the blocks after
         # the first come from later in the clip, as the cache of a stream's 4th chunk on holds them
         # (drawn only when asked, so the recipes before it draw the clips they drew)
-        sink = not own and not image and r.get("sink_layout", 0.0) > 0 and rng.random() < r["sink_layout"]
+        sink = not own and not image and not ghost and r.get("sink_layout", 0.0) > 0 and rng.random() < r["sink_layout"]
         gap = chunk * int(rng.integers(1, sink_gap_chunks(r) + 1)) if sink else 0
         # the same for a share of the image starts (p = sink_layout_image): their sinks are the start
         # frame and the next two latent frames (of a video start, its first three), and their chunks
@@ -432,7 +443,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # evicted before the sinks (latent frame 3), then one more chunk at a time
         if image and r.get("sink_layout_image", 0.0) > 0 and rng.random() < r["sink_layout_image"]:
             sink, gap = True, 1 + chunk * int(rng.integers(0, sink_gap_chunks(r)))
-        mode = "sample" if own else "rollout" if roll else "image" if image else "noise rollout" if noise_roll else "tf"
+        mode = ("sample" if own else "rollout" if roll else "image" if image else "ghost" if ghost
+                else "noise rollout" if noise_roll else "tf")
         counts[mode] = counts.get(mode, 0) + 1
         if video:
             counts["video"] += 1
@@ -441,6 +453,10 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if own:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
                 loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
+        elif ghost:
+            x0, text, tracks, weight, cells = ghost_batch(world, rng, r, vae, text_enc, n_lat, chunk, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
+                loss = flow_loss(model, x0, text, tracks, rng, r, chunk, sprites=weight, cell_weight=cells)
         else:
             k = int(r.get("image_chunks", 3))
             if image and gap:  # Deep Sink's layout: the sink block (given, no loss), then k chunks
@@ -813,6 +829,76 @@ def sample_loss(model, vae, world, rng, r, text_enc, chunk: int, device: torch.d
     return (((x0_hat - x0) ** 2) * weight).mean()
 
 
+GHOST_SHIFT = (24, 400)  # video frames: how far along its own path a ghost runs ahead of or behind its sprite
+
+
+def ghost_batch(world: World, rng: np.random.Generator, r: dict, vae, text_enc, n_lat: int, chunk: int,
+                device: torch.device):
+    """A batch of a prompt alone's clips (the world's text-only layout, from a frame drawn in
+    [0, text_only_offset or 480) of its motion) in which one named sprite shows twice in the video
+    frames of the second block only: the copy (a "ghost", same shape, colour and size) is the sprite
+    on its own path GHOST_SHIFT video frames earlier or later, at least two radii plus 4 px away from
+    it throughout. The third block's truth has no ghost.
+
+    Why: a prompt alone's stream from the shipped model draws its colour as a second sprite-sized
+    blob in 14% of its frames (eight prompts x 60 s), none in the first 3 s, then more as the stream
+    goes on, and the copy moves like the sprite, far from both the sprite and its start (the sink),
+    so it is a second sprite that later chunks keep, not a smear (docs/model_history.md, "After v11,
+    part 3"). No training clip ever shows a history with more sprites than the prompt
+    names, so nothing teaches what comes next; here the next chunk drops the copy.
+
+    The second block has no loss (its truth shows the copy appear, which is not to be learned); the
+    cells where the copy was at the end of that block and would have gone in the third block get
+    the sprite weight, so the loss asks for background there.
+
+    Returns x0 [B, C, n_lat, h, w] (latents of the clips with the ghost), text embeddings, tracks
+    (zeros [B, track_dim, n_lat, h, w]), the sprite weight map [B, 1, n_lat, h, w] for `flow_loss`'s
+    `sprites` (the true sprites' cells, and the ghost's in the third block) and its `cell_weight`
+    (0 on the second block, 1 elsewhere). Raises ValueError unless n_lat >= 3 * chunk."""
+    from types import SimpleNamespace
+
+    from streamer.trajectory import Trajectory
+
+    if n_lat < 3 * chunk:
+        raise ValueError(f"ghost needs latent_frames >= 3 x chunk_frames, got {n_lat} and {chunk}")
+    n_video = 1 + 4 * (n_lat - 1)
+    first, last = 4 * chunk - 3, 4 * (2 * chunk - 1)  # video frames of the second block (latent frames chunk..2chunk-1)
+    span = int(r.get("text_only_offset") or 480)
+    clips, ghosts = [], []
+    for _ in range(r["batch"]):
+        seed, offset = int(rng.integers(1 << 30)), int(rng.integers(0, span))
+        clip = world.clip(seed, n_video, paraphrase=r["paraphrase"], spawn=True, offset=offset)
+        n = int(rng.integers(len(clip.scene.sprites)))
+        sprite = clip.scene.sprites[n]
+        for _ in range(20):  # a shift that keeps the copy apart from every sprite in the second block
+            shift = int(rng.integers(*GHOST_SHIFT)) * (1 if rng.random() < 0.5 else -1)
+            start = max(0, offset + shift)
+            path = world.trajectory(clip.scene, start + n_video).tracks[start:, n]
+            gap = np.linalg.norm(clip.trajectory.tracks[first : last + 1] - path[first : last + 1, None], axis=-1)
+            if gap.min() >= 2 * sprite.radius + 4:
+                break
+        frames = clip.frames.copy()
+        for t in range(first, last + 1):
+            world.draw(frames[t], sprite, float(path[t, 0]), float(path[t, 1]))
+        clips.append(replace(clip, frames=frames))
+        traj = Trajectory(path[:, None].copy(), np.ones((n_video, 1), bool), clip.trajectory.fps,
+                          clip.trajectory.width, clip.trajectory.height)
+        ghosts.append(SimpleNamespace(trajectory=traj, scene=SimpleNamespace(sprites=[sprite])))
+    with torch.no_grad():
+        x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
+    h, w = x0.shape[-2:]
+    text = text_enc.encode([c.prompt for c in clips]).to(device).clone()
+    tracks = torch.zeros(len(clips), r["track_dim"], n_lat, h, w, device=device)
+    weight = sprite_cells(clips, n_lat, (h, w))
+    copy = sprite_cells(ghosts, n_lat, (h, w))
+    # the third block on: where the copy was as the second block ended, and where it would have gone
+    gone = torch.maximum(copy[:, :, 2 * chunk :], copy[:, :, 2 * chunk - 1 : 2 * chunk])
+    weight[:, :, 2 * chunk :] = torch.maximum(weight[:, :, 2 * chunk :], gone)
+    cells = torch.ones_like(weight)
+    cells[:, :, chunk : 2 * chunk] = 0.0
+    return x0, text, tracks, weight.to(device), cells.to(device)
+
+
 def sprite_cells(clips, n_lat: int, latent_hw: tuple[int, int]) -> torch.Tensor:
     """float [B, 1, n_lat, h, w]: 1 on latent cells a sprite covers (its radius plus half a cell from
     the cell's centre) in any video frame of that latent frame (frame 0 alone, then 4 per latent
@@ -1055,7 +1141,7 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions anchor_weight batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
-    cross_share exit_start keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
+    cross_share exit_start ghost keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background own_background own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
