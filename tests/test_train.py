@@ -548,6 +548,46 @@ def test_own_background_continues_the_models_own_history_away_from_the_sprites()
     out, w = own_background(x0, ctx, sprites, 3, 1, text_only, {"own_background": 1.0, "own_background_text": True})
     assert torch.equal(out[1, :, 3][:, far], ctx[1, :, 2][:, far])
     assert torch.equal(out[:, :, 6:], x0[:, :, 6:])  # block 2 follows block 1, the truth: no change
+    # own_sprites: where the own history's last frame shows a sprite away from the true one, the
+    # block keeps the truth within one cell of it (not copied in as background)
+    mine = torch.zeros(2, 1, 9, 8, 8, dtype=torch.bool)
+    mine[:, :, 2, 0, 7] = True  # the model's own sprite in block 0's last frame, top right
+    out, w = own_background(x0, ctx, sprites, 3, 2, text_only, {"own_background": 0.5}, own_sprites=mine)
+    kept = torch.zeros(8, 8, dtype=torch.bool)
+    kept[0:2, 6:8] = True  # the cell and its one-cell ring (inside the frame)
+    for f in range(3, 6):
+        assert torch.equal(out[0, :, f][:, kept], x0[0, :, f][:, kept]) and (w[0, 0, f][kept] == 1).all()
+        assert torch.equal(out[0, :, f][:, far & ~kept], ctx[0, :, 2][:, far & ~kept])
+    for f in range(6, 9):  # block 2 follows own block 1, whose last frame shows no own sprite: as before
+        assert torch.equal(out[0, :, f][:, far], ctx[0, :, 5][:, far])
+
+
+def test_own_sprite_cells_marks_the_cells_showing_a_named_colour():
+    """own_sprite_cells decodes each latent frame and marks the cells with a pixel of a colour its
+    clip's prompt names, not those of other colours."""
+    from types import SimpleNamespace
+
+    from streamer.world.scenes import Sprite
+    from streamer.world.train import own_sprite_cells
+
+    class PaintVae:  # "decodes" latent channel 0 > 0 as a red pixel block, channel 1 > 0 as blue, else grey
+        def decode(self, z):
+            b, _, t, h, w = z.shape
+            img = torch.full((b, 3, t, h * 8, w * 8), 0.0)
+            red, blue = z[:, 0] > 0, z[:, 1] > 0
+            up = lambda m: m.repeat_interleave(8, -1).repeat_interleave(8, -2)  # noqa: E731
+            img[:, 0] = torch.where(up(red), 1.0, img[:, 0])
+            img[:, 1] = torch.where(up(red), -1.0, img[:, 1])
+            img[:, 2] = torch.where(up(red), -1.0, torch.where(up(blue), 1.0, img[:, 2]))
+            return img
+
+    ctx = torch.full((1, 4, 3, 4, 4), -1.0)
+    ctx[0, 0, 1, 2, 3] = 1.0  # a red cell in latent frame 1
+    ctx[0, 1, 2, 0, 0] = 1.0  # a blue cell in latent frame 2
+    clip = SimpleNamespace(scene=SimpleNamespace(sprites=[Sprite("circle", "red", 9.0)]))
+    cells = own_sprite_cells(PaintVae(), ctx, [clip])
+    assert cells.shape == (1, 1, 3, 4, 4) and cells.dtype == torch.bool
+    assert cells[0, 0, 1, 2, 3] and cells.sum() == 1  # the red one only: blue is no colour the prompt names
 
 
 def test_a_bad_value_in_a_later_phase_is_one_line_before_any_stage_trains(tmp_path, monkeypatch, capsys):
@@ -1021,7 +1061,9 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
                "sink_layout": 1.0, "sink_gap": 24},
               {"sample_loss": 0.0, "image_start": 1.0, "rollout": 1.0, "video_start": 0.0, "text_only": 0.5,
                "sink_layout_image": 1.0, "sink_gap": 24},
-              {"sample_loss": 0.0, "image_start": 0.0, "ghost": 1.0, "noise_rollout": 1.0}]
+              {"sample_loss": 0.0, "image_start": 0.0, "ghost": 1.0, "noise_rollout": 1.0},
+              {"sample_loss": 0.0, "image_start": 0.0, "noise_rollout": 1.0, "text_only": 1.0, "own_background": 1.0,
+               "own_background_text": True, "own_background_sprites": True}]
     recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     layouts = []  # (blocks, text_offset) of each flow step's batch
@@ -1044,13 +1086,15 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     # and an image start's: the sink block, then image_chunks chunks
     assert layouts[-1] == ((3, 3, 3, 3), 0) and "sink 1" in log.split("finetune phase 5: step 0")[1].split("\n")[0]
     assert "mode ghost" in log.split("finetune phase 6: step 0")[1].split("\n")[0]  # a copy of the sprite, erased
+    assert "mode noise rollout" in log.split("finetune phase 7: step 0")[1].split("\n")[0]
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
                                {"own_background": -1.0}, {"own_background": 1.0, "noise_rollout": 0.0},
                                {"own_background_text": "yes"}, {"own_background_text": True},
                                {"sink_layout": 1.5}, {"sink_gap": 0},
                                {"sink_layout": 0.5, "rerender": True}, {"sink_layout_image": 2.0},
                                {"sink_layout_image": 0.5, "image_start": 0.0}, {"ghost": 1.5},
-                               {"ghost": 0.5, "latent_frames": 6})):
+                               {"ghost": 0.5, "latent_frames": 6}, {"ghost_alpha": [0.5, 1.5]},
+                               {"own_background_sprites": True})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)
@@ -1259,3 +1303,24 @@ def test_ghost_batch_shows_the_sprite_twice_in_the_second_block_only():
     assert (cells[:, :, 2 * chunk :] == 1).all()
     with pytest.raises(ValueError, match="ghost"):
         ghost_batch(w, np.random.default_rng(5), r, _StrideVae(), _ZeroText(), 5, chunk, torch.device("cpu"))
+
+
+def test_ghost_alpha_blends_a_faint_copy():
+    """`ghost_alpha` = [a, a]: the second block is the clean clip blended with the full copy's frames
+    at opacity a; the other blocks are the same as with a full copy."""
+    from streamer.world.train import ghost_batch
+
+    w = World()
+    chunk, n_lat = 2, 6
+    full = {"batch": 1, "paraphrase": False, "track_dim": 8, "text_only_offset": 200}
+    make = lambda r: ghost_batch(w, np.random.default_rng(9), r, _StrideVae(), _ZeroText(), n_lat, chunk,  # noqa: E731
+                                 torch.device("cpu"))[0]
+    px = lambda x: ((x[0].permute(1, 2, 3, 0) + 1) * 127.5).round().numpy()  # noqa: E731  [F, H, W, 3]
+    x_full, x_half = px(make(full)), px(make({**full, "ghost_alpha": [0.5, 0.5]}))
+    rng = np.random.default_rng(9)
+    seed, offset = int(rng.integers(1 << 30)), int(rng.integers(0, 200))
+    clean = w.clip(seed, 1 + 4 * (n_lat - 1), spawn=True, offset=offset).frames[::4].astype(float)
+    second = slice(chunk, 2 * chunk)
+    assert np.array_equal(x_full[:chunk], clean[:chunk]) and np.array_equal(x_half[2 * chunk :], x_full[2 * chunk :])
+    assert (x_full[second] != clean[second]).any()  # the full copy is there
+    assert np.abs(x_half[second] - (0.5 * clean[second] + 0.5 * x_full[second])).max() <= 1.0  # and half of it

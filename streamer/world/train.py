@@ -375,9 +375,17 @@ def check_phase(r: dict) -> None:
     ghost = r.get("ghost", 0.0)
     if isinstance(ghost, bool) or not isinstance(ghost, (int, float)) or not 0.0 <= ghost <= 1.0:
         raise ValueError(f"ghost must be a share in [0, 1], got {ghost!r}")
+    alpha = r.get("ghost_alpha")
+    if alpha is not None and not (isinstance(alpha, list) and len(alpha) == 2
+                                  and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in alpha)
+                                  and 0.0 < alpha[0] <= alpha[1] <= 1.0):
+        raise ValueError(f"ghost_alpha must be [lo, hi] with 0 < lo <= hi <= 1 (the copy's opacity), got {alpha!r}")
     if ghost and r.get("latent_frames", 0) < 3 * r.get("chunk_frames", 1):
         raise ValueError("ghost needs latent_frames >= 3 x chunk_frames (a block, the block with the copy, "
                          "the block without it)")
+    if not isinstance(r.get("own_background_sprites", False), bool) or (r.get("own_background_sprites") and not own_bg):
+        raise ValueError(f"own_background_sprites must be true or false, and true only with own_background > 0; "
+                         f"got {r.get('own_background_sprites')!r}")
     if r.get("own_background_text") and not own_bg:
         raise ValueError("own_background_text widens own_background: set own_background > 0 with it")
 
@@ -541,8 +549,9 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
         cell_weight = None
         if noise_roll and r.get("own_background", 0.0) > 0:
             # the background continues the model's own history, not the true clip's (a fresh draw)
+            mine = own_sprite_cells(vae, ctx, clips) if r.get("own_background_sprites") else None
             x0, cell_weight = own_background(x0, ctx, sprites, blocks, int(r.get("rollout_chunks", 2)),
-                                             text_only, r)
+                                             text_only, r, own_sprites=mine)
         if gap:
             cell_weight = torch.ones_like(sprites) if cell_weight is None else cell_weight.clone()
             cell_weight[:, :, chunk : 2 * chunk] = 0.0
@@ -565,7 +574,8 @@ def sink_gap_chunks(r: dict) -> int:
 
 @torch.no_grad()
 def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, chunk: int, n_own: int,
-                   text_only: np.ndarray, r: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                   text_only: np.ndarray, r: dict, own_sprites: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The clean clip a rollout from noise is trained toward, with its background continuing the
     model's own history (`own_background`, tried after v9). x0 [B, C, F, h, w] is the true clip,
     ctx (same shape) the rollout (`rollout_context(from_noise=True)`: blocks 0..n_own-1 the model's
@@ -582,6 +592,13 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
     texture). Clips with tracks only, unless `own_background_text`: a prompt alone's own sprite
     need not be where the true one is.
 
+    own_sprites (bool [B, 1, F, h, w], `own_sprite_cells`; with `own_background_sprites`): the cells
+    where the model's own history shows a named sprite's colour. Within one cell of them the block
+    keeps the truth: otherwise a sprite the model drew away from the true one is copied into the
+    target as background and stays, a second sprite beside the true one (with v11's recipe in 9.4%
+    of a prompt alone's loss-block frames against 0.3% in the truth; docs/model_history.md,
+    "After v11, part 3").
+
     Returns (x0 with those cells replaced, loss weights [B, 1, F, h, w]: `own_background` on the
     replaced cells, 0 on the ring, 1 elsewhere)."""
     import torch.nn.functional as F
@@ -591,14 +608,40 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
     use = torch.ones(b, dtype=torch.bool) if r.get("own_background_text") else torch.from_numpy(~np.asarray(text_only, bool))
     use = use.to(x0.device)[:, None, None, None]
     near = F.max_pool3d(sprites, (1, 3, 3), stride=1, padding=(0, 1, 1)) > 0  # sprite cells + one cell
+    own_near = (F.max_pool3d(own_sprites.float(), (1, 3, 3), stride=1, padding=(0, 1, 1)) > 0
+                if own_sprites is not None else None)
     for k in range(1, min(n_own, n // chunk - 1) + 1):
         s, e = k * chunk, min((k + 1) * chunk, n)
         ring = (near[:, :, s:e] | near[:, :, s - 1 : s]) & use[:, :, None]
         bg = ~ring & use[:, :, None]
+        if own_near is not None:  # the model's own sprites are no background to continue
+            bg = bg & ~own_near[:, :, s - 1 : s]
         out[:, :, s:e] = torch.where(bg, ctx[:, :, s - 1 : s].to(out.dtype), out[:, :, s:e])
         weight[:, :, s:e] = torch.where(bg, torch.full_like(weight[:, :, s:e], float(r["own_background"])),
                                         torch.where(ring & (sprites[:, :, s:e] == 0), 0.0, weight[:, :, s:e]))
     return out, weight
+
+
+@torch.no_grad()
+def own_sprite_cells(vae, ctx: torch.Tensor, clips, tol: float | None = None) -> torch.Tensor:
+    """bool [B, 1, F, h, w]: the latent cells of a rollout ctx ([B, C, F, h, w]) where its decoded
+    frame shows a colour its clip's prompt names (RGB distance < tol, default the eval's COLOUR_TOL,
+    in any pixel of the cell). Each latent frame is decoded on its own, as one video frame: what the
+    cell looks like, not a stream's motion. clips: the batch's world clips (their sprites' colours)."""
+    from streamer.models.frames import video_to_uint8
+    from streamer.world.evaluate import COLOUR_TOL, has_colour
+
+    b, _, n, h, w = ctx.shape
+    tol = COLOUR_TOL if tol is None else tol
+    frames = video_to_uint8(vae.decode(ctx.float().permute(0, 2, 1, 3, 4).reshape(b * n, -1, 1, h, w)))[:, 0]
+    out = np.zeros((b * n, 1, h, w), bool)
+    for i, frame in enumerate(frames):
+        hit = np.zeros(frame.shape[:2], bool)
+        for rgb in {sp.rgb for sp in clips[i // n].scene.sprites}:
+            hit |= has_colour(frame, rgb, tol)
+        sy, sx = frame.shape[0] // h, frame.shape[1] // w
+        out[i, 0] = hit.reshape(h, sy, w, sx).any(axis=(1, 3))
+    return torch.from_numpy(out).reshape(b, n, 1, h, w).permute(0, 2, 1, 3, 4).to(ctx.device)
 
 
 @torch.no_grad()
@@ -838,7 +881,8 @@ def ghost_batch(world: World, rng: np.random.Generator, r: dict, vae, text_enc, 
     [0, text_only_offset or 480) of its motion) in which one named sprite shows twice in the video
     frames of the second block only: the copy (a "ghost", same shape, colour and size) is the sprite
     on its own path GHOST_SHIFT video frames earlier or later, at least two radii plus 4 px away from
-    it throughout. The third block's truth has no ghost.
+    it throughout; with `ghost_alpha` = [lo, hi] it is blended in at an opacity drawn from that range
+    (a faint copy, as a stream's second sprite often is). The third block's truth has no ghost.
 
     Why: a prompt alone's stream from the shipped model draws its colour as a second sprite-sized
     blob in 14% of its frames (eight prompts x 60 s), none in the first 3 s, then more as the stream
@@ -878,8 +922,12 @@ def ghost_batch(world: World, rng: np.random.Generator, r: dict, vae, text_enc, 
             if gap.min() >= 2 * sprite.radius + 4:
                 break
         frames = clip.frames.copy()
+        # the copy's opacity (`ghost_alpha` = [lo, hi], drawn per clip; default 1): a faint copy too
+        alpha = float(rng.uniform(*r["ghost_alpha"])) if r.get("ghost_alpha") else 1.0
         for t in range(first, last + 1):
-            world.draw(frames[t], sprite, float(path[t, 0]), float(path[t, 1]))
+            drawn = frames[t].copy()
+            world.draw(drawn, sprite, float(path[t, 0]), float(path[t, 1]))
+            frames[t] = np.rint((1 - alpha) * frames[t] + alpha * drawn) if alpha < 1 else drawn
         clips.append(replace(clip, frames=frames))
         traj = Trajectory(path[:, None].copy(), np.ones((n_video, 1), bool), clip.trajectory.fps,
                           clip.trajectory.width, clip.trajectory.height)
@@ -1141,8 +1189,8 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions anchor_weight batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
-    cross_share exit_start ghost keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
-    noise_rollout_background own_background own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
+    cross_share exit_start ghost ghost_alpha keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
+    noise_rollout_background own_background own_background_sprites own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
