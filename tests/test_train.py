@@ -1077,14 +1077,14 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     out = tmp_path / "ft"
     assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
                  "--out", str(out)]) == 0
-    assert layouts[-3] == ((4, 3, 3), 200)  # a video start: a clean chunk more, text-only clips later on
+    assert layouts[-4] == ((4, 3, 3), 200)  # phase 3 (phase 6, ghost steps, builds its own batch): a video start: a clean chunk more, text-only clips later on
     log = (out / "train.log").read_text()
     assert "finetune phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
     assert "finetune phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
     assert "finetune phase 2: step 0 loss" in log and "mode noise rollout" in log.split("finetune phase 2: step 0")[1].split("\n")[0]
     assert "sink 1" in log.split("finetune phase 4: step 0")[1].split("\n")[0]  # Deep Sink's layout
     # and an image start's: the sink block, then image_chunks chunks
-    assert layouts[-1] == ((3, 3, 3, 3), 0) and "sink 1" in log.split("finetune phase 5: step 0")[1].split("\n")[0]
+    assert layouts[-2] == ((3, 3, 3, 3), 0) and "sink 1" in log.split("finetune phase 5: step 0")[1].split("\n")[0]
     assert "mode ghost" in log.split("finetune phase 6: step 0")[1].split("\n")[0]  # a copy of the sprite, erased
     assert "mode noise rollout" in log.split("finetune phase 7: step 0")[1].split("\n")[0]
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
