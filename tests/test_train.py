@@ -588,6 +588,8 @@ def test_own_sprite_cells_marks_the_cells_showing_a_named_colour():
     cells = own_sprite_cells(PaintVae(), ctx, [clip])
     assert cells.shape == (1, 1, 3, 4, 4) and cells.dtype == torch.bool
     assert cells[0, 0, 1, 2, 3] and cells.sum() == 1  # the red one only: blue is no colour the prompt names
+    assert torch.equal(own_sprite_cells(PaintVae(), ctx, [clip], frames=[1]), cells)  # only the frames asked for
+    assert not own_sprite_cells(PaintVae(), ctx, [clip], frames=[0, 2]).any()
 
 
 def test_a_bad_value_in_a_later_phase_is_one_line_before_any_stage_trains(tmp_path, monkeypatch, capsys):

@@ -549,9 +549,11 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
         cell_weight = None
         if noise_roll and r.get("own_background", 0.0) > 0:
             # the background continues the model's own history, not the true clip's (a fresh draw)
-            mine = own_sprite_cells(vae, ctx, clips) if r.get("own_background_sprites") else None
-            x0, cell_weight = own_background(x0, ctx, sprites, blocks, int(r.get("rollout_chunks", 2)),
-                                             text_only, r, own_sprites=mine)
+            n_own = int(r.get("rollout_chunks", 2))
+            # own_background reads the last latent frame of each own block only: decode just those
+            mine = (own_sprite_cells(vae, ctx, clips, frames=[k * blocks - 1 for k in range(1, n_own + 1)])
+                    if r.get("own_background_sprites") else None)
+            x0, cell_weight = own_background(x0, ctx, sprites, blocks, n_own, text_only, r, own_sprites=mine)
         if gap:
             cell_weight = torch.ones_like(sprites) if cell_weight is None else cell_weight.clone()
             cell_weight[:, :, chunk : 2 * chunk] = 0.0
@@ -623,25 +625,30 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
 
 
 @torch.no_grad()
-def own_sprite_cells(vae, ctx: torch.Tensor, clips, tol: float | None = None) -> torch.Tensor:
+def own_sprite_cells(vae, ctx: torch.Tensor, clips, tol: float | None = None,
+                     frames: list[int] | None = None) -> torch.Tensor:
     """bool [B, 1, F, h, w]: the latent cells of a rollout ctx ([B, C, F, h, w]) where its decoded
     frame shows a colour its clip's prompt names (RGB distance < tol, default the eval's COLOUR_TOL,
     in any pixel of the cell). Each latent frame is decoded on its own, as one video frame: what the
-    cell looks like, not a stream's motion. clips: the batch's world clips (their sprites' colours)."""
+    cell looks like, not a stream's motion. clips: the batch's world clips (their sprites' colours).
+    frames: the latent frames to look at (default all); the others are all False."""
     from streamer.models.frames import video_to_uint8
     from streamer.world.evaluate import COLOUR_TOL, has_colour
 
     b, _, n, h, w = ctx.shape
     tol = COLOUR_TOL if tol is None else tol
-    frames = video_to_uint8(vae.decode(ctx.float().permute(0, 2, 1, 3, 4).reshape(b * n, -1, 1, h, w)))[:, 0]
-    out = np.zeros((b * n, 1, h, w), bool)
-    for i, frame in enumerate(frames):
+    idx = list(range(n)) if frames is None else list(frames)
+    m = len(idx)
+    picked = ctx[:, :, idx].float().permute(0, 2, 1, 3, 4).reshape(b * m, -1, 1, h, w)
+    decoded = video_to_uint8(vae.decode(picked))[:, 0]  # [B * m, H, W, 3]
+    out = torch.zeros(b, 1, n, h, w, dtype=torch.bool)
+    for i, frame in enumerate(decoded):
         hit = np.zeros(frame.shape[:2], bool)
-        for rgb in {sp.rgb for sp in clips[i // n].scene.sprites}:
+        for rgb in {sp.rgb for sp in clips[i // m].scene.sprites}:
             hit |= has_colour(frame, rgb, tol)
         sy, sx = frame.shape[0] // h, frame.shape[1] // w
-        out[i, 0] = hit.reshape(h, sy, w, sx).any(axis=(1, 3))
-    return torch.from_numpy(out).reshape(b, n, 1, h, w).permute(0, 2, 1, 3, 4).to(ctx.device)
+        out[i // m, 0, idx[i % m]] = torch.from_numpy(hit.reshape(h, sy, w, sx).any(axis=(1, 3)))
+    return out.to(ctx.device)
 
 
 @torch.no_grad()
