@@ -66,7 +66,8 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=_size, help="WxH video size (default: the model's native size)")
     g.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0,
                    help="noise seed (default 0): the same seed and settings give the same video on the same machine")
-    g.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), help="denoising steps (default: Self-Forcing's 4)")
+    g.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), help="denoising steps, evenly spaced from t = 1000 "
+                   "(default: the model's own; Self-Forcing's 4 for models that do not say)")
     g.add_argument("--chunk", type=checks.int_in(1, 1024), default=3, help="latent frames per chunk (default 3 = 12 video frames)")
     g.add_argument("--guidance", type=checks.non_negative_float,
                    help="text classifier-free guidance scale: 1 = off, 0 = the empty prompt alone, above 1 the prompt "

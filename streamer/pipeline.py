@@ -106,12 +106,14 @@ class Pipeline:
         defaults are decided (CLI, UI, eval and bench all come here). size (width, height) in pixels,
         default the model's native size; policy default the model's trained one, else "window"; knobs
         default the model's trained knobs when the policy is the one it was trained with, else the
-        paper's; steps default Self-Forcing's 4; guidance (text CFG scale, 1 = off) default the
-        model's own (its metadata's, with its timestep interval), else 1. Raises ValueError for a
-        guidance below 0."""
+        paper's; steps (denoising steps, evenly spaced from t = 1000: `sampler_for_steps`) default the
+        model's own (its metadata's "steps": a count, or the timesteps themselves), else Self-Forcing's
+        4 ([1000, 750, 500, 250]); guidance (text CFG scale, 1 = off) default the model's own (its
+        metadata's, with its timestep interval), else 1. Raises ValueError for a guidance below 0 or
+        a model whose "steps" is not a count or a list of timesteps in (0, 1000]."""
         import dataclasses
 
-        from streamer.sampler import SamplerConfig, sampler_for_steps
+        from streamer.sampler import SamplerConfig, own_sampler, sampler_for_steps
         from streamer.session import StreamConfig
 
         width, height = size or self.native_size
@@ -119,7 +121,13 @@ class Pipeline:
         policy = policy or trained.get("policy", "window")
         if not policy_args and trained.get("policy") == policy:
             policy_args = trained.get("policy_args", {})
-        sampler = sampler_for_steps(steps) if steps else SamplerConfig()
+        own = trained.get("steps")
+        if steps:
+            sampler = sampler_for_steps(steps)
+        elif own is not None:
+            sampler = own_sampler(own)
+        else:
+            sampler = SamplerConfig()
         guide = {"guidance": float(trained.get("guidance", 1.0) if guidance is None else guidance)}
         if "guidance_interval" in trained:
             guide["guidance_interval"] = tuple(float(t) for t in trained["guidance_interval"])
@@ -277,6 +285,15 @@ class Pipeline:
         source = "shipped weights" if weights.resolve() == WEIGHTS_DIR.resolve() else str(weights)
         with safe_open(str(weights / "dit.safetensors"), "pt") as f:
             meta = f.metadata() or {}
+        stream_defaults = json.loads(meta["stream"]) if "stream" in meta else None
+        if stream_defaults and "steps" in stream_defaults:
+            from streamer.models.loader import CheckpointError
+            from streamer.sampler import own_sampler
+
+            try:
+                own_sampler(stream_defaults["steps"])
+            except ValueError as e:
+                raise CheckpointError(f"{weights}: {e}") from None
         cfg = json.loads(meta["config"])
         cfg = WanConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
         model = CausalWanModel(cfg)
@@ -290,7 +307,7 @@ class Pipeline:
                    fps=16.0, native_size=(128, 128), is_random=False,
                    description=f"default world-128 model ({source}; step {meta.get('step', '?')})",
                    trajectory_encoder=TrajectoryEncoder(cfg.track_channels, outside=cfg.track_outside),
-                   stream_defaults=json.loads(meta["stream"]) if "stream" in meta else None)
+                   stream_defaults=stream_defaults)
         if warmup:  # first calls into oneDNN convs/matmuls are slow: pay that at load, not at the first frame
             with torch.inference_mode():
                 pipe.decoder.decode(torch.zeros(1, 16, 1, 16, 16, device=device), pipe.decoder.new_state())

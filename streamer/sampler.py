@@ -74,6 +74,22 @@ def sampler_for_steps(n: int) -> SamplerConfig:
     return SamplerConfig(steps=tuple(round(1000 - i * 1000 / n) for i in range(n)))
 
 
+def own_sampler(steps) -> SamplerConfig:
+    """The sampler a model's metadata asks for ("steps" of its "stream" entry): a count n (evenly
+    spaced from 1000, `sampler_for_steps`) or the timesteps themselves (a decreasing list in
+    (0, 1000], warped as Self-Forcing's are). The shipped world model is sampled with more steps
+    than Self-Forcing's 4, since it was trained by flow matching, not distilled to 4 steps (README,
+    "The default model"). Raises ValueError for anything else."""
+    if isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= 1000:
+        return sampler_for_steps(steps)
+    if (isinstance(steps, (list, tuple)) and steps and all(isinstance(t, int) and not isinstance(t, bool)
+                                                           and 0 < t <= 1000 for t in steps)
+            and all(a > b for a, b in zip(steps, steps[1:]))):
+        return SamplerConfig(steps=tuple(steps))
+    raise ValueError(f"a model's sampler steps must be a count from 1 to 1000 or decreasing timesteps in "
+                     f"(0, 1000]; got {steps!r}")
+
+
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Gaussian noise drawn on the generator's own device (a CPU generator gives the same stream
     on every machine), then moved to x's device and dtype."""

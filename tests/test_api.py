@@ -324,3 +324,26 @@ def test_guidance_field_reaches_the_stream(api):
     assert app_api.streams[plain["id"]].session.config.sampler.guidance == 1.0
     for s in (guided, plain):
         client.delete(f"/api/sessions/{s['id']}")
+
+
+def test_steps_field_or_the_models_own(api, monkeypatch):
+    """`steps` sets the stream's denoising steps; left out, the model's own (its metadata's "steps"),
+    and Self-Forcing's 4 for a model that names none. The Python client sends none unless asked."""
+    from streamer.client import Client
+
+    client, app_api = api
+    plain = _create(client)  # the tiny model names no steps
+    assert app_api.streams[plain["id"]].session.config.sampler.steps == (1000, 750, 500, 250)
+    for pipe in app_api.app.models._loaded.values():
+        monkeypatch.setattr(pipe, "stream_defaults", {"policy": "window", "steps": 6})
+    own, two = _create(client), _create(client, steps=2)
+    assert len(app_api.streams[own["id"]].session.config.sampler.steps) == 6
+    assert app_api.streams[two["id"]].session.config.sampler.steps == (1000, 500)
+    for s in (own, two, plain):
+        client.delete(f"/api/sessions/{s['id']}")
+    sent = []
+    monkeypatch.setattr(Client, "request", lambda self, method, path, body=None: sent.append(body) or json.dumps(
+        {"id": "x", "width": 64, "height": 64, "position": 0}))
+    Client().create("a")
+    Client().create("a", steps=3)
+    assert "steps" not in sent[0] and sent[1]["steps"] == 3

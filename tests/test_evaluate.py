@@ -91,7 +91,8 @@ def test_eval_command_scores_a_weights_folder(tmp_path, capsys):
 
 def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     """Without --policies, eval streams with the policy and knobs in the weights' metadata (a model
-    trained for a 9-frame context must not be scored at a paper default of 21 frames)."""
+    trained for a 9-frame context must not be scored at a paper default of 21 frames), and without
+    --steps with its own denoising steps."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -100,7 +101,7 @@ def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     shutil.copy(WEIGHTS_DIR / "vae.safetensors", run / "vae.safetensors")
     with safe_open(str(WEIGHTS_DIR / "dit.safetensors"), "pt") as f:
         meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    meta["stream"] = json.dumps({"policy": "ema-sink", "policy_args": {"window": 6, "sink": 2}})
+    meta["stream"] = json.dumps({"policy": "ema-sink", "policy_args": {"window": 6, "sink": 2}, "steps": 3})
     save_file(sd, str(run / "dit.safetensors"), metadata=meta)
     out = tmp_path / "eval"
     assert main(["eval", "--weights", str(run), "--seconds", "1", "--scenes", "1", "--sets", "track",
@@ -109,6 +110,7 @@ def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     assert set(res["policies"]) == {"ema-sink"}
     assert res["config"]["policy_args"] == {"ema-sink": {"window": 6, "sink": 2}}
     assert "Policies: ema-sink window=6 sink=2" in (out / "eval.md").read_text()
+    assert res["sampler_steps"] == [1000, 667, 333] and "3 steps)" in (out / "eval.md").read_text()  # its own
     assert res["dtype"] == "float32" and "DiT dtype: float32, 1 CPU thread(s)" in (out / "eval.md").read_text()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from streamer.pipeline import Pipeline
-from streamer.sampler import RecordedNoise, RecordingNoise, SamplerConfig, SeededNoise
+from streamer.sampler import RecordedNoise, RecordingNoise, SamplerConfig, SeededNoise, own_sampler
 from streamer.session import Session, StreamConfig
 from streamer.trajectory import Trajectory
 from tests.test_streaming import _pipe, _Recorder, assert_stream_equals_block_causal
@@ -201,6 +201,53 @@ def test_guidance_zero_is_the_empty_prompt_and_one_is_off(pipe):
 def test_bad_guidance_is_refused(kw):
     with pytest.raises(ValueError, match="guidance"):
         SamplerConfig(**kw)
+
+
+def test_stream_config_takes_the_models_steps(pipe, monkeypatch):
+    """A model's own denoising steps (its metadata's "steps": a count, evenly spaced, or the
+    timesteps) are the default; an explicit count overrides; a model that names none gets
+    Self-Forcing's 4."""
+    monkeypatch.setattr(pipe, "stream_defaults", {"policy": "window", "steps": 6})
+    assert pipe.stream_config().sampler.steps == (1000, 833, 667, 500, 333, 167)
+    assert pipe.stream_config(steps=2).sampler.steps == (1000, 500)
+    monkeypatch.setattr(pipe, "stream_defaults", {"policy": "window", "steps": [1000, 750, 500, 250, 100]})
+    assert pipe.stream_config().sampler.steps == (1000, 750, 500, 250, 100)
+    monkeypatch.setattr(pipe, "stream_defaults", None)
+    assert pipe.stream_config().sampler.steps == (1000, 750, 500, 250)
+
+
+@pytest.mark.parametrize("bad", [0, 1001, True, 2.5, "6", [], [500, 750], [1000, 0], [1000, 500.0], None])
+def test_bad_model_steps_are_refused(bad):
+    with pytest.raises(ValueError, match="sampler steps"):
+        own_sampler(bad)
+
+
+def test_a_world_model_with_bad_steps_does_not_load(tmp_path):
+    """The metadata's steps are checked as the model loads (one line naming the folder), not at the
+    first chunk of a stream."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from streamer.models.loader import CheckpointError
+    from streamer.pipeline import WEIGHTS_DIR
+
+    for name in ("dit.safetensors", "vae.safetensors"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    with safe_open(str(tmp_path / "dit.safetensors"), "pt") as f:
+        meta = f.metadata()
+    for steps, ok in ((7, True), ([1000, 250, 500], False)):
+        stream = {**json.loads(meta["stream"]), "steps": steps}
+        save_file(load_file(str(tmp_path / "dit.safetensors")), str(tmp_path / "dit.safetensors"),
+                  metadata={**meta, "stream": json.dumps(stream)})
+        if ok:
+            pipe = Pipeline.load_default(tmp_path, device=torch.device("cpu"), dtype=torch.float32)
+            assert len(pipe.stream_config().sampler.steps) == 7
+        else:
+            with pytest.raises(CheckpointError, match=f"{tmp_path}.*sampler steps"):
+                Pipeline.load_default(tmp_path, device=torch.device("cpu"), dtype=torch.float32)
 
 
 def test_stream_config_takes_the_models_guidance(pipe, monkeypatch):

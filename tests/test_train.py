@@ -617,6 +617,10 @@ def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
     assert stream_metadata(recipe) == {"policy": "deep-sink", "guidance": 2.0, "guidance_interval": [0, 900],
                                        "policy_args": {"window": 9, "sink": 3}}
     assert stream_metadata({}) == {"policy": "window", "policy_args": {}}
+    assert stream_metadata({"stream": {"policy": "deep-sink", "sink": 3, "steps": 8}}) == {
+        "policy": "deep-sink", "steps": 8, "policy_args": {"sink": 3}}
+    with pytest.raises(ValueError, match="sampler steps"):
+        stream_metadata({"stream": {"steps": 0}})
 
 
 def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):

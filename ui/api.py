@@ -249,7 +249,8 @@ class Api:
                 raise params.InputError(f"unknown model {str(model)[:60]!r} (choose from {', '.join(self.app.models.choices)})")
             size = params.size(body.get("size"))
             seed = params.whole("seed", body.get("seed", 0), 0, params.SEED_MAX)
-            steps = params.whole("steps", body.get("steps", 4), 1, params.STEPS_MAX)
+            steps = (params.whole("steps", body["steps"], 1, params.STEPS_MAX)
+                     if body.get("steps") is not None else None)  # None: the model's own
             guidance = (params.number("guidance", body["guidance"], 0.0, params.GUIDANCE_MAX)
                         if body.get("guidance") is not None else None)  # None: the model's own
             # read before a device is chosen or a model loaded: a bad picture costs nothing

@@ -35,6 +35,7 @@ from streamer.models.frames import FrameRule
 from streamer.pipeline import Pipeline
 from streamer.errors import StreamerError
 from streamer.policies import BOUNDED_POLICIES, policy_knobs
+from streamer.sampler import own_sampler
 from streamer.scheduler import DONE, Job, Pacer, Placer, Scheduler
 from streamer.session import Session, StreamChunk, latent_size
 from streamer.trajectory import Trajectory, from_wan_move, to_ati_json, to_wan_move
@@ -569,6 +570,7 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
     except ValueError:
         defaults = {}
     policy0 = defaults.get("policy", "window")
+    steps0 = len(own_sampler(defaults["steps"]).steps) if "steps" in defaults else 4  # Self-Forcing's 4
     # every shown frame is a JPEG file in Gradio's cache: sweep each minute, keep five minutes' worth
     with gr.Blocks(title="streamer", delete_cache=(60, 300)) as demo:
         demo.streamer = app  # for tests and embedding
@@ -598,7 +600,7 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
             with gr.Row():
                 model = gr.Dropdown(list(models), value=app.default_model, label="model", elem_id="sc-model")
                 seed = gr.Number(0, label="seed (0 to 2^63-1)", elem_id="sc-seed")  # checked, never rounded
-                steps = gr.Number(4, label=f"denoising steps (1 to {params.STEPS_MAX})", elem_id="sc-steps")
+                steps = gr.Number(steps0, label=f"denoising steps (1 to {params.STEPS_MAX})", elem_id="sc-steps")
             with gr.Row():
                 policy = gr.Dropdown(list(BOUNDED_POLICIES), value=policy0, label="cache policy")
                 knobs = gr.Textbox(knobs_text(policy0, defaults), label="policy knobs (k=v ...)", scale=3)

@@ -4,13 +4,17 @@ sprite-sized blobs (PHANTOM_AREA px) than the prompt names (`second_blob_rate` o
 measures the extra blob (the second largest): its distance from the largest blob and from where the
 sprite was in the first second (what a Deep Sink cache keeps as its sinks), its speed against the
 sprite's, and how long each run of such frames lasts. A smear or a sink echo stays put or near the
-start; a second sprite moves like the first.
+start; a second sprite moves like the first. Last, where in the stream's rhythm the frames fall:
+which latent frame of its chunk (0-2 of 3) and which of that latent frame's 4 video frames a frame
+with a second blob comes from, against every frame's share (a cache or chunk-boundary effect would
+gather on the chunk's first latent frame).
 
-    python docs/eval/second_blob.py WEIGHTS_DIR [--scenes 8] [--seconds 60]
+    python docs/eval/second_blob.py WEIGHTS_DIR [--scenes 8] [--seconds 60] [--steps 4]
 
 Distances and speeds are pixels of the 128x128 frame; runs are in seconds (16 video frames each)."""
 
 import argparse
+import inspect
 
 import numpy as np
 import torch
@@ -44,18 +48,24 @@ def main() -> None:
     ap.add_argument("weights")
     ap.add_argument("--scenes", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--steps", type=int, default=4, help="denoising steps (evenly spaced from 1000, as `--steps` of "
+                    "`streamer eval`; default Self-Forcing's 4)")
     args = ap.parse_args()
     pipe = Pipeline.load_default(args.weights, device=torch.device("cpu"), dtype=torch.bfloat16)
     torch.set_num_threads(1)
     d = pipe.stream_defaults or {}
     policy = d.get("policy", "window")
     cfg = EvalConfig(seconds=args.seconds, policies=(policy,), scenes=args.scenes, reference=False,
-                     policy_args={policy: dict(d.get("policy_args", {}))}, sets=("text",))
+                     policy_args={policy: dict(d.get("policy_args", {}))}, sets=("text",), steps=args.steps)
     keep: dict = {}
-    run_eval(pipe, cfg, progress=False, keep_frames=keep)
+    summary = run_eval(pipe, cfg, progress=False, keep_frames=keep)["policies"][policy]["text_only"]["summary"]
+    print(f"{policy}, {args.steps} steps: found {summary['found_rate']:.3f}, second blob "
+          f"{summary['second_blob_rate']:.3f}\n")
     clips = text_only_clips(World(), args.scenes, stream_frames(args.seconds, pipe.fps))
     fps = pipe.fps
     every = {"to_main": [], "to_start": [], "speed": [], "main_speed": [], "run_s": [], "onset_to_main": []}
+    chunk = inspect.signature(pipe.stream_config).parameters["chunk_frames"].default  # the eval's chunk
+    at, seen = [], []  # video frame indices: with a second blob, and all
     print("| prompt | frames with a second blob | to the sprite (px) | to the start (px) | speed / sprite's (px/frame) "
           "| runs | median run (s) |")
     print("|---|---|---|---|---|---|---|")
@@ -71,6 +81,8 @@ def main() -> None:
                 if len(b) > named:
                     rows.append((t, b[named][1], b[named][2], b[0][1], b[0][2]))
             rows = np.array(rows).reshape(-1, 5)
+            at.extend(rows[:, 0].astype(int))
+            seen.extend(range(len(frames)))
             extra, main = rows[:, 1:3], rows[:, 3:5]
             to_main = np.linalg.norm(extra - main, axis=1)
             to_start = np.linalg.norm(extra - start, axis=1)
@@ -91,6 +103,24 @@ def main() -> None:
           f"begins), {np.median(e['to_start']):.1f} px from the sprite's start ({np.mean(e['to_start'] < 12):.0%} "
           f"within 12 px), speed {np.median(e['speed']):.2f} px/frame (the sprite's {np.median(e['main_speed']):.2f}), "
           f"run {np.median(e['run_s']):.2f} s (mean {e['run_s'].mean():.2f} s, longest {e['run_s'].max():.1f} s)")
+    print(f"\n{rhythm(np.asarray(at), np.asarray(seen), chunk)}")
+
+
+def rhythm(at: np.ndarray, seen: np.ndarray, chunk: int) -> str:
+    """Where frames with a second blob (video frame indices, int [N]) fall in the stream's rhythm,
+    against all frames (int [M]): their share by latent frame within its chunk (chunk latent frames
+    each) and by video frame within its latent frame (the causal VAE: frame 0 alone, then 4 each)."""
+    def place(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        latent = np.where(t == 0, 0, 1 + (t - 1) // 4)
+        return latent % chunk, np.where(t == 0, 0, (t - 1) % 4)
+
+    def shares(x: np.ndarray, n: int) -> str:
+        return " / ".join(f"{np.mean(x == k):.0%}" for k in range(n)) if len(x) else "-"
+
+    (ca, sa), (cs, ss) = place(at), place(seen)
+    return (f"latent frame within its chunk (0..{chunk - 1}): second blob {shares(ca, chunk)}, all frames "
+            f"{shares(cs, chunk)}; video frame within its latent frame (0..3): second blob {shares(sa, 4)}, "
+            f"all frames {shares(ss, 4)}")
 
 
 if __name__ == "__main__":

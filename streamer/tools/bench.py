@@ -56,7 +56,7 @@ SPEEDUP_TARGETS = {"recompute": 3.0, "diffusers": 1.5}  # over each baseline, sa
 class Cell:
     preset: str = "default"        # default (shipped model) | tiny | wan2.1-1.3b (random weights)
     size: tuple[int, int] | None = None  # (w, h); None = the model's native size
-    steps: int = 4
+    steps: int | None = None       # None: the model's own (what `streamer generate` runs)
     chunk: int = 3
     policy: str | None = None      # None: the model's own (what `streamer generate` runs)
     decoder: str = "model"         # model (what the preset ships) | full (Wan VAE) | tiny (TAEHV-style) | taehv
@@ -67,7 +67,7 @@ class Cell:
 
     def label(self) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "native"
-        return (f"{self.preset} {size} steps={self.steps} chunk={self.chunk} {self.policy or 'own policy'} dec={self.decoder} "
+        return (f"{self.preset} {size} steps={self.steps or 'own'} chunk={self.chunk} {self.policy or 'own policy'} dec={self.decoder} "
                 f"{self.dtype} attn={self.attention}{'' if self.compile == 'off' else ' compile=' + self.compile}{' fp8' if self.fp8 else ''}")
 
 
@@ -339,7 +339,7 @@ def _target_check(cell: Cell, device: torch.device, s: StreamStats) -> dict | No
 
 def _matches_published(cell: Cell, device: torch.device, config: StreamConfig) -> bool:
     return (device.type == "cuda" and cell.preset == "wan2.1-1.3b" and (config.width, config.height) == (832, 480)
-            and cell.steps == 4 and cell.chunk == 3)
+            and len(config.sampler.steps) == 4 and cell.chunk == 3)
 
 
 # ---- length scaling ---------------------------------------------------------------------------
@@ -483,7 +483,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", nargs="+", default=["default"], choices=["default", *PRESETS],
                    help="default | tiny | wan2.1-1.3b")
     p.add_argument("--size", nargs="+", type=_size_or_native, default=["native"], help="WxH or native")
-    p.add_argument("--steps", nargs="+", type=checks.int_in(1, checks.STEPS_MAX), default=[4])
+    p.add_argument("--steps", nargs="+", type=checks.int_in(1, checks.STEPS_MAX), default=[None],
+                   help="denoising steps, evenly spaced from t = 1000 (default: the model's own, as `generate` runs)")
     p.add_argument("--chunk", nargs="+", type=checks.int_in(1, 1024), default=[3])
     p.add_argument("--policy", nargs="+", choices=list(POLICIES),
                    help="cache policies (default: the model's own, with its trained knobs, as `generate` runs)")

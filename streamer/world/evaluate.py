@@ -79,7 +79,7 @@ class EvalConfig:
     seconds: float = 60.0
     policies: tuple[str, ...] = ("window",)
     scenes: int = 2
-    steps: int = 4
+    steps: int | None = None  # denoising steps; None: the model's own (`Pipeline.stream_config`)
     seed: int = 0
     reference: bool = True
     policy_args: dict[str, dict] = field(default_factory=dict)
@@ -506,7 +506,7 @@ def encode_first_frame(pipe, clip: Clip) -> torch.Tensor:
         return pipe.decoder.vae.encode(video.to(pipe.decoder.device, pipe.decoder.dtype)).to(pipe.device, pipe.dtype)
 
 
-def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int, seed: int,
+def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | None, seed: int,
                 tracks: bool = True, image_start: bool = False,
                 guidance: float | None = None) -> tuple[np.ndarray, dict]:
     """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
@@ -561,7 +561,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
     colours = colour_clips(world, stream_frames(min(cfg.seconds, COLOUR_SECONDS), pipe.fps)) if "colours" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
                      "dtype": str(pipe.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-                     "size": list(pipe.native_size), "policies": {}}
+                     "size": list(pipe.native_size), "policies": {},
+                     "sampler_steps": list(pipe.stream_config(steps=cfg.steps).sampler.steps)}
     rows = ([("reference (autoencoder)", None)] if cfg.reference and hasattr(pipe.decoder, "vae")
             and hasattr(pipe.decoder.vae, "encode") else []) + [(p, p) for p in cfg.policies]
     for name, policy in rows:
@@ -650,7 +651,8 @@ def scene_table(results: dict) -> str:
 def write_markdown(results: dict, path: Path) -> None:
     cfg = results["config"]
     scenes = f"{cfg['scenes']} scene" + ("s" if cfg["scenes"] != 1 else "")
-    text = (f"# streamer eval ({cfg['seconds']:g} s streams, {scenes}, {cfg['steps']} steps)\n\n"
+    steps = len(results["sampler_steps"]) if results.get("sampler_steps") else cfg["steps"]
+    text = (f"# streamer eval ({cfg['seconds']:g} s streams, {scenes}, {steps} steps)\n\n"
             f"{results['model']}\n\n")
     knobs = [f"{p} " + " ".join(f"{k}={v}" for k, v in cfg.get("policy_args", {}).get(p, {}).items())
              for p in cfg["policies"]]
@@ -800,7 +802,7 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], times: tuple[float, 
     cv2.imwrite(str(path), np.concatenate(grid, 0)[..., ::-1])
 
 
-def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "window",
+def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy: str = "window",
                   policy_args: dict | None = None, seed: int = 0, guidance: float | None = None) -> dict:
     """End-to-end speed of one stream (DiT + decode, trajectory channels included): the time from
     `Session(...)` (prompt encoding included) to the first frames, and the steady frames per second."""
@@ -823,7 +825,7 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int = 4, policy: str = "wi
     wall = time.perf_counter() - t1
     return {"first_frame_s": round(first_s, 3), "first_chunk_frames": len(first.frames), "frames": n,
             "fps": round(n / wall, 1), "dit_ms_per_chunk": round(1e3 * dit * 12 / n, 1),
-            "decode_ms_per_chunk": round(1e3 * dec * 12 / n, 1), "steps": steps, "policy": policy,
+            "decode_ms_per_chunk": round(1e3 * dec * 12 / n, 1), "steps": len(cfg.sampler.steps), "policy": policy,
             "threads": torch.get_num_threads()}
 
 
@@ -915,7 +917,8 @@ def register(subparsers) -> None:
                    help="comma-separated cache policies, or 'all' (default: the model's own, with its trained knobs)")
     p.add_argument("--policy-arg", action="append", default=[], metavar="POLICY:K=V", help="policy knob, repeatable")
     p.add_argument("--scenes", type=checks.int_in(1, len(HELD_OUT_SEEDS)), default=2, help=f"held-out scenes per policy (at most {len(HELD_OUT_SEEDS)})")
-    p.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), default=4, help="denoising steps")
+    p.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX),
+                   help="denoising steps, evenly spaced from t = 1000 (default: the model's own)")
     p.add_argument("--guidance", type=checks.non_negative_float,
                    help="text classifier-free guidance scale, 1 = off (default: the model's own)")
     p.add_argument("--sets", default=",".join(SETS),

@@ -666,12 +666,17 @@ def soup_into(model, start: Path, a: float, weight_ema: WeightEMA | None = None)
 
 def stream_metadata(recipe: dict) -> dict:
     """The recipe's [stream] as the weights' "stream" metadata (`Pipeline.stream_defaults`): the
-    cache policy, its knobs, and the text guidance (with its timestep interval) when given."""
+    cache policy, its knobs, and when given the text guidance (with its timestep interval) and the
+    denoising steps (a count or the timesteps: `sampler.own_sampler`, whose ValueError it raises)."""
+    from streamer.sampler import own_sampler
+
     stream = dict(recipe.get("stream", {}))
     out = {"policy": stream.pop("policy", "window")}
-    for key in ("guidance", "guidance_interval"):
+    for key in ("guidance", "guidance_interval", "steps"):
         if key in stream:
             out[key] = stream.pop(key)
+    if "steps" in out:
+        own_sampler(out["steps"])
     return {**out, "policy_args": stream}
 
 
@@ -1271,6 +1276,7 @@ def cmd_train(args) -> int:
     check_recipe_keys(recipe)
     check_phases(recipe)
     check_inits(recipe, args.stage)
+    stream_metadata(recipe)  # [stream] is checked now, not at the first checkpoint
     if args.smoke:
         recipe = smoke_recipe(recipe, args.smoke)
     torch.set_num_threads(int(args.threads or recipe.get("threads", 2)))
