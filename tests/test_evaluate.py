@@ -375,3 +375,31 @@ def test_a_sprite_that_bounces_back_instead_of_leaving_is_a_phantom():
     assert far.sum() >= 10
     got = phantom_frames(frames, clip)
     assert np.array_equal(got, far.astype(float))
+
+
+def test_plot_title_fits_the_figure_however_long_the_model_description(tmp_path, monkeypatch):
+    """The suptitle carries the weights' description, which can outrun one line; a centred title that
+    does is cut at both ends of the PNG (it was, for v12's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from streamer.world.evaluate import plot
+
+    seen = {}
+    save = Figure.savefig
+
+    def spy(fig, *a, **k):
+        fig.canvas.draw()
+        seen["title"] = fig._suptitle.get_window_extent()
+        seen["fig"] = fig.bbox
+        return save(fig, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    curves = {"err": [1.0, 2.0, 1.5], "missing": [0.0, 0.1, 0.0]}
+    model = "default world-128 model (" + "a long description of how these weights were trained, " * 6 + ")"
+    plot({"model": model, "policies": {"deep-sink": {"curves": curves}}}, tmp_path / "eval.png")
+    assert (tmp_path / "eval.png").is_file()
+    assert seen["title"].x0 >= seen["fig"].x0 and seen["title"].x1 <= seen["fig"].x1
+    assert seen["title"].y1 <= seen["fig"].y1

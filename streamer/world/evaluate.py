@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -763,7 +764,10 @@ def plot(results: dict, path: Path, smooth_s: int | None = None) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=9)
-    fig.suptitle(f"streamer eval: {results['model']}  (thick: moving average; faint: per second)", fontsize=10)
+    # wrapped to the figure's width: a model's description can outrun one line, and a centred
+    # title that does is cut at both ends
+    title = f"streamer eval: {results['model']}  (thick: moving average; faint: per second)"
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
