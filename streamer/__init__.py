@@ -1,6 +1,11 @@
 """streamer: real-time autoregressive video diffusion over a rolling KV cache."""
 
 import os as _os
+import time as _time
+
+# When streamer's code first ran in this process: `cli.process_seconds` counts from here when the
+# process's own start (from /proc) is not this command's (a shell that ran other work, then exec'd it)
+_IMPORTED = _time.perf_counter()
 
 # OpenMP threads that wait for work sleep instead of spinning. The model's chunk runs thousands of
 # small parallel regions; with spinning waits, any other busy process on the same cores (a browser,

@@ -129,8 +129,10 @@ def check_writable_file(out: str | os.PathLike) -> Path:
     if out.exists() and not stat.S_ISREG(out.stat().st_mode):
         raise OutputError(f"--out {out} exists and is not a regular file")
     if out.suffix.lower() != ".mp4":  # the writer makes MP4 (H.264); another name would hide what the file is
+        # ".mp4" alone is a hidden file with no suffix: suggesting ".mp4.mp4" would be no help
+        hidden = not out.suffix and out.name.startswith(".")
         raise OutputError(f"--out {out}: the video is written as MP4; give a name ending in .mp4, such as "
-                          f"{out.with_suffix('.mp4').name}")
+                          f"{'video.mp4' if hidden else out.with_suffix('.mp4').name}")
     check_writable_folder(out.parent, flag="--out", create=True, what=f"the folder of {out}")
     return out
 
@@ -159,6 +161,15 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "--out", create
     except OSError as e:
         raise OutputError(f"{flag}: cannot write in {what} ({e.strerror or e})") from None
     return folder
+
+
+def check_input_path(path: str | os.PathLike, flag: str) -> Path:
+    """An input that may be a file or a folder (a checkpoint, a VAE, a text encoder) and must exist.
+    Raises InputError naming the flag."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{flag} {path}: no such file or folder")
+    return path
 
 
 def check_input_file(path: str | os.PathLike, flag: str) -> Path:

@@ -287,6 +287,33 @@ def test_serve_on_a_busy_port_is_refused_before_loading(capsys):
     _assert_refused(code, err, "--port")
 
 
+@pytest.mark.parametrize("args,needles", [
+    (["--size", "100x7"], ["--size 100x7", "multiples of 16", "96x16"]),
+    (["--size", "abc"], ["--size", "832x480"]),
+    (["--checkpoint", "no_such_weights", "--vae", "random", "--text-encoder", "hash"],
+     ["--checkpoint no_such_weights: no such file or folder"]),
+    (["--checkpoint", "tests", "--vae", "no_such_vae"], ["--vae no_such_vae: no such file or folder"]),
+    (["--checkpoint", "tests", "--lora", "no_such_lora.pt"], ["--lora no_such_lora.pt: no such file"]),
+])
+def test_serve_refuses_what_generate_refuses_before_the_server_starts(args, needles, capsys):
+    """A size off the 16-pixel grid or a model path that is not there: one line, exit 2, before the
+    server prints its address (it used to start and fail only when a stream asked for the model)."""
+    code, err = _run(["serve", *args], capsys)
+    _assert_refused(code, err, *needles)
+
+
+@pytest.mark.parametrize("name,suggested", [("bad.txt", "such as bad.mp4"), (".mp4", "such as video.mp4")])
+def test_an_out_name_that_is_not_mp4_gets_a_name_that_is(name, suggested, tmp_path, capsys):
+    code, err = _run(["generate", "--prompt", "x", "--out", tmp_path / name], capsys)
+    _assert_refused(code, err, "--out", suggested)
+
+
+def test_generate_names_a_missing_checkpoint_before_asking_for_its_vae(tmp_path, capsys):
+    code, err = _run(["generate", "--prompt", "x", "--checkpoint", tmp_path / "nope", "--out", tmp_path / "o.mp4"],
+                     capsys)
+    _assert_refused(code, err, "--checkpoint", "no such file or folder")
+
+
 def test_bench_out_that_cannot_be_a_folder_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, err = _run(["bench", "--preset", "tiny", "--out", tmp_path / "file" / "results"], capsys)

@@ -42,6 +42,20 @@ def test_process_seconds_counts_from_the_process_start():
     assert a > 0 and process_seconds() - a == pytest.approx(0.05, abs=0.04)
 
 
+def test_process_seconds_leaves_out_what_a_shell_did_before_it_became_streamer():
+    """`bash -c 'setup && streamer ...'` (the README's first line) execs streamer in the shell's
+    process: the set-up's time is the process's, not the command's. A plain start counts from the
+    process's start, so Python's own start-up is in it."""
+    import subprocess
+    import sys
+
+    code = "from streamer.cli import process_seconds; print(process_seconds())"
+    plain = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    late = subprocess.run(["bash", "-c", f'sleep 2.5 && exec "{sys.executable}" -c "{code}"'],
+                          capture_output=True, text=True, check=True).stdout
+    assert 0 < plain < 2.5 and 0 < float(late) < 2.0, (plain, late)
+
+
 def test_prompt_file_makes_one_video_per_line_and_resumes(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox\n# a comment\n\na blue car\n")

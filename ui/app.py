@@ -686,13 +686,7 @@ def serve(args: argparse.Namespace) -> int:
                                      ("lora_alpha", getattr(args, "lora_alpha", None))) if v is not None}
         models[Path(ckpt).name] = dict(common, checkpoint=ckpt, vae=args.vae, text_encoder=args.text_encoder,
                                        checkpoint_options=options or None)
-    size = None
-    if args.size:
-        try:
-            w, h = (int(v) for v in args.size.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--size must look like 128x128, not {args.size!r}") from None
-        size = (w, h)
+    size = tuple(args.size) if args.size else None  # (w, h), parsed and checked by ui/command.py
     demo = build_app(models, size, devices, getattr(args, "max_live", MAX_LIVE))
     demo.queue(default_concurrency_limit=None)
     token = getattr(args, "token", None)

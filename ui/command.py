@@ -15,7 +15,8 @@ def register(subparsers) -> None:
                                           "frame, the live stream, its controls and recording.")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=checks.int_in(1, 65535), default=7860, help="port to serve on (default 7860)")
-    p.add_argument("--size", help="WxH of every stream (default: the model's native size)")
+    p.add_argument("--size", type=checks.video_size,
+                   help="WxH of every stream, multiples of 16 (default: the model's native size)")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="extra model choice: DiT weights (repeatable); loaded with --vae / --text-encoder")
     p.add_argument("--vae", help="Wan VAE (diffusers folder or Wan2.1_VAE.pth), or TAEHV's taew2_1.pth, for --checkpoint models")
@@ -35,9 +36,35 @@ def register(subparsers) -> None:
     p.set_defaults(func=serve)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What `generate` refuses before loading, refused before the server starts (not when the first
+    stream asks for a model): --size a multiple of the models' 16-pixel grid, every model path there.
+    Raises InputError."""
+    from streamer.errors import InputError
+    from streamer.models.wan import WanConfig
+
+    if args.size:
+        # every model served is a Wan DiT (the presets and --checkpoint's): VAE stride x patch size
+        cfg = WanConfig()
+        grid_w, grid_h = (s * p for s, p in zip(cfg.vae_stride[1:][::-1], cfg.patch_size[1:][::-1]))
+        w, h = args.size
+        if w % grid_w or h % grid_h:
+            raise InputError(f"--size {w}x{h} is not possible: width and height must be multiples of "
+                             f"{grid_w} (VAE stride x patch size), e.g. {w // grid_w * grid_w or grid_w}x"
+                             f"{h // grid_h * grid_h or grid_h}")
+    for ckpt in args.checkpoint:
+        checks.check_input_path(ckpt, "--checkpoint")
+    for flag, path, stand_in in (("--vae", args.vae, "random"), ("--text-encoder", args.text_encoder, "hash")):
+        if path and path != stand_in:
+            checks.check_input_path(path, flag)
+    if args.lora:
+        checks.check_input_file(args.lora, "--lora")
+
+
 def serve(args: argparse.Namespace) -> int:
     from streamer import kernels
     from streamer.ui.app import serve as serve_app
 
+    check_args(args)
     kernels.select("auto")  # the Triton kernels on CUDA, torch elsewhere
     return serve_app(args)
