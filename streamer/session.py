@@ -62,15 +62,26 @@ class StreamChunk:
     tracks: torch.Tensor | None = None            # track channels [1, C_track, n, h, w] the chunk used
 
 
+def size_problem(config, width: int, height: int) -> str | None:
+    """Why a video size (pixels) cannot be streamed by a model of `config` (a `WanConfig`): its VAE
+    stride times its patch size must tile it exactly. None when it can; else the reason, with the
+    nearest smaller size that can."""
+    _, sh, sw = config.vae_stride
+    _, ph, pw = config.patch_size
+    gw, gh = sw * pw, sh * ph
+    if width > 0 and height > 0 and not width % gw and not height % gh:
+        return None
+    return (f"width and height must be positive multiples of {gw} (VAE stride {sw} x patch {pw}), "
+            f"e.g. {max(gw, width // gw * gw)}x{max(gh, height // gh * gh)}")
+
+
 def latent_size(pipe: Pipeline, width: int, height: int) -> tuple[int, int]:
     """Latent (h, w) for a video size in pixels; raises ValueError for sizes the VAE stride and the
-    patch size cannot tile exactly."""
+    patch size cannot tile exactly (`size_problem`)."""
+    why = size_problem(pipe.model.config, width, height)
+    if why:
+        raise ValueError(f"video size {width}x{height} is not possible: {why}")
     _, sh, sw = pipe.model.config.vae_stride
-    _, ph, pw = pipe.model.config.patch_size
-    if width <= 0 or height <= 0 or width % (sw * pw) or height % (sh * ph):
-        raise ValueError(
-            f"video size {width}x{height} is not possible: width and height must be positive multiples of "
-            f"{sw * pw} (VAE stride {sw} x patch {pw})")
     return height // sh, width // sw
 
 

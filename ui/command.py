@@ -42,16 +42,12 @@ def check_args(args: argparse.Namespace) -> None:
     Raises InputError."""
     from streamer.errors import InputError
     from streamer.models.wan import WanConfig
+    from streamer.session import size_problem
 
-    if args.size:
-        # every model served is a Wan DiT (the presets and --checkpoint's): VAE stride x patch size
-        cfg = WanConfig()
-        grid_w, grid_h = (s * p for s, p in zip(cfg.vae_stride[1:][::-1], cfg.patch_size[1:][::-1]))
-        w, h = args.size
-        if w % grid_w or h % grid_h:
-            raise InputError(f"--size {w}x{h} is not possible: width and height must be multiples of "
-                             f"{grid_w} (VAE stride x patch size), e.g. {w // grid_w * grid_w or grid_w}x"
-                             f"{h // grid_h * grid_h or grid_h}")
+    # every model served is a Wan DiT (the presets and --checkpoint's), with Wan's stride and patch
+    why = size_problem(WanConfig(), *args.size) if args.size else None
+    if why:
+        raise InputError(f"--size {args.size[0]}x{args.size[1]} is not possible: {why}")
     for ckpt in args.checkpoint:
         checks.check_input_path(ckpt, "--checkpoint")
     for flag, path, stand_in in (("--vae", args.vae, "random"), ("--text-encoder", args.text_encoder, "hash")):

@@ -14,7 +14,6 @@ gather on the chunk's first latent frame).
 Distances and speeds are pixels of the 128x128 frame; runs are in seconds (16 video frames each)."""
 
 import argparse
-import inspect
 
 import numpy as np
 import torch
@@ -64,7 +63,7 @@ def main() -> None:
     clips = text_only_clips(World(), args.scenes, stream_frames(args.seconds, pipe.fps))
     fps = pipe.fps
     every = {"to_main": [], "to_start": [], "speed": [], "main_speed": [], "run_s": [], "onset_to_main": []}
-    chunk = inspect.signature(pipe.stream_config).parameters["chunk_frames"].default  # the eval's chunk
+    chunk = pipe.stream_config().chunk_frames  # the eval's chunk: the default one
     at, seen = [], []  # video frame indices: with a second blob, and all
     print("| prompt | frames with a second blob | to the sprite (px) | to the start (px) | speed / sprite's (px/frame) "
           "| runs | median run (s) |")
