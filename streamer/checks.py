@@ -18,7 +18,16 @@ from streamer.errors import InputError, OutputError
 
 SEED_MAX = 2**63 - 1     # torch.Generator.manual_seed takes a signed 64-bit value
 STEPS_MAX = 1000         # the sampler's step grid has 1000 training timesteps
+HIDDEN_CHUNKS_MAX = 8     # chunks made before the first shown one (StreamConfig.hidden_chunks): each delays it
 SIZE_MAX = 1 << 16       # H.264 and the VAE stop far below this; memory admission refuses earlier
+
+
+def hidden_chunks(value: object) -> int:
+    """A model's or recipe's hidden chunk count (`StreamConfig.hidden_chunks`), checked: a whole
+    number from 0 to HIDDEN_CHUNKS_MAX. Raises ValueError naming what it got otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= HIDDEN_CHUNKS_MAX:
+        return value
+    raise ValueError(f"hidden_chunks must be a whole number from 0 to {HIDDEN_CHUNKS_MAX}; got {value!r}")
 
 
 def int_in(low: int, high: int | None = None, what: str = "a whole number") -> callable:

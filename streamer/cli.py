@@ -67,6 +67,10 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX), help="denoising steps, evenly spaced from t = 1000 "
                    "(default: the model's own; Self-Forcing's 4 for models that do not say)")
     g.add_argument("--chunk", type=checks.int_in(1, 1024), default=3, help="latent frames per chunk (default 3 = 12 video frames)")
+    g.add_argument("--hidden-chunks", type=checks.int_in(0, checks.HIDDEN_CHUNKS_MAX), metavar="N",
+                   help="chunks made from noise before the first one shown, so the video starts on the background "
+                        "the model settles on; each delays the first frame by one chunk (default: the model's own, "
+                        "else 0; none after an image or video start)")
     g.add_argument("--guidance", type=checks.non_negative_float,
                    help="text classifier-free guidance scale: 1 = off, 0 = the empty prompt alone, above 1 the prompt "
                         "weighs more; each guided step runs the DiT twice "
@@ -200,7 +204,8 @@ def checkpoint_companions(args) -> tuple[str | None, str | None]:
 
 def _stream_config(args, pipe):
     return pipe.stream_config(size=args.size, policy=args.policy, policy_args=parse_policy_args(args.policy_arg),
-                              steps=args.steps, chunk_frames=args.chunk, seed=args.seed, guidance=args.guidance)
+                              steps=args.steps, chunk_frames=args.chunk, seed=args.seed, guidance=args.guidance,
+                              hidden_chunks=args.hidden_chunks)
 
 
 @dataclass

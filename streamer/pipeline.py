@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from streamer import checks
 from streamer.device import configure_threads, default_device, default_dtype  # noqa: F401 (re-exported)
 from streamer.models.text import CachedTextEncoder, HashTextEncoder
 from streamer.models.wan import CausalWanModel, WanConfig, get_config
@@ -101,7 +102,8 @@ class Pipeline:
 
     def stream_config(self, *, size: tuple[int, int] | None = None, policy: str | None = None,
                       policy_args: dict | None = None, steps: int | None = None, chunk_frames: int = 3,
-                      seed: int = 0, noise=None, guidance: float | None = None):
+                      seed: int = 0, noise=None, guidance: float | None = None,
+                      hidden_chunks: int | None = None):
         """A `StreamConfig` with this model's defaults under the given overrides: the one place stream
         defaults are decided (CLI, UI, eval and bench all come here). size (width, height) in pixels,
         default the model's native size; policy default the model's trained one, else "window"; knobs
@@ -110,7 +112,9 @@ class Pipeline:
         model's own (its metadata's "steps": a count, or the timesteps themselves), else Self-Forcing's
         4 ([1000, 750, 500, 250]); guidance (text CFG scale, 1 = off) default the model's own (its
         metadata's, with its timestep interval), else 1. Raises ValueError for a guidance below 0 or
-        a model whose "steps" is not a count or a list of timesteps in (0, 1000]."""
+        a model whose "steps" is not a count or a list of timesteps in (0, 1000]. hidden_chunks (chunks made
+        before the first shown one, `StreamConfig.hidden_chunks`) default the model's own (its
+        metadata's "hidden_chunks"), else 0."""
         import dataclasses
 
         from streamer.sampler import SamplerConfig, own_sampler, sampler_for_steps
@@ -132,8 +136,9 @@ class Pipeline:
         if "guidance_interval" in trained:
             guide["guidance_interval"] = tuple(float(t) for t in trained["guidance_interval"])
         sampler = dataclasses.replace(sampler, **guide)
+        hidden = int(trained.get("hidden_chunks", 0)) if hidden_chunks is None else hidden_chunks
         return StreamConfig(width=width, height=height, chunk_frames=chunk_frames, sampler=sampler, policy=policy,
-                            policy_args=dict(policy_args or {}), seed=seed, noise=noise)
+                            policy_args=dict(policy_args or {}), seed=seed, noise=noise, hidden_chunks=hidden)
 
     def track_condition(self, trajectory, width: int, height: int):
         """latent frame indices -> track channels [1, C, n, h, w] for a trajectory drawn at any size,
@@ -294,6 +299,12 @@ class Pipeline:
                 own_sampler(stream_defaults["steps"])
             except ValueError as e:
                 raise CheckpointError(f"{weights}: {e}") from None
+        try:
+            checks.hidden_chunks((stream_defaults or {}).get("hidden_chunks", 0))
+        except ValueError as e:
+            from streamer.models.loader import CheckpointError
+
+            raise CheckpointError(f"{weights}: {e}") from None
         cfg = json.loads(meta["config"])
         cfg = WanConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
         model = CausalWanModel(cfg)

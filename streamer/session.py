@@ -45,6 +45,12 @@ class StreamConfig:
     policy_args: dict[str, object] = field(default_factory=dict)  # knobs; empty: the policy's paper defaults
     seed: int = 0
     noise: NoiseSource | None = None
+    # Chunks made from noise before the first one shown (streams without start latents only): kept in
+    # the KV cache (as the sink, where the policy keeps one) and in the decoder's state, not returned.
+    # A model's first chunk, made with no history, is drawn a little off the background its later
+    # chunks settle on (darker, or grainier); the shown stream then starts on the settled one.
+    # Tracks are held at their first point meanwhile. Each costs one chunk's time before the first frame.
+    hidden_chunks: int = 0
 
 
 @dataclass
@@ -100,8 +106,15 @@ class Session:
             the KV cache with a clean pass and returns their decoded frames; generation goes on
             from latent frame n. CausVid-style image-to-video: no new weights needed.
 
+    `config.hidden_chunks` chunks are made before the first one returned (streams without start
+    latents): the first `step()` makes them, writes them into the cache and the decoder's state, and
+    returns the chunk after them, its time included. Chunk numbers, latent frame indices, video frame
+    numbers and the trajectory's frame indices all count from that first shown chunk, as if the stream
+    started there (of its first latent frame's 4 decoded frames the last is kept, so it gives 1 video
+    frame as a stream's first does).
+
     Raises ValueError (PolicyError) for an impossible size, policy or knob, an empty prompt, tracks
-    on a model without trajectory channels, or start latents of the wrong shape.
+    on a model without trajectory channels, start latents of the wrong shape, or hidden_chunks < 0.
     """
 
     def __init__(self, pipe: Pipeline, prompt: str, config: StreamConfig | None = None,
@@ -112,6 +125,8 @@ class Session:
         self.grid = pipe.model.grid(self.latent_h, self.latent_w)
         if cfg.chunk_frames < 1:
             raise ValueError(f"chunk_frames={cfg.chunk_frames} must be >= 1")
+        if cfg.hidden_chunks < 0:
+            raise ValueError(f"hidden_chunks={cfg.hidden_chunks} must be >= 0")
         self.policy = policy or make_policy(cfg.policy, cfg.policy_args, chunk=cfg.chunk_frames)
         self.policy.validate(cfg.chunk_frames)
         mcfg = pipe.model.config
@@ -146,6 +161,10 @@ class Session:
         self.set_tracks(tracks)
         if start_latents is not None:
             self._start = self._check_start(start_latents)
+        # latent frames made before the first shown one: the hidden chunks (none after start latents,
+        # which are the stream's first frames). Indices a caller sees (tracks, chunks) start after them.
+        self._hidden = 0 if start_latents is not None else cfg.hidden_chunks * cfg.chunk_frames
+        self._hidden_seconds = (0.0, 0.0)  # the hidden chunks' DiT and decode time, for the first shown chunk
 
     # ---- controls -----------------------------------------------------------------------------
     def set_prompt(self, prompt: str) -> None:
@@ -191,7 +210,11 @@ class Session:
         return torch.full((1, n), float(t), device=self.pipe.device)
 
     def _tracks(self, frames: list[int]) -> torch.Tensor | None:
-        return self._track_fn(frames) if self._track_fn is not None else None
+        """Track channels for the model's latent frames `frames`; a caller's trajectory is indexed
+        from the first shown frame, so hidden chunks read its first point."""
+        if self._track_fn is None:
+            return None
+        return self._track_fn([max(f - self._hidden, 0) for f in frames])
 
     def _commit(self, view: CacheView, x0: torch.Tensor, tracks: torch.Tensor | None) -> None:
         view.commit = True
@@ -233,7 +256,22 @@ class Session:
     @torch.inference_mode()
     def _generate(self) -> StreamChunk:
         """The DiT half of a step: the next chunk's clean latents, committed to the cache (frames not
-        decoded yet: `_decode_into` does that, in stream order)."""
+        decoded yet: `_decode_into` does that, in stream order). The first call makes the hidden
+        chunks first, decoding them here (the decoder's state must see them before the shown ones)."""
+        if self._next_frame < self._hidden:
+            dit_s = dec_s = 0.0
+            while self._next_frame < self._hidden:
+                hidden = self._generate_one()
+                t0 = time.perf_counter()
+                self.decode(hidden.latents)  # frames dropped: only the decoder's memory of them is kept
+                dit_s, dec_s = dit_s + hidden.dit_seconds, dec_s + time.perf_counter() - t0
+            self._hidden_seconds = (dit_s, dec_s)
+        chunk = self._generate_one()
+        if chunk.index == 0 and self._hidden:
+            chunk.dit_seconds += self._hidden_seconds[0]
+        return chunk
+
+    def _generate_one(self) -> StreamChunk:
         dev = self.pipe.device
         t0 = time.perf_counter()
         if self._pending_prompt is not None:
@@ -273,13 +311,15 @@ class Session:
         self._remember(frames, x0)
         if dev.type == "cuda":  # the DiT's own stream only: a decode running on a side stream goes on
             torch.cuda.current_stream(dev).synchronize()
+        shown = self._next_frame >= self._hidden  # a hidden chunk is neither counted nor renumbered
         chunk = StreamChunk(
-            index=self._chunks, latent_frames=frames, frames=np.empty((0, 0, 0, 3), np.uint8), first_video_frame=-1,
+            index=self._chunks if shown else -1, latent_frames=[f - self._hidden for f in frames],
+            frames=np.empty((0, 0, 0, 3), np.uint8), first_video_frame=-1,
             dit_seconds=time.perf_counter() - t0, decode_seconds=0.0, prompt=self.prompt, latents=x0, plan=plan,
             attention_mass=mass, tracks=tracks,
         )
         self._next_frame += len(frames)
-        self._chunks += 1
+        self._chunks += shown
         return chunk
 
     @torch.inference_mode()
@@ -294,6 +334,13 @@ class Session:
             if self.pipe.device.type == "cuda":
                 torch.cuda.synchronize(self.pipe.device)
         chunk.decode_seconds = time.perf_counter() - t0
+        if chunk.index == 0 and self._hidden:
+            # after hidden chunks the first latent frame decodes to temporal_stride frames, where a
+            # stream's first decodes to one: keep its last, so frame counts and the track timing
+            # (`FrameRule`: latent frame 0 is video frame 0) are those of a stream without them
+            n = len(chunk.latent_frames)
+            chunk.frames = chunk.frames[len(chunk.frames) - self.pipe.decoder.frames.video_frames(n):]
+            chunk.decode_seconds += self._hidden_seconds[1]
         chunk.first_video_frame = self._video_frames
         self._video_frames += len(chunk.frames)
         return chunk
@@ -304,11 +351,12 @@ class Session:
 
     @property
     def latent_frames_done(self) -> int:
-        """Latent frames made (start latents included)."""
-        return self._next_frame
+        """Latent frames made and shown (start latents included, hidden chunks not)."""
+        return self._next_frame - min(self._next_frame, self._hidden)
 
     def _more(self, max_latent_frames: int | None) -> bool:
-        return max_latent_frames is None or self._next_frame < max_latent_frames or self._start is not None
+        return (max_latent_frames is None or self.latent_frames_done < max_latent_frames
+                or self._start is not None)
 
     def stream(self, max_latent_frames: int | None = None, overlap: bool = False) -> Iterator[StreamChunk]:
         """Yield chunks until `max_latent_frames` latent frames are made (forever when None).

@@ -105,6 +105,8 @@ def _make(kind: str, tmp: Path):
         "seconds nan": lambda: (["--seconds", "nan", *out], ["--seconds"]),
         "seconds -2": lambda: (["--seconds", "-2", *out], ["--seconds"]),
         "steps 0": lambda: (["--steps", "0", *out], ["--steps"]),
+        "hidden chunks -1": lambda: (["--hidden-chunks", "-1", *out], ["--hidden-chunks"]),
+        "hidden chunks 9": lambda: (["--hidden-chunks", "9", *out], ["--hidden-chunks"]),
         "guidance -1": lambda: (["--guidance", "-1", *out], ["--guidance"]),
         "guidance nan": lambda: (["--guidance", "nan", *out], ["--guidance"]),
         "frames 0": lambda: (["--frames", "0", *out], ["--frames"]),
@@ -214,7 +216,7 @@ def _nan(state):
 
 KINDS = [
     "chunk 0", "chunk -1", "seconds inf", "seconds nan", "seconds -2", "steps 0", "guidance -1", "guidance nan",
-    "frames 0", "seed -1", "seed 2**64",
+    "hidden chunks -1", "hidden chunks 9", "frames 0", "seed -1", "seed 2**64",
     "size 0x64", "size 100000x100000", "device foo",
     "size 60000x60000", "window 1e8", "keep_blocks 1e6", "budget 1e6",
     "out is a folder", "out is not mp4", "out parent is a file", "out in read-only fs", "out is /dev/full", "out is the tracks",
@@ -264,6 +266,7 @@ def test_device_cuda_without_cuda_is_refused(tmp_path, capsys):
     (["eval", "--seconds", "0"], "--seconds"),
     (["eval", "--policies", "nope"], "--policies"),
     (["eval", "--guidance", "-2"], "--guidance"),
+    (["eval", "--hidden-chunks", "x"], "--hidden-chunks"),
     (["train", "--threads", "0", "--out", "x"], "--threads"),
     (["train", "--smoke", "-1", "--out", "x"], "--smoke"),
 ])

@@ -223,7 +223,7 @@ def test_bad_model_steps_are_refused(bad):
 
 
 def test_a_world_model_with_bad_steps_does_not_load(tmp_path):
-    """The metadata's steps are checked as the model loads (one line naming the folder), not at the
+    """The metadata's steps and hidden chunks are checked as the model loads (one line naming the folder), not at the
     first chunk of a stream."""
     import json
     import shutil
@@ -238,15 +238,16 @@ def test_a_world_model_with_bad_steps_does_not_load(tmp_path):
         shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
     with safe_open(str(tmp_path / "dit.safetensors"), "pt") as f:
         meta = f.metadata()
-    for steps, ok in ((7, True), ([1000, 250, 500], False)):
-        stream = {**json.loads(meta["stream"]), "steps": steps}
+    for key, value, ok in (("steps", 7, True), ("steps", [1000, 250, 500], False), ("hidden_chunks", -1, False),
+                           ("hidden_chunks", "1", False)):
+        stream = {**json.loads(meta["stream"]), key: value}
         save_file(load_file(str(tmp_path / "dit.safetensors")), str(tmp_path / "dit.safetensors"),
                   metadata={**meta, "stream": json.dumps(stream)})
         if ok:
             pipe = Pipeline.load_default(tmp_path, device=torch.device("cpu"), dtype=torch.float32)
             assert len(pipe.stream_config().sampler.steps) == 7
         else:
-            with pytest.raises(CheckpointError, match=f"{tmp_path}.*sampler steps"):
+            with pytest.raises(CheckpointError, match=f"{tmp_path}.*{'sampler steps' if key == 'steps' else key}"):
                 Pipeline.load_default(tmp_path, device=torch.device("cpu"), dtype=torch.float32)
 
 
@@ -258,3 +259,76 @@ def test_stream_config_takes_the_models_guidance(pipe, monkeypatch):
     assert pipe.stream_config(guidance=1.0).sampler.guidance == 1.0
     monkeypatch.setattr(pipe, "stream_defaults", None)
     assert pipe.stream_config().sampler.guidance == 1.0  # checkpoints without one: unguided
+
+
+def test_hidden_chunks_are_made_and_kept_but_not_shown(pipe):
+    """hidden_chunks=1: the stream is a stream without them less its first chunk, bit for bit. The
+    hidden chunk is in the KV cache and the decoder's state; the first shown latent frame (which
+    decodes to 4 frames there) keeps its last, so chunk sizes, frame numbers and latent frame
+    indices are those of a stream that starts there."""
+    plain = list(Session(pipe, "p", _config(policy="window", policy_args={"window": 9}, seed=8)).stream(12))
+    session = Session(pipe, "p", _config(policy="window", policy_args={"window": 9}, seed=8, hidden_chunks=1))
+    shown = list(session.stream(9))
+    assert session.latent_frames_done == 9
+    assert [c.index for c in shown] == [0, 1, 2]
+    assert [c.latent_frames for c in shown] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert [c.first_video_frame for c in shown] == [0, 9, 21]
+    assert [len(c.frames) for c in shown] == [9, 12, 12]
+    for got, want in zip(shown, plain[1:]):
+        assert torch.equal(got.latents, want.latents)
+    np.testing.assert_array_equal(shown[0].frames, plain[1].frames[3:])
+    for got, want in zip(shown[1:], plain[2:]):
+        np.testing.assert_array_equal(got.frames, want.frames)
+    # overlapped decode: the same chunks
+    over = list(Session(pipe, "p", _config(policy="window", policy_args={"window": 9}, seed=8, hidden_chunks=1))
+                .stream(9, overlap=True))
+    for a, b in zip(shown, over):
+        np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_hidden_chunks_hold_the_tracks_at_their_first_point():
+    """Tracks are indexed from the first shown frame: the hidden chunk reads the trajectory's first
+    point in all its latent frames, the shown latent frame j what a stream without hidden chunks reads
+    at j."""
+    from streamer.models.wan import CausalWanModel, get_config
+    from tests.test_streaming import _pipe
+
+    torch.manual_seed(0)
+    tpipe = _pipe(CausalWanModel(get_config("tiny", track_channels=8)).eval())
+    xs = np.linspace(4, 28, 40, dtype=np.float32)
+    traj = Trajectory(np.stack([xs, xs], 1)[:, None], np.ones((40, 1), bool), fps=16, width=32, height=32)
+    seen = []
+    inner = tpipe.model.forward_chunk
+    tpipe.model.forward_chunk = lambda x, t, text, view, tracks=None: (
+        seen.append((list(view.plan.frames), view.commit, tracks.clone())), inner(x, t, text, view, tracks))[1]
+    cfg = StreamConfig(width=32, height=32, sampler=STEPS, policy="window", policy_args={"window": 9}, hidden_chunks=1)
+    session = Session(tpipe, "p", cfg, tracks=traj)
+    shown = [session.step() for _ in range(2)]
+    cond = tpipe.track_condition(traj, 32, 32)
+    hidden_calls = [tr for frames, _, tr in seen if frames == [0, 1, 2]]
+    assert len(hidden_calls) == len(STEPS.steps) + 1  # every denoising step and the clean pass
+    for tr in hidden_calls:
+        torch.testing.assert_close(tr, cond([0, 0, 0]), atol=0, rtol=0)
+    torch.testing.assert_close(shown[0].tracks, cond([0, 1, 2]), atol=0, rtol=0)
+    torch.testing.assert_close(shown[1].tracks, cond([3, 4, 5]), atol=0, rtol=0)
+    assert not torch.equal(cond([0, 0, 0]), cond([0, 1, 2]))  # the track moves: the test can tell
+
+
+def test_hidden_chunks_do_not_hide_a_start_image(pipe):
+    """Start latents are the stream's first frames: no chunk is hidden before them."""
+    start = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    a = list(Session(pipe, "p", _config(seed=3), start_latents=start).stream(4))
+    b = list(Session(pipe, "p", _config(seed=3, hidden_chunks=2), start_latents=start).stream(4))
+    assert [c.latent_frames for c in b] == [[0], [1, 2, 3]]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.frames, y.frames)
+
+
+def test_stream_config_takes_the_models_hidden_chunks(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "stream_defaults", {"policy": "window", "hidden_chunks": 1})
+    assert pipe.stream_config().hidden_chunks == 1
+    assert pipe.stream_config(hidden_chunks=0).hidden_chunks == 0
+    monkeypatch.setattr(pipe, "stream_defaults", None)
+    assert pipe.stream_config().hidden_chunks == 0
+    with pytest.raises(ValueError, match="hidden_chunks"):
+        Session(pipe, "p", _config(hidden_chunks=-1))

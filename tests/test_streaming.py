@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from streamer.models.frames import FrameRule
 from streamer.pipeline import Pipeline
 from streamer.policies import PolicyError
 from streamer.session import Session, StreamConfig
@@ -23,6 +24,8 @@ class _Recorder:
 
 
 class _ZeroDecoder:
+    frames = FrameRule()
+
     def new_state(self):
         return None
 

@@ -621,6 +621,11 @@ def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
         "policy": "deep-sink", "steps": 8, "policy_args": {"sink": 3}}
     with pytest.raises(ValueError, match="sampler steps"):
         stream_metadata({"stream": {"steps": 0}})
+    assert stream_metadata({"stream": {"policy": "deep-sink", "hidden_chunks": 1}}) == {
+        "policy": "deep-sink", "hidden_chunks": 1, "policy_args": {}}
+    for bad in (-1, 9, 1.5, True):
+        with pytest.raises(ValueError, match="hidden_chunks"):
+            stream_metadata({"stream": {"hidden_chunks": bad}})
 
 
 def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):

@@ -86,6 +86,7 @@ class EvalConfig:
     policy_args: dict[str, dict] = field(default_factory=dict)
     sets: tuple[str, ...] = SETS
     guidance: float | None = None  # text CFG scale; None: the model's own (`Pipeline.stream_config`)
+    hidden_chunks: int | None = None  # chunks made before the first shown; None: the model's own
 
 
 @dataclass
@@ -509,16 +510,17 @@ def encode_first_frame(pipe, clip: Clip) -> torch.Tensor:
 
 def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | None, seed: int,
                 tracks: bool = True, image_start: bool = False,
-                guidance: float | None = None) -> tuple[np.ndarray, dict]:
+                guidance: float | None = None, hidden_chunks: int | None = None) -> tuple[np.ndarray, dict]:
     """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
-    `image_start`; text guidance `guidance`, None: the model's own); frames [T, H, W, 3] and timing."""
+    `image_start`; text guidance `guidance` and hidden chunks `hidden_chunks`, None: the model's
+    own); frames [T, H, W, 3] and timing."""
 
     from streamer.session import Session
 
     traj = clip.trajectory
     w, h = traj.width, traj.height
     cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
-                             guidance=guidance)
+                             guidance=guidance, hidden_chunks=hidden_chunks)
     out, dit, dec = [], 0.0, 0.0
     start = encode_first_frame(pipe, clip) if image_start else None
     session = Session(pipe, clip.prompt, cfg, tracks=traj if tracks else None, start_latents=start)
@@ -580,7 +582,7 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                     args = cfg.policy_args.get(policy, {})
                     frames, t = stream_clip(pipe, clip, policy, args, cfg.steps, cfg.seed,
                                             tracks=not alone, image_start=set_name == "two",
-                                            guidance=cfg.guidance)
+                                            guidance=cfg.guidance, hidden_chunks=cfg.hidden_chunks)
                     timing.append(t)
                 if keep_frames is not None:
                     keep_frames[(set_name, name, i)] = frames
@@ -660,6 +662,9 @@ def write_markdown(results: dict, path: Path) -> None:
     text += f"Policies: {'; '.join(k.strip() for k in knobs)} (knobs not named: the policy's defaults)\n\n"
     if cfg.get("guidance") is not None:
         text += f"Text guidance: {cfg['guidance']:g} (classifier-free; 1 = off)\n\n"
+    if cfg.get("hidden_chunks"):
+        text += (f"Hidden chunks: {cfg['hidden_chunks']} (made before the first frame shown, and not scored; "
+                 "none after an image start)\n\n")
     if results.get("dtype"):
         text += f"DiT dtype: {results['dtype']}, {results.get('threads', '?')} CPU thread(s)\n\n"
     if "track" in cfg.get("sets", SETS):  # (--sets text,two: no empty table)
@@ -807,7 +812,8 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], times: tuple[float, 
 
 
 def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy: str = "window",
-                  policy_args: dict | None = None, seed: int = 0, guidance: float | None = None) -> dict:
+                  policy_args: dict | None = None, seed: int = 0, guidance: float | None = None,
+                  hidden_chunks: int | None = None) -> dict:
     """End-to-end speed of one stream (DiT + decode, trajectory channels included): the time from
     `Session(...)` (prompt encoding included) to the first frames, and the steady frames per second."""
     from streamer.session import Session
@@ -815,7 +821,7 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy:
     clip = World().clip(HELD_OUT_SEEDS[0], stream_frames(seconds, pipe.fps))
     w, h = pipe.native_size
     cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
-                             guidance=guidance)
+                             guidance=guidance, hidden_chunks=hidden_chunks)
     t0 = time.perf_counter()
     session = Session(pipe, clip.prompt + f" #{seed}", cfg)  # a new prompt: the text encoder runs
     session.set_tracks(clip.trajectory)
@@ -849,7 +855,8 @@ def cmd_eval(args) -> int:
     defaults = pipe.stream_defaults or {}  # the policy and knobs the model was trained to stream with
     if args.speed:
         res = measure_speed(pipe, args.seconds or 10.0, args.steps,
-                            defaults.get("policy", "window"), defaults.get("policy_args"), guidance=args.guidance)
+                            defaults.get("policy", "window"), defaults.get("policy_args"), guidance=args.guidance,
+                            hidden_chunks=args.hidden_chunks)
         print(json.dumps(res))
         return 0
     if not pipe.model.config.track_channels:
@@ -874,7 +881,9 @@ def cmd_eval(args) -> int:
         raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(ALL_SETS)}")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
                      reference=not args.no_reference, policy_args=policy_args, sets=sets,
-                     guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)))
+                     guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)),
+                     hidden_chunks=(args.hidden_chunks if args.hidden_chunks is not None
+                                    else int(defaults.get("hidden_chunks", 0))))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -925,6 +934,8 @@ def register(subparsers) -> None:
                    help="denoising steps, evenly spaced from t = 1000 (default: the model's own)")
     p.add_argument("--guidance", type=checks.non_negative_float,
                    help="text classifier-free guidance scale, 1 = off (default: the model's own)")
+    p.add_argument("--hidden-chunks", type=checks.int_in(0, checks.HIDDEN_CHUNKS_MAX), metavar="N",
+                   help="chunks made before the first one shown (default: the model's own; none after an image start)")
     p.add_argument("--sets", default=",".join(SETS),
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
                         "true first frame, a track on each), colours (every colour x background as a prompt "
