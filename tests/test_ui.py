@@ -267,3 +267,21 @@ def test_pause_resume_shows_every_frame_in_order(app):
     assert np.array_equal(resumed, waiting) and live.shown == 11
     app.stop("pr")
     app.lives.pop("pr").close()
+
+
+def test_cache_panel_numbers_latent_frames_from_the_first_shown_chunk():
+    """With a hidden chunk in the cache (as the sink), the cache panel's header and chunk column give
+    the chunk's latent frames as the stream numbers them (0..2 for the first shown chunk), not the
+    cache's own indices (3..5)."""
+    import torch
+
+    from streamer.pipeline import Pipeline
+    from streamer.session import Session, StreamConfig
+    from streamer.ui.app import cache_html
+
+    pipe = Pipeline.load(preset="tiny", device="cpu", dtype=torch.float32)
+    cfg = StreamConfig(width=32, height=32, policy="deep-sink", policy_args={"window": 9, "sink": 3}, hidden_chunks=1)
+    chunk = Session(pipe, "p", cfg).step()
+    assert list(chunk.plan.frames) == [3, 4, 5] and chunk.latent_frames == [0, 1, 2]
+    html = cache_html(chunk)
+    assert "chunk 0 (latent frames 0..2)" in html and ">0,1,2</td>" in html

@@ -194,7 +194,10 @@ def cache_html(chunk: StreamChunk) -> str:
     if plan is None:
         return ""
     kinds = (plan.history_kinds or ["window"] * len(plan.history_slots)) + ["compressed", "chunk"]
-    labels = [f"{p:g}" for p in plan.history_positions] + [f"{plan.compressed_span:g}", ",".join(map(str, plan.frames))]
+    # the chunk's own frames as the stream numbers them (from the first shown one: `Session`'s hidden
+    # chunks, in the cache as the sink, come before it); history columns are attention positions
+    labels = [f"{p:g}" for p in plan.history_positions] + [f"{plan.compressed_span:g}",
+                                                            ",".join(map(str, chunk.latent_frames))]
     keep = [i for i, k in enumerate(kinds) if k != "compressed" or plan.compressed_span > 0]
     head = "".join(f'<td class="k-{kinds[i]}" title="{kinds[i]}">{labels[i]}</td>' for i in keep)
     rows = [f"<tr><th>kind/pos</th>{head}</tr>"]
@@ -209,7 +212,8 @@ def cache_html(chunk: StreamChunk) -> str:
     legend = " ".join(f'<span class="k-{k}">&nbsp;{k}&nbsp;</span>' for k in ("sink", "window", "compressed", "chunk"))
     legend += (' · attention share <span class="sc-scale" title="0 = none; full = the most attended cached frame">'
                '0<i></i>max</span>')
-    return (f'<div class="sc-cache">chunk {chunk.index} (latent frames {plan.frames[0]}..{plan.frames[-1]}): '
+    return (f'<div class="sc-cache">chunk {chunk.index} (latent frames {chunk.latent_frames[0]}..'
+            f'{chunk.latent_frames[-1]}): '
             f'{legend}<table>{"".join(rows)}</table></div>')
 
 
