@@ -1335,3 +1335,15 @@ def test_ghost_alpha_blends_a_faint_copy():
     assert np.array_equal(x_full[:chunk], clean[:chunk]) and np.array_equal(x_half[2 * chunk :], x_full[2 * chunk :])
     assert (x_full[second] != clean[second]).any()  # the full copy is there
     assert np.abs(x_half[second] - (0.5 * clean[second] + 0.5 * x_full[second])).max() <= 1.0  # and half of it
+
+
+def test_world_section_sets_world_config_fields_and_refuses_unknown_ones():
+    from streamer.world.train import check_recipe_keys, world_config
+
+    assert world_config({"world": {"preset": "world-128"}}).near_colours == 0.0
+    cfg = world_config({"world": {"preset": "world-128", "near_colours": 0.5, "radius": [6, 9]}})
+    assert cfg.near_colours == 0.5 and cfg.radius == (6, 9)
+    for bad, needle in (({"near_colour": 0.5}, "near_colour"), ({"near_colours": 2.0}, "near_colours"),
+                        ({"preset": "world-64"}, "world-64")):
+        with pytest.raises(ValueError, match=needle):
+            check_recipe_keys({"world": {"preset": "world-128", **bad}})

@@ -181,3 +181,25 @@ def test_clip_offset_is_a_later_stretch_of_the_same_motion():
     assert np.array_equal(w.clip(seed, 30, offset=5).frames, w.clip(seed, 35).frames[5:])  # any layout
     with pytest.raises(ValueError, match="offset"):
         w.clip(seed, 9, offset=-1)
+
+
+def test_near_colours_draws_confusable_pairs_and_leaves_the_default_world_as_it_was():
+    """near_colours = 1: every scene of two or more sprites holds a NEAR_COLOURS pair (where its
+    background allows one); the default draws uniformly, about a quarter as often, and the held-out
+    eval scenes keep their prompts (no extra random draw when it is 0)."""
+    from streamer.world.evaluate import HELD_OUT_SEEDS, two_sprite_clips
+    from streamer.world.scenes import NEAR_COLOURS, WorldConfig
+
+    def has_pair(scene) -> bool:
+        names = {sp.colour for sp in scene.sprites}
+        return any(a in names and b in names for a, b in NEAR_COLOURS)
+
+    near, plain = World(WorldConfig(near_colours=1.0)), World()
+    multi = [s for s in range(2000) if len(plain.scene(s).sprites) >= 2]
+    assert all(has_pair(near.scene(s)) for s in multi if len(near.scene(s).sprites) >= 2)
+    assert 0.1 < np.mean([has_pair(plain.scene(s)) for s in multi]) < 0.5
+    assert [plain.scene(s).prompt() for s in HELD_OUT_SEEDS[:2]] == [
+        "an orange triangle on a night background", "a blue square and a yellow triangle on a snow background"]
+    assert two_sprite_clips(plain, 2, 8)[1].prompt == "a red square and an orange triangle on a sand background"
+    with pytest.raises(ValueError, match="near_colours"):
+        WorldConfig(near_colours=1.5)

@@ -51,6 +51,9 @@ BACKGROUNDS: dict[str, tuple[tuple[int, int, int], float, float, bool]] = {
 }
 # colours that would vanish on a background (the colour finder needs contrast)
 CLASHES = {("green", "grass"), ("blue", "water"), ("white", "snow"), ("purple", "night")}
+# colour pairs within 130 RGB apart: the ones two sprites side by side confuse (a red square next to an
+# orange triangle both turn reddish orange); `WorldConfig.near_colours` draws them more often
+NEAR_COLOURS = (("yellow", "orange"), ("red", "orange"), ("blue", "purple"))
 MOTIONS = ("smooth", "bounce", "stopstart", "cross")
 # text-only clips (spawn=True): speed in px per frame at 128 px, and each sprite's heading in degrees
 # (image y points down: 35 is right and down); not mirror images, so two sprites overlap in ~2% of frames
@@ -90,12 +93,18 @@ class WorldConfig:
     sprite_weights: tuple[float, ...] = (0.5, 0.35, 0.15)  # P(1, 2, 3 sprites)
     # P(each motion of MOTIONS) per sprite: smooth, bounce, stopstart, cross (leaves the frame)
     motion_weights: tuple[float, ...] = (0.35, 0.25, 0.25, 0.15)
+    # P(a scene of two or more sprites gives two of them a NEAR_COLOURS pair, where the background
+    # allows one); the other colours are drawn as usual. 0 (the default) draws colours uniformly and
+    # leaves every seed's scene as it was (no extra random draw), so held-out scenes never change.
+    near_colours: float = 0.0
 
     def __post_init__(self) -> None:
         w = self.motion_weights
         if len(w) != len(MOTIONS) or min(w) < 0 or sum(w) <= 0:
             raise ValueError(f"motion_weights must be {len(MOTIONS)} weights >= 0 ({', '.join(MOTIONS)}) "
                              f"with a positive sum, got {w!r}")
+        if not 0.0 <= self.near_colours <= 1.0:
+            raise ValueError(f"near_colours must be a probability in [0, 1], got {self.near_colours!r}")
 
     @property
     def scale(self) -> float:
@@ -178,7 +187,13 @@ class World:
         n = int(rng.choice(np.arange(1, len(cfg.sprite_weights) + 1), p=np.array(cfg.sprite_weights) / sum(cfg.sprite_weights)))
         n = min(n, cfg.max_sprites)
         colours = [c for c in COLOURS if (c, background) not in CLASHES]
-        picked = rng.choice(colours, size=n, replace=False)
+        pairs = [p for p in NEAR_COLOURS if p[0] in colours and p[1] in colours]
+        if cfg.near_colours > 0 and n >= 2 and pairs and rng.random() < cfg.near_colours:
+            pair = list(pairs[int(rng.integers(len(pairs)))])
+            rest = [c for c in colours if c not in pair]
+            picked = list(rng.permutation(pair + list(rng.choice(rest, size=n - 2, replace=False))))
+        else:
+            picked = rng.choice(colours, size=n, replace=False)
         sprites = [Sprite(str(rng.choice(SHAPES)), str(c), float(rng.uniform(*cfg.radius)) * cfg.scale) for c in picked]
         p = np.asarray(cfg.motion_weights, np.float64)
         motions = [str(rng.choice(MOTIONS, p=p / p.sum())) for _ in range(n)]

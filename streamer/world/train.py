@@ -137,7 +137,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
     anchor_weight without init."""
     base = {k: v for k, v in recipe["vae"].items() if k != "phases"}
     phases = recipe["vae"].get("phases") or [{}]
-    world = World(WORLD_PRESETS[recipe["world"]["preset"]])
+    world = World(world_config(recipe))
     torch.manual_seed(recipe.get("seed", 0))
     rng = np.random.default_rng([recipe.get("seed", 0), 100])
     if base.get("init"):
@@ -260,7 +260,7 @@ def train_dit(recipe: dict, vae: TinyVAE, out: Path, log: Log, device: torch.dev
     base = dict(recipe["dit"]) if section == "dit" else {**recipe["dit"], **recipe[section]}
     phases = base.pop("phases", None) or [{}]  # their values: check_phases, before any stage trains
     r = {**base, **phases[0]}
-    world = World(WORLD_PRESETS[recipe["world"]["preset"]])
+    world = World(world_config(recipe))
     seed = recipe.get("seed", 0)
     torch.manual_seed(seed)
     text_enc = load_text_encoder(r["text_encoder"])
@@ -662,6 +662,24 @@ def soup_into(model, start: Path, a: float, weight_ema: WeightEMA | None = None)
     souped = {k: torch.lerp(v.float(), begin[k].float(), a).to(v.dtype) if v.is_floating_point() else v
               for k, v in end.items()}
     model.load_state_dict(souped)
+
+
+def world_config(recipe: dict):
+    """The recipe's [world]: its `preset` (scenes.PRESETS) with any other key replacing that field of
+    `WorldConfig` (e.g. `near_colours = 0.5`). Raises ValueError naming an unknown key or a bad value."""
+    import dataclasses
+
+    from streamer.world.scenes import WorldConfig
+
+    section = dict(recipe.get("world", {}))
+    preset = section.pop("preset", "world-128")
+    if preset not in WORLD_PRESETS:
+        raise ValueError(f"[world] preset {preset!r} is unknown; known: {', '.join(WORLD_PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(WorldConfig)}
+    if unknown := sorted(set(section) - fields):
+        raise ValueError(f"[world] {', '.join(unknown)}: not a world setting; known: preset, {', '.join(sorted(fields))}")
+    section = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+    return dataclasses.replace(WORLD_PRESETS[preset], **section)
 
 
 def stream_metadata(recipe: dict) -> dict:
@@ -1215,7 +1233,7 @@ TOP_KEYS = frozenset("name seed threads world vae dit finetune refit sampler str
 
 def check_recipe_keys(recipe: dict) -> None:
     """Every key of the recipe is one `streamer train` reads. Raises ValueError (one line) naming
-    the section and the unknown key, with the closest known one."""
+    the section and the unknown key, with the closest known one ([world]: `world_config`'s)."""
     import difflib
 
     def unknown(keys, known, where: str) -> None:
@@ -1234,6 +1252,7 @@ def check_recipe_keys(recipe: dict) -> None:
         unknown(sec, TRAINING_KEYS, f"[{section}]")
         for i, phase in enumerate(sec.get("phases", [])):
             unknown(phase, TRAINING_KEYS - {"phases"}, f"[{section}] phase {i}")
+    world_config(recipe)  # [world]: a known preset, known settings, good values
 
 
 def check_inits(recipe: dict, stage: str) -> None:
