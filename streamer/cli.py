@@ -68,9 +68,9 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
                    "(default: the model's own; Self-Forcing's 4 for models that do not say)")
     g.add_argument("--chunk", type=checks.int_in(1, 1024), default=3, help="latent frames per chunk (default 3 = 12 video frames)")
     g.add_argument("--hidden-chunks", type=checks.int_in(0, checks.HIDDEN_CHUNKS_MAX), metavar="N",
-                   help="chunks made from noise before the first one shown, so the video starts on the background "
-                        "the model settles on; each delays the first frame by one chunk (default: the model's own, "
-                        "else 0; none after an image or video start)")
+                   help=f"chunks made from noise before the first one shown (0-{checks.HIDDEN_CHUNKS_MAX}), so the video "
+                        "starts on the background the model settles on; each delays the first frame by one chunk "
+                        "(default: the model's own, 1 for the shipped model, else 0; none after an image or video start)")
     g.add_argument("--guidance", type=checks.non_negative_float,
                    help="text classifier-free guidance scale: 1 = off, 0 = the empty prompt alone, above 1 the prompt "
                         "weighs more; each guided step runs the DiT twice "
@@ -449,6 +449,9 @@ def cmd_generate(args) -> int:
         print(f"note: continuing {count} frames of {original.name} from its last "
               f"{pipe.decoder.frames.video_frames(start_latents.shape[2])} (encoded to {start_latents.shape[2]} "
               "latent frames)", file=sys.stderr)
+    if start_latents is not None and args.hidden_chunks:
+        print(f"note: --hidden-chunks {args.hidden_chunks} applies to streams from noise; an {'--image' if args.image else '--continue'} "
+              "start is the video's first frames, so nothing is hidden", file=sys.stderr)
     if pipe.is_random:
         print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
               file=sys.stderr)

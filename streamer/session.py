@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from streamer import checks
 from streamer.cache import CacheView, KVCache
 from streamer.memory import admit_stream
 from streamer.models.frames import video_to_uint8
@@ -114,7 +115,7 @@ class Session:
     frame as a stream's first does).
 
     Raises ValueError (PolicyError) for an impossible size, policy or knob, an empty prompt, tracks
-    on a model without trajectory channels, start latents of the wrong shape, or hidden_chunks < 0.
+    on a model without trajectory channels, start latents of the wrong shape, or a hidden_chunks that is not a whole number in 0..8.
     """
 
     def __init__(self, pipe: Pipeline, prompt: str, config: StreamConfig | None = None,
@@ -125,8 +126,7 @@ class Session:
         self.grid = pipe.model.grid(self.latent_h, self.latent_w)
         if cfg.chunk_frames < 1:
             raise ValueError(f"chunk_frames={cfg.chunk_frames} must be >= 1")
-        if cfg.hidden_chunks < 0:
-            raise ValueError(f"hidden_chunks={cfg.hidden_chunks} must be >= 0")
+        checks.hidden_chunks(cfg.hidden_chunks)  # ValueError for anything but a whole number in 0..8
         self.policy = policy or make_policy(cfg.policy, cfg.policy_args, chunk=cfg.chunk_frames)
         self.policy.validate(cfg.chunk_frames)
         mcfg = pipe.model.config

@@ -229,6 +229,13 @@ def test_generate_image_first_frame_is_the_image(tmp_path, capsys, world_clip):
                  str(tmp_path / "t.json"), "--frames", "13", "--out", str(out), "--quiet"]) == 0
     video = read_mp4(out)
     assert video.shape == (13, 128, 128, 3)  # an image + 1 chunk of 3 latent frames = 1 + 12 frames
+    # hidden chunks never hide an image start: the same video, and a note says the flag did nothing
+    capsys.readouterr()
+    assert main(["generate", "--prompt", PROMPT, "--image", str(tmp_path / "start.png"), "--tracks",
+                 str(tmp_path / "t.json"), "--frames", "13", "--hidden-chunks", "2", "--out", str(tmp_path / "h.mp4"),
+                 "--quiet"]) == 0
+    assert "--hidden-chunks 2 applies to streams from noise" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_mp4(tmp_path / "h.mp4"), video)
 
     pipe = Pipeline.load()
     image = load_image(tmp_path / "start.png", 128, 128).pixels

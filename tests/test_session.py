@@ -330,5 +330,6 @@ def test_stream_config_takes_the_models_hidden_chunks(pipe, monkeypatch):
     assert pipe.stream_config(hidden_chunks=0).hidden_chunks == 0
     monkeypatch.setattr(pipe, "stream_defaults", None)
     assert pipe.stream_config().hidden_chunks == 0
-    with pytest.raises(ValueError, match="hidden_chunks"):
-        Session(pipe, "p", _config(hidden_chunks=-1))
+    for bad in (-1, 9, 1.5, True, "2"):  # as the command line's range: a whole number in 0..8
+        with pytest.raises(ValueError, match="hidden_chunks"):
+            Session(pipe, "p", _config(hidden_chunks=bad))

@@ -835,7 +835,8 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy:
     wall = time.perf_counter() - t1
     return {"first_frame_s": round(first_s, 3), "first_chunk_frames": len(first.frames), "frames": n,
             "fps": round(n / wall, 1), "dit_ms_per_chunk": round(1e3 * dit * 12 / n, 1),
-            "decode_ms_per_chunk": round(1e3 * dec * 12 / n, 1), "steps": len(cfg.sampler.steps), "policy": policy,
+            "decode_ms_per_chunk": round(1e3 * dec * 12 / n, 1), "steps": len(cfg.sampler.steps),
+            "hidden_chunks": cfg.hidden_chunks, "policy": policy,
             "threads": torch.get_num_threads()}
 
 
