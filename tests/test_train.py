@@ -1344,6 +1344,6 @@ def test_world_section_sets_world_config_fields_and_refuses_unknown_ones():
     cfg = world_config({"world": {"preset": "world-128", "near_colours": 0.5, "radius": [6, 9]}})
     assert cfg.near_colours == 0.5 and cfg.radius == (6, 9)
     for bad, needle in (({"near_colour": 0.5}, "near_colour"), ({"near_colours": 2.0}, "near_colours"),
-                        ({"preset": "world-64"}, "world-64")):
+                        ({"preset": "world-64"}, "world-64"), ({"near_colours": "half"}, "wrong kind")):
         with pytest.raises(ValueError, match=needle):
             check_recipe_keys({"world": {"preset": "world-128", **bad}})

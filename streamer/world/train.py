@@ -679,7 +679,11 @@ def world_config(recipe: dict):
     if unknown := sorted(set(section) - fields):
         raise ValueError(f"[world] {', '.join(unknown)}: not a world setting; known: preset, {', '.join(sorted(fields))}")
     section = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
-    return dataclasses.replace(WORLD_PRESETS[preset], **section)
+    try:
+        return dataclasses.replace(WORLD_PRESETS[preset], **section)
+    except TypeError:  # a value of the wrong kind, e.g. near_colours = "half"
+        raise ValueError(f"[world] {', '.join(f'{k} = {v!r}' for k, v in section.items())}: a value of the wrong "
+                         "kind") from None
 
 
 def stream_metadata(recipe: dict) -> dict:
