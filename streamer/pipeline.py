@@ -291,15 +291,11 @@ class Pipeline:
         with safe_open(str(weights / "dit.safetensors"), "pt") as f:
             meta = f.metadata() or {}
         stream_defaults = json.loads(meta["stream"]) if "stream" in meta else None
-        if stream_defaults and "steps" in stream_defaults:
-            from streamer.models.loader import CheckpointError
-            from streamer.sampler import own_sampler
+        try:  # the stream settings the model names, checked as it loads, not at a stream's first chunk
+            if stream_defaults and "steps" in stream_defaults:
+                from streamer.sampler import own_sampler
 
-            try:
                 own_sampler(stream_defaults["steps"])
-            except ValueError as e:
-                raise CheckpointError(f"{weights}: {e}") from None
-        try:
             checks.hidden_chunks((stream_defaults or {}).get("hidden_chunks", 0))
         except ValueError as e:
             from streamer.models.loader import CheckpointError

@@ -164,7 +164,6 @@ class Session:
         # latent frames made before the first shown one: the hidden chunks (none after start latents,
         # which are the stream's first frames). Indices a caller sees (tracks, chunks) start after them.
         self._hidden = 0 if start_latents is not None else cfg.hidden_chunks * cfg.chunk_frames
-        self._hidden_seconds = (0.0, 0.0)  # the hidden chunks' DiT and decode time, for the first shown chunk
 
     # ---- controls -----------------------------------------------------------------------------
     def set_prompt(self, prompt: str) -> None:
@@ -258,17 +257,15 @@ class Session:
         """The DiT half of a step: the next chunk's clean latents, committed to the cache (frames not
         decoded yet: `_decode_into` does that, in stream order). The first call makes the hidden
         chunks first, decoding them here (the decoder's state must see them before the shown ones)."""
-        if self._next_frame < self._hidden:
-            dit_s = dec_s = 0.0
-            while self._next_frame < self._hidden:
-                hidden = self._generate_one()
-                t0 = time.perf_counter()
-                self.decode(hidden.latents)  # frames dropped: only the decoder's memory of them is kept
-                dit_s, dec_s = dit_s + hidden.dit_seconds, dec_s + time.perf_counter() - t0
-            self._hidden_seconds = (dit_s, dec_s)
+        dit_s = dec_s = 0.0  # the hidden chunks' time goes to the first shown chunk
+        while self._next_frame < self._hidden:
+            hidden = self._generate_one()
+            t0 = time.perf_counter()
+            self.decode(hidden.latents)  # frames dropped: only the decoder's memory of them is kept
+            dit_s, dec_s = dit_s + hidden.dit_seconds, dec_s + time.perf_counter() - t0
         chunk = self._generate_one()
-        if chunk.index == 0 and self._hidden:
-            chunk.dit_seconds += self._hidden_seconds[0]
+        chunk.dit_seconds += dit_s
+        chunk.decode_seconds += dec_s  # `_decode_into` adds the chunk's own decode
         return chunk
 
     def _generate_one(self) -> StreamChunk:
@@ -333,14 +330,13 @@ class Session:
             chunk.frames = self.decode(chunk.latents)
             if self.pipe.device.type == "cuda":
                 torch.cuda.synchronize(self.pipe.device)
-        chunk.decode_seconds = time.perf_counter() - t0
+        chunk.decode_seconds += time.perf_counter() - t0
         if chunk.index == 0 and self._hidden:
             # after hidden chunks the first latent frame decodes to temporal_stride frames, where a
             # stream's first decodes to one: keep its last, so frame counts and the track timing
             # (`FrameRule`: latent frame 0 is video frame 0) are those of a stream without them
             n = len(chunk.latent_frames)
             chunk.frames = chunk.frames[len(chunk.frames) - self.pipe.decoder.frames.video_frames(n):]
-            chunk.decode_seconds += self._hidden_seconds[1]
         chunk.first_video_frame = self._video_frames
         self._video_frames += len(chunk.frames)
         return chunk

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import torch
 
+from settling import far_masks  # this folder's: the eval's background pixels, per frame
 from streamer.pipeline import Pipeline
 from streamer.world.evaluate import HELD_OUT_SEEDS, World, reference_frames, stream_clip, stream_frames
 
@@ -31,13 +32,8 @@ def main(weights: str, seconds: float = 10.0) -> None:
         frames, _ = stream_clip(pipe, clip, defaults.get("policy", "window"), defaults.get("policy_args", {}), 4, 0)
         ref = reference_frames(pipe, clip)
         print(clip.prompt)
-        t_len, h, w = len(frames), frames.shape[1], frames.shape[2]
-        yy, xx = np.mgrid[0:h, 0:w]
-        far = np.ones((t_len, h, w), bool)
-        for t in range(t_len):
-            for k, sp in enumerate(clip.scene.sprites):
-                x, y = clip.trajectory.tracks[t, k]
-                far[t] &= (xx - x) ** 2 + (yy - y) ** 2 > (sp.radius * 2.2) ** 2
+        t_len = len(frames)
+        far = far_masks(clip, frames)
         for name, video in (("model", frames), ("autoencoder", ref)):
             video = video.astype(np.float32)
             for anchor in (0, 9):
