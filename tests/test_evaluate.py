@@ -114,6 +114,23 @@ def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     assert res["dtype"] == "float32" and "DiT dtype: float32, 1 CPU thread(s)" in (out / "eval.md").read_text()
 
 
+def test_eval_scenes_beyond_the_track_sets_eight(capsys):
+    """The text and two-sprite sets draw their scenes from a base seed and take up to
+    MAX_DRAWN_SCENES; the track set has eight fixed seeds, so more is one line and exit 2, not a
+    silently shorter run. More two-sprite scenes are new ones, the first ones unchanged."""
+    from streamer.world.evaluate import HELD_OUT_SEEDS, MAX_DRAWN_SCENES, two_sprite_clips
+
+    assert main(["eval", "--scenes", str(len(HELD_OUT_SEEDS) + 1), "--sets", "track,two", "--seconds", "1",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the track set has 8 held-out scenes" in err and "Traceback" not in err
+    assert main(["eval", "--scenes", str(MAX_DRAWN_SCENES + 1), "--sets", "two", "--seconds", "1"]) == 2
+    world = World()
+    few, many = two_sprite_clips(world, 4, 5), two_sprite_clips(world, 12, 5)
+    assert [c.prompt for c in many[:4]] == [c.prompt for c in few]
+    assert len({c.prompt for c in many}) == 12 and all(len(c.scene.sprites) == 2 for c in many)
+
+
 def test_eval_command_names_a_missing_weights_file(tmp_path, capsys):
     (tmp_path / "dit.safetensors").write_bytes(b"")
     assert main(["eval", "--weights", str(tmp_path), "--seconds", "1", "--quiet"]) == 2

@@ -520,6 +520,55 @@ def test_history_background_weighs_only_the_background_after_the_first_block():
             flow_loss(model, x0, text, tracks, np.random.default_rng(0), r, 3, history_background=0.0)
 
 
+def test_background_mean_adds_the_squared_mean_error_of_the_background_cells():
+    """background_mean = w adds w x the squared mean (per clip, latent frame and channel, over the
+    given background cells) of the predicted clean latents' error; frames with fewer than 4 such
+    cells add nothing, and without cells or at w = 0 the loss is the plain one."""
+    from streamer.world.train import sigma_per_block
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny", track_channels=8)
+    model = CausalWanModel(cfg).eval()
+    x0 = torch.randn(2, 16, 6, 4, 4)
+    text, tracks = torch.randn(2, cfg.text_len, cfg.text_dim), torch.randn(2, 8, 6, 4, 4)
+    cells = torch.zeros(2, 1, 6, 4, 4, dtype=torch.bool)
+    cells[:, :, 3:, :, :2] = True  # the later block's left half: 8 cells per frame
+    cells[1, :, 5] = False
+    cells[1, :, 5, 0, :3] = True   # 3 cells: too few for a mean
+
+    def loss(w, c=cells):
+        torch.manual_seed(1)
+        return flow_loss(model, x0, text, tracks, np.random.default_rng(0), {"timestep_shift": 5.0, "background_mean": w},
+                         3, background_cells=c)
+
+    with torch.no_grad():
+        sigma = sigma_per_block(np.random.default_rng(0), 2, 3, 6, 5.0)
+        torch.manual_seed(1)
+        eps = torch.randn_like(x0)
+        s = sigma[:, None, :, None, None]
+        xt = (1 - s) * x0 + s * eps
+        v = model(xt, sigma * 1000, text, chunk_frames=3, clean_x=x0, tracks=tracks, clean_tracks=tracks)
+        plain = ((v - (eps - x0)) ** 2).mean()
+        means = []
+        for b in range(2):
+            for f in range(3, 6):
+                m = cells[b, 0, f]
+                if m.sum() >= 4:
+                    means.append(((xt - s * v) - x0)[b, :, f][:, m].mean(-1))  # [C]
+        dc = (torch.stack(means) ** 2).mean()
+        assert len(means) == 5 and dc > 0
+        assert torch.allclose(loss(0.0), plain, rtol=1e-5)
+        assert torch.allclose(loss(2.5, None), plain, rtol=1e-5)
+        assert torch.allclose(loss(2.5), plain + 2.5 * dc, rtol=1e-4)
+    from streamer.world.train import check_phase
+
+    for bad, said in (({"background_mean": -1}, "finite loss weight"), ({"background_mean": True}, "finite loss weight"),
+                      ({"background_mean": 1.0}, "set own_background > 0")):
+        with pytest.raises(ValueError, match=said):
+            check_phase(bad)
+    check_phase({"background_mean": 1.0, "own_background": 1.0, "noise_rollout": 0.5})
+
+
 def test_own_background_continues_the_models_own_history_away_from_the_sprites():
     """own_background: in each block after the first whose previous block is the model's own, the
     background cells of a clip with tracks take that block's last own latent frame (input and

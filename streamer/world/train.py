@@ -356,6 +356,11 @@ def check_phase(r: dict) -> None:
         raise ValueError(f"own_background must be a finite loss weight >= 0 (0: off), got {own_bg!r}")
     if own_bg and not r.get("noise_rollout"):
         raise ValueError("own_background acts on rollouts from noise only: set noise_rollout > 0 with it")
+    bg_mean = r.get("background_mean", 0.0)
+    if isinstance(bg_mean, bool) or not isinstance(bg_mean, (int, float)) or not math.isfinite(bg_mean) or bg_mean < 0:
+        raise ValueError(f"background_mean must be a finite loss weight >= 0 (0: off), got {bg_mean!r}")
+    if bg_mean and not own_bg:
+        raise ValueError("background_mean acts on the cells own_background replaces: set own_background > 0 with it")
     if not isinstance(r.get("own_background_text", False), bool):
         raise ValueError(f"own_background_text must be true or false, got {r['own_background_text']!r}")
     layout = r.get("sink_layout", 0.0)
@@ -546,14 +551,17 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
                                                   1 + 4 * (nl - 1), r)
                 x0, sprites = x0.clone(), sprites.clone()
                 x0[idx], sprites[idx] = new_x0.to(x0.dtype), new_sprites
-        cell_weight = None
+        cell_weight = own_bg = None
         if noise_roll and r.get("own_background", 0.0) > 0:
             # the background continues the model's own history, not the true clip's (a fresh draw)
             n_own = int(r.get("rollout_chunks", 2))
             # own_background reads the last latent frame of each own block only: decode just those
             mine = (own_sprite_cells(vae, ctx, clips, frames=[k * blocks - 1 for k in range(1, n_own + 1)])
                     if r.get("own_background_sprites") else None)
+            truth = x0
             x0, cell_weight = own_background(x0, ctx, sprites, blocks, n_own, text_only, r, own_sprites=mine)
+            # the cells own_background replaced: the background that continues the model's own history
+            own_bg = (x0 != truth).any(1, keepdim=True) if r.get("background_mean") else None
         if gap:
             cell_weight = torch.ones_like(sprites) if cell_weight is None else cell_weight.clone()
             cell_weight[:, :, chunk : 2 * chunk] = 0.0
@@ -563,7 +571,7 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
         loss = flow_loss(model, x0, text, tracks, rng, r, blocks, context=ctx, skip_first=image, sprites=sprites,
                          teacher=teacher if guided else None, null_text=null_text,
                          history_background=r.get("noise_rollout_background", 1.0) if noise_roll else 1.0,
-                         cell_weight=cell_weight)
+                         cell_weight=cell_weight, background_cells=own_bg)
     counts["guided"] += guided
     return loss
 
@@ -1015,7 +1023,8 @@ def sigma_per_block(rng, b: int, blocks, n: int, shift: float) -> torch.Tensor:
 
 def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: bool = False,
               sprites: torch.Tensor | None = None, teacher=None, null_text: torch.Tensor | None = None,
-              history_background: float = 1.0, cell_weight: torch.Tensor | None = None) -> torch.Tensor:
+              history_background: float = 1.0, cell_weight: torch.Tensor | None = None,
+              background_cells: torch.Tensor | None = None) -> torch.Tensor:
     """Flow matching on the teacher-forcing shape: one noise level per block (as the sampler sees),
     timesteps drawn uniformly and warped by the schedule shift, so the few high-noise steps train most.
 
@@ -1034,7 +1043,14 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     (non-sprite) cells in every block after the first, for a context sampled from noise: its
     background is the model's own invention, so the true clip's background is no continuation of it
     (the sprites' cells stay consistent: the tracks or the spawn layout place them). cell_weight
-    [B, 1, F, h, w]: a further per-cell loss weight (`own_background`'s)."""
+    [B, 1, F, h, w]: a further per-cell loss weight (`own_background`'s).
+
+    background_cells (bool [B, 1, F, h, w]) with r["background_mean"] = w > 0: adds w x the squared
+    mean, over those cells of each clip, latent frame and channel, of the predicted clean latents'
+    error (x0 = x_t - sigma v against the target). The per-cell loss is dominated by what the noise
+    leaves uncertain (the texture's grain); a bias shared by all background cells, a brightness the
+    model adds to its history chunk after chunk, is a small part of it, and this term is that part
+    alone (docs/model_history.md, "After v13, part 2: the background's brightness")."""
     b, _, n, _, _ = x0.shape
     sigma = sigma_per_block(rng, b, chunk, n, r["timestep_shift"]).to(x0.device)  # [B, F]
     eps = torch.randn_like(x0)
@@ -1080,7 +1096,16 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
         err = err * cell_weight
     if skip_first:
         err = err[:, :, first:]
-    return err.mean()
+    loss = err.mean()
+    if background_cells is not None and r.get("background_mean", 0.0) > 0:
+        m = background_cells.to(v.dtype)
+        x0_err = (xt.float() - sig * v.float()) - x0.float()  # [B, C, F, h, w]
+        count = m.float().sum((3, 4))  # [B, 1, F]
+        mean_err = (x0_err * m).sum((3, 4)) / count.clamp(min=1.0)  # [B, C, F]
+        use = (count >= 4).expand_as(mean_err)  # a few cells make no mean
+        if use.any():
+            loss = loss + r["background_mean"] * (mean_err[use] ** 2).mean()
+    return loss
 
 
 def load_teacher(r: dict, model, device: torch.device, frozen: Path | None = None, fresh: bool = True):
@@ -1225,7 +1250,7 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # every key a training section ([vae], [dit], [finetune] and their [[...phases]]) may set; a key
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
-    abs_pos_lr_scale absolute_positions anchor_weight batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
+    abs_pos_lr_scale absolute_positions anchor_weight background_mean batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
     cross_share exit_start ghost ghost_alpha keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background own_background own_background_sprites own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
