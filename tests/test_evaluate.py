@@ -150,6 +150,20 @@ def test_scene_table_lists_each_scene():
     assert lines[3] == "| ema-sink | - / 1.00 | 12.5 / 0.50 |"
 
 
+def test_two_scene_table_gives_each_two_sprite_scene_a_row():
+    from streamer.world.evaluate import two_scene_table
+
+    scene = lambda err, ident: {"trajectory_error_px": err, "identity_kept": ident}  # noqa: E731
+    two = lambda a, b: {"two_sprites": {"prompts": ["red and orange", "blue and white"], "scenes": [a, b]}}  # noqa: E731
+    results = {"policies": {"deep-sink": two(scene(18.2, 0.7134), scene(1.4, 1.0)),
+                            "window": two(scene(None, None), scene(2.0, 0.5))}}
+    lines = two_scene_table(results).splitlines()
+    assert lines[0] == "| scene | deep-sink: err px / identity | window: err px / identity |"
+    assert lines[2] == "| red and orange | 18.2 / 0.713 | - / - |"
+    assert lines[3] == "| blue and white | 1.4 / 1.000 | 2 / 0.500 |"
+    assert two_scene_table({"policies": {"window": {"prompts": [], "scenes": []}}}) == ""
+
+
 # ---- issue 17: border, smear, identity, text-only -------------------------------------------------
 def two_sprite_clip(n_frames: int = 33):
     from streamer.world.evaluate import two_sprite_clips

@@ -656,6 +656,23 @@ def scene_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def two_scene_table(results: dict) -> str:
+    """Trajectory error / identity kept per two-sprite scene, a row each (one hard pair of colours
+    moves a few scenes' mean by points: the rows say which)."""
+    policies = {n: r["two_sprites"] for n, r in results["policies"].items() if r.get("two_sprites", {}).get("scenes")}
+    if not policies:
+        return ""
+    prompts = next(iter(policies.values()))["prompts"]
+    lines = ["| scene | " + " | ".join(f"{n}: err px / identity" for n in policies) + " |",
+             "|---" * (len(policies) + 1) + "|"]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for i, prompt in enumerate(prompts):
+        cells = [fmt(res["scenes"][i].get("trajectory_error_px"), ".3g") + " / "
+                 + fmt(res["scenes"][i].get("identity_kept"), ".3f") for res in policies.values()]
+        lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown(results: dict, path: Path) -> None:
     cfg = results["config"]
     scenes = f"{cfg['scenes']} scene" + ("s" if cfg["scenes"] != 1 else "")
@@ -678,6 +695,8 @@ def write_markdown(results: dict, path: Path) -> None:
         text += f"\nPer scene:\n\n{scenes}"
     for _, heading, table in set_tables(results):
         text += f"\n{heading}:\n\n{table}"
+    if cfg["scenes"] > 1 and (two := two_scene_table(results)):
+        text += f"\nTwo sprites, per scene:\n\n{two}"
     path.write_text(text + "\n![curves](eval.png)\n")
 
 
