@@ -1050,7 +1050,7 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
     error (x0 = x_t - sigma v against the target). The per-cell loss is dominated by what the noise
     leaves uncertain (the texture's grain); a bias shared by all background cells, a brightness the
     model adds to its history chunk after chunk, is a small part of it, and this term is that part
-    alone (docs/model_history.md, "After v13, part 2: the background's brightness")."""
+    alone (docs/model_history.md, "After v13, part 3: the background's brightness (tried, not shipped)")."""
     b, _, n, _, _ = x0.shape
     sigma = sigma_per_block(rng, b, chunk, n, r["timestep_shift"]).to(x0.device)  # [B, F]
     eps = torch.randn_like(x0)
