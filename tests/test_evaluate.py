@@ -370,6 +370,7 @@ def test_colours_set_runs_and_prints_its_grid(tmp_path, capsys):
     assert "text_only" not in res["policies"]["window"]  # only the sets asked for
     assert res["threads"] == 1  # --threads holds for the shipped model too (Pipeline.load sets the cores)
     assert "| traj err px |" not in (out / "eval.md").read_text()  # no empty table of the track set
+    assert "(0.5 s streams, the colours set's prompts," in (out / "eval.md").read_text()  # no "2 scenes"
     ref = res["policies"]["reference (autoencoder)"]["colours"]
     assert ref["summary"]["found_rate"] > 0.9  # the autoencoder keeps (nearly) every colour
     printed = capsys.readouterr().out

@@ -4,17 +4,23 @@ On the eval's held-out prompt + tracks scenes of one sprite, streamed by a model
 and through the autoencoder alone, prints:
 
 - background change from frame 0 (as `streamer eval`: mean absolute change, 0-255, of the pixels
-  far from the sprite now and in frame 0), split into its shift (the mean colour change of those
-  pixels, averaged over the channels) and what is left once each frame's shift is taken off;
+  far from the sprite now and in frame 0); its shift, the mean absolute value of those pixels'
+  mean colour change (averaged over the channels); and the rest, their mean absolute change once
+  each frame's mean colour change is taken off. Means of absolute values: the two do not add up to
+  the change; a stream whose shift is large against the autoencoder's has moved its brightness;
 - smear (as `streamer eval`) by how long ago the sprite left a path pixel, in video frames: a tail
   right behind the sprite shows in the first bins, colour that a brightness shift alone moves toward
-  the sprite's shows the same in every bin, and the autoencoder's is the floor;
-- for the model, each chunk's latent mean over the frame per channel minus the true clip's encoded
-  latents' (the first 8 channels): a drift of the latents, not of the decoder, shows here.
+  the sprite's shows the same in every bin, and the autoencoder's is the floor ("nan": a bin the
+  stream is too short to reach);
+- for the model, the latent mean of a few chunks (over the frame, per channel, the first 8 channels)
+  minus the true clip's encoded latents' mean: a drift of the latents, not of the decoder, shows
+  here. Chunks count from the first one made: hidden chunks (the model's `hidden_chunks`) first.
 
-    python docs/eval/brightness.py WEIGHTS_DIR [SECONDS] [SCENES]   # default 40 s, the first 4 scenes
+    python docs/eval/brightness.py WEIGHTS_DIR [SECONDS] [SCENES]   # default 40 s, 2 one-sprite scenes
 
-(WEIGHTS_DIR: a `streamer train` run folder, or streamer/weights; 1 thread, bf16.)"""
+SCENES counts the held-out scenes of one sprite (scenes of two or three are passed over; the first
+two one-sprite scenes are night and snow). WEIGHTS_DIR: a `streamer train` run folder, or
+streamer/weights. 1 thread, bf16, as the history's `streamer eval --dtype bf16` runs."""
 
 import sys
 
@@ -93,16 +99,20 @@ def stream_with_latents(pipe, clip, defaults: dict) -> tuple[np.ndarray, list[to
     return np.concatenate(frames)[: clip.trajectory.num_frames], [m.mean(1) - true_mean for m in made]
 
 
-def main(weights: str, seconds: float = 40.0, scenes: int = 4) -> None:
+def main(weights: str, seconds: float = 40.0, scenes: int = 2) -> None:
     torch.set_num_threads(1)
     pipe = Pipeline.load_default(weights, dtype=torch.bfloat16)
     defaults = pipe.stream_defaults or {}
     world = World()
     ages = ", ".join(f"{a}-{b - 1 if b else 'end'}" for a, b in AGES)
-    for seed in HELD_OUT_SEEDS[:scenes]:
+    done = 0
+    for seed in HELD_OUT_SEEDS:
+        if done == scenes:
+            break
         clip = world.clip(seed, stream_frames(seconds, pipe.fps))
         if len(clip.scene.sprites) != 1:
             continue
+        done += 1
         print(clip.prompt)
         model, drift = stream_with_latents(pipe, clip, defaults)
         for name, frames in (("model", model), ("autoencoder", reference_frames(pipe, clip))):
@@ -110,13 +120,16 @@ def main(weights: str, seconds: float = 40.0, scenes: int = 4) -> None:
             far &= far[0]  # as the eval: far from the sprite now and in frame 0
             total, shift, rest = shift_split(frames, far)
             smear = smear_by_age(frames, clip, far)
-            print(f"  {name:11s} background change {total:.2f} = shift {shift:.2f} + the rest {rest:.2f}; "
+            print(f"  {name:11s} background change {total:.2f}, its shift {shift:.2f}, the rest {rest:.2f}; "
                   f"smear by frames since the sprite left ({ages}): " + " ".join(f"{s:.4f}" for s in smear))
         np.set_printoptions(precision=3, suppress=True, linewidth=160)
         for k in sorted({0, 1, 2, 3, 5, len(drift) - 1}):
             if k < len(drift):
-                print(f"  latents, chunk {k:3d} (hidden ones included) minus the truth's, channels 0-7: {drift[k][:8].numpy()}")
+                print(f"  latents of chunk {k:3d} (0: the first made) minus the truth's, channels 0-7: {drift[k][:8].numpy()}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 40.0, int(sys.argv[3]) if len(sys.argv) > 3 else 4)
+    if not 2 <= len(sys.argv) <= 4:
+        print("usage: python docs/eval/brightness.py WEIGHTS_DIR [SECONDS] [SCENES]", file=sys.stderr)
+        sys.exit(2)
+    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 40.0, int(sys.argv[3]) if len(sys.argv) > 3 else 2)

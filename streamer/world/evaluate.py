@@ -676,6 +676,8 @@ def two_scene_table(results: dict) -> str:
 def write_markdown(results: dict, path: Path) -> None:
     cfg = results["config"]
     scenes = f"{cfg['scenes']} scene" + ("s" if cfg["scenes"] != 1 else "")
+    if not set(cfg.get("sets", SETS)) - {"colours"}:  # the colours set streams its own fixed prompts
+        scenes = "the colours set's prompts"
     steps = len(results["sampler_steps"]) if results.get("sampler_steps") else cfg["steps"]
     text = (f"# streamer eval ({cfg['seconds']:g} s streams, {scenes}, {steps} steps)\n\n"
             f"{results['model']}\n\n")
@@ -958,8 +960,9 @@ def register(subparsers) -> None:
                    help="comma-separated cache policies, or 'all' (default: the model's own, with its trained knobs)")
     p.add_argument("--policy-arg", action="append", default=[], metavar="POLICY:K=V", help="policy knob, repeatable")
     p.add_argument("--scenes", type=checks.int_in(1, MAX_DRAWN_SCENES), default=2,
-                   help=f"held-out scenes per set and policy (the track set has {len(HELD_OUT_SEEDS)}; text and two "
-                        f"draw up to {MAX_DRAWN_SCENES})")
+                   help=f"held-out scenes per set and policy, 1-{MAX_DRAWN_SCENES} (default 2): the track set has "
+                        f"{len(HELD_OUT_SEEDS)}, text and two draw up to {MAX_DRAWN_SCENES}; the colours set streams "
+                        "its own prompts and ignores it")
     p.add_argument("--steps", type=checks.int_in(1, checks.STEPS_MAX),
                    help="denoising steps, evenly spaced from t = 1000 (default: the model's own)")
     p.add_argument("--guidance", type=checks.non_negative_float,
