@@ -444,7 +444,6 @@ def test_guidance_distillation_targets_the_guided_teacher():
     hand-made targets; without a teacher it is the data's loss. guidance_target = "data" (model
     guidance): the data's flow plus (g - 1) x the teacher's guidance direction on clip 0."""
     from streamer.models.wan import CausalWanModel, get_config
-    from streamer.world.train import sigma_per_block
 
     torch.manual_seed(0)
     cfg = get_config("tiny", track_channels=8)
@@ -460,12 +459,7 @@ def test_guidance_distillation_targets_the_guided_teacher():
         return flow_loss(model, x0, text, tracks, np.random.default_rng(0), r, 3, teacher=teacher, null_text=null)
 
     with torch.no_grad():
-        # the draws flow_loss makes (rng: sigma; torch: eps), for the hand-made targets
-        sigma = sigma_per_block(np.random.default_rng(0), 2, 3, 6, 5.0)
-        torch.manual_seed(1)
-        eps = torch.randn_like(x0)
-        s = sigma[:, None, :, None, None]
-        xt = (1 - s) * x0 + s * eps
+        sigma, eps, s, xt = _flow_draws(x0)  # the draws flow_loss makes, for the hand-made targets
         run = lambda t: model(xt, sigma * 1000, t, chunk_frames=3, clean_x=x0, tracks=tracks,  # noqa: E731
                               clean_tracks=tracks)
         v_text, v_null = run(text), run(null.expand_as(text))
@@ -481,12 +475,24 @@ def test_guidance_distillation_targets_the_guided_teacher():
         assert not torch.allclose(loss(3.0, target="data"), loss(3.0))
 
 
+def _flow_draws(x0: torch.Tensor, chunk: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The draws flow_loss makes for x0 with rng seed 0 and torch seed 1 (rng: sigma per block;
+    torch: eps), for hand-made targets: (sigma [B, F], eps, sigma broadcast to x0, x_t)."""
+    from streamer.world.train import sigma_per_block
+
+    b, _, n = x0.shape[:3]
+    sigma = sigma_per_block(np.random.default_rng(0), b, chunk, n, 5.0)
+    torch.manual_seed(1)
+    eps = torch.randn_like(x0)
+    s = sigma[:, None, :, None, None]
+    return sigma, eps, s, (1 - s) * x0 + s * eps
+
+
 def test_history_background_weighs_only_the_background_after_the_first_block():
     """history_background = w: in blocks after the first, non-sprite cells count w times, sprite
     cells and the whole first block as before (the loss of a rollout from noise: its background is
     the model's invention, the true clip's background no continuation of it)."""
     from streamer.models.wan import CausalWanModel, get_config
-    from streamer.world.train import sigma_per_block
 
     torch.manual_seed(0)
     cfg = get_config("tiny", track_channels=8)
@@ -503,11 +509,8 @@ def test_history_background_weighs_only_the_background_after_the_first_block():
                          history_background=w)
 
     with torch.no_grad():
-        sigma = sigma_per_block(np.random.default_rng(0), 2, 3, 6, 5.0)
-        torch.manual_seed(1)
-        eps = torch.randn_like(x0)
-        s = sigma[:, None, :, None, None]
-        v = model((1 - s) * x0 + s * eps, sigma * 1000, text, chunk_frames=3, clean_x=x0, tracks=tracks,
+        sigma, eps, s, xt = _flow_draws(x0)
+        v = model(xt, sigma * 1000, text, chunk_frames=3, clean_x=x0, tracks=tracks,
                   clean_tracks=tracks)
         err = (v - (eps - x0)) ** 2 * (1 + 4.0 * sprites)
         later = torch.zeros_like(sprites)
@@ -524,7 +527,6 @@ def test_background_mean_adds_the_squared_mean_error_of_the_background_cells():
     """background_mean = w adds w x the squared mean (per clip, latent frame and channel, over the
     given background cells) of the predicted clean latents' error; frames with fewer than 4 such
     cells add nothing, and without cells or at w = 0 the loss is the plain one."""
-    from streamer.world.train import sigma_per_block
 
     torch.manual_seed(0)
     cfg = get_config("tiny", track_channels=8)
@@ -542,11 +544,7 @@ def test_background_mean_adds_the_squared_mean_error_of_the_background_cells():
                          3, background_cells=c)
 
     with torch.no_grad():
-        sigma = sigma_per_block(np.random.default_rng(0), 2, 3, 6, 5.0)
-        torch.manual_seed(1)
-        eps = torch.randn_like(x0)
-        s = sigma[:, None, :, None, None]
-        xt = (1 - s) * x0 + s * eps
+        sigma, eps, s, xt = _flow_draws(x0)
         v = model(xt, sigma * 1000, text, chunk_frames=3, clean_x=x0, tracks=tracks, clean_tracks=tracks)
         plain = ((v - (eps - x0)) ** 2).mean()
         means = []
@@ -581,7 +579,8 @@ def test_own_background_continues_the_models_own_history_away_from_the_sprites()
     sprites = torch.zeros(2, 1, 9, 8, 8)
     sprites[:, :, :, 3:5, 3:5] = 1.0  # a sprite standing still on cells 3-4
     text_only = np.array([False, True])
-    out, w = own_background(x0, ctx, sprites, 3, 2, text_only, {"own_background": 0.5})
+    out, w, replaced = own_background(x0, ctx, sprites, 3, 2, text_only, {"own_background": 0.5})
+    assert torch.equal(replaced, w == 0.5)  # the replaced cells, and only they, weigh own_background
     far = torch.ones(8, 8, dtype=torch.bool)
     far[2:6, 2:6] = False  # the sprite cells and their one-cell ring
     ring = ~far
@@ -594,14 +593,14 @@ def test_own_background_continues_the_models_own_history_away_from_the_sprites()
             assert (w[0, 0, f][3:5, 3:5] == 1).all()
     assert torch.equal(out[0, :, :3], x0[0, :, :3]) and (w[0, :, :3] == 1).all()
     assert torch.equal(out[1], x0[1]) and (w[1] == 1).all()  # the prompt alone: the truth throughout
-    out, w = own_background(x0, ctx, sprites, 3, 1, text_only, {"own_background": 1.0, "own_background_text": True})
+    out, w, _ = own_background(x0, ctx, sprites, 3, 1, text_only, {"own_background": 1.0, "own_background_text": True})
     assert torch.equal(out[1, :, 3][:, far], ctx[1, :, 2][:, far])
     assert torch.equal(out[:, :, 6:], x0[:, :, 6:])  # block 2 follows block 1, the truth: no change
     # own_sprites: where the own history's last frame shows a sprite away from the true one, the
     # block keeps the truth within one cell of it (not copied in as background)
     mine = torch.zeros(2, 1, 9, 8, 8, dtype=torch.bool)
     mine[:, :, 2, 0, 7] = True  # the model's own sprite in block 0's last frame, top right
-    out, w = own_background(x0, ctx, sprites, 3, 2, text_only, {"own_background": 0.5}, own_sprites=mine)
+    out, w, _ = own_background(x0, ctx, sprites, 3, 2, text_only, {"own_background": 0.5}, own_sprites=mine)
     kept = torch.zeros(8, 8, dtype=torch.bool)
     kept[0:2, 6:8] = True  # the cell and its one-cell ring (inside the frame)
     for f in range(3, 6):

@@ -558,10 +558,8 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
             # own_background reads the last latent frame of each own block only: decode just those
             mine = (own_sprite_cells(vae, ctx, clips, frames=[k * blocks - 1 for k in range(1, n_own + 1)])
                     if r.get("own_background_sprites") else None)
-            truth = x0
-            x0, cell_weight = own_background(x0, ctx, sprites, blocks, n_own, text_only, r, own_sprites=mine)
-            # the cells own_background replaced: the background that continues the model's own history
-            own_bg = (x0 != truth).any(1, keepdim=True) if r.get("background_mean") else None
+            # own_bg: the replaced cells, the background that continues the model's own history
+            x0, cell_weight, own_bg = own_background(x0, ctx, sprites, blocks, n_own, text_only, r, own_sprites=mine)
         if gap:
             cell_weight = torch.ones_like(sprites) if cell_weight is None else cell_weight.clone()
             cell_weight[:, :, chunk : 2 * chunk] = 0.0
@@ -585,7 +583,7 @@ def sink_gap_chunks(r: dict) -> int:
 @torch.no_grad()
 def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, chunk: int, n_own: int,
                    text_only: np.ndarray, r: dict, own_sprites: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clean clip a rollout from noise is trained toward, with its background continuing the
     model's own history (`own_background`, tried after v9). x0 [B, C, F, h, w] is the true clip,
     ctx (same shape) the rollout (`rollout_context(from_noise=True)`: blocks 0..n_own-1 the model's
@@ -610,11 +608,12 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
     "After v11, part 3").
 
     Returns (x0 with those cells replaced, loss weights [B, 1, F, h, w]: `own_background` on the
-    replaced cells, 0 on the ring, 1 elsewhere)."""
+    replaced cells, 0 on the ring, 1 elsewhere, the replaced cells: bool [B, 1, F, h, w])."""
     import torch.nn.functional as F
 
     b, _, n, _, _ = x0.shape
     out, weight = x0.clone(), torch.ones_like(sprites)
+    replaced = torch.zeros_like(sprites, dtype=torch.bool)
     use = torch.ones(b, dtype=torch.bool) if r.get("own_background_text") else torch.from_numpy(~np.asarray(text_only, bool))
     use = use.to(x0.device)[:, None, None, None]
     near = F.max_pool3d(sprites, (1, 3, 3), stride=1, padding=(0, 1, 1)) > 0  # sprite cells + one cell
@@ -627,9 +626,10 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
         if own_near is not None:  # the model's own sprites are no background to continue
             bg = bg & ~own_near[:, :, s - 1 : s]
         out[:, :, s:e] = torch.where(bg, ctx[:, :, s - 1 : s].to(out.dtype), out[:, :, s:e])
+        replaced[:, :, s:e] = bg
         weight[:, :, s:e] = torch.where(bg, torch.full_like(weight[:, :, s:e], float(r["own_background"])),
                                         torch.where(ring & (sprites[:, :, s:e] == 0), 0.0, weight[:, :, s:e]))
-    return out, weight
+    return out, weight, replaced
 
 
 @torch.no_grad()
@@ -1098,9 +1098,9 @@ def flow_loss(model, x0, text, tracks, rng, r, chunk, context=None, skip_first: 
         err = err[:, :, first:]
     loss = err.mean()
     if background_cells is not None and r.get("background_mean", 0.0) > 0:
-        m = background_cells.to(v.dtype)
+        m = background_cells.float()
         x0_err = (xt.float() - sig * v.float()) - x0.float()  # [B, C, F, h, w]
-        count = m.float().sum((3, 4))  # [B, 1, F]
+        count = m.sum((3, 4))  # [B, 1, F]
         mean_err = (x0_err * m).sum((3, 4)) / count.clamp(min=1.0)  # [B, C, F]
         use = (count >= 4).expand_as(mean_err)  # a few cells make no mean
         if use.any():
