@@ -610,6 +610,56 @@ def test_own_background_continues_the_models_own_history_away_from_the_sprites()
         assert torch.equal(out[0, :, f][:, far], ctx[0, :, 5][:, far])
 
 
+def test_own_background_from_the_sink_continues_the_first_blocks_last_frame():
+    """own_background_from = "sink": every replaced block takes the first block's last own latent
+    frame (not its previous block's), the ring taken around that frame's sprite; block 1 is the same
+    either way, and a bad value or the key without own_background is one ValueError naming it."""
+    from streamer.world.train import check_phase, own_background
+
+    torch.manual_seed(1)
+    x0, ctx = torch.randn(1, 4, 9, 8, 8), torch.randn(1, 4, 9, 8, 8)
+    sprites = torch.zeros(1, 1, 9, 8, 8)
+    sprites[:, :, :3, 0:2, 0:2] = 1.0  # the sprite top left in block 0 (the sink) ...
+    sprites[:, :, 3:, 5:7, 5:7] = 1.0  # ... then bottom right
+    text_only = np.array([False])
+    prev, w_prev, _ = own_background(x0, ctx, sprites, 3, 2, text_only, {"own_background": 1.0})
+    sink, w_sink, rep = own_background(x0, ctx, sprites, 3, 2, text_only,
+                                       {"own_background": 1.0, "own_background_from": "sink"})
+    assert torch.equal(sink[:, :, :6], prev[:, :, :6]) and torch.equal(w_sink[:, :, :6], w_prev[:, :, :6])
+    far = torch.ones(8, 8, dtype=torch.bool)
+    far[0:3, 0:3] = False  # the sink frame's sprite and its ring
+    far[4:8, 4:8] = False  # the block's own sprite and its ring
+    for f in range(6, 9):
+        assert torch.equal(sink[0, :, f][:, far], ctx[0, :, 2][:, far])  # the sink's last frame ...
+        assert not torch.equal(sink[0, :, f][:, far], prev[0, :, f][:, far])  # ... not block 1's
+        assert torch.equal(sink[0, :, f][:, ~far], x0[0, :, f][:, ~far]) and torch.equal(rep[0, 0, f], far)
+    for bad in ({"own_background": 1.0, "own_background_from": "last"}, {"own_background_from": "sink"}):
+        with pytest.raises(ValueError, match="own_background_from must be"):
+            check_phase({"noise_rollout": 0.5, **bad})
+    check_phase({"noise_rollout": 0.5, "own_background": 1.0, "own_background_from": "sink"})
+
+
+def test_history_bias_offsets_the_history_after_the_sink_per_clip_and_channel():
+    """history_bias adds one N(0, scale^2) offset per clip and channel to every latent frame from
+    the first block's end on (the sink untouched, the input unchanged), and needs the sink as the
+    background's source: a bad value is one ValueError naming the key."""
+    from streamer.world.train import check_phase, history_bias
+
+    ctx = torch.randn(3, 4, 9, 5, 5)
+    out = history_bias(ctx, 3, 0.05, np.random.default_rng(0))
+    assert torch.equal(out[:, :, :3], ctx[:, :, :3]) and not torch.equal(out, ctx)
+    d = out[:, :, 3:] - ctx[:, :, 3:]  # [B, C, 6, h, w]: the same offset in every frame and cell
+    assert torch.allclose(d, d[:, :, :1, :1, :1].expand_as(d), atol=1e-6)
+    want = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)) * 0.05
+    assert torch.allclose(d[:, :, 0, 0, 0], want, atol=1e-6)
+    ok = {"noise_rollout": 0.5, "own_background": 1.0, "own_background_from": "sink"}
+    check_phase({**ok, "history_bias": 0.05})
+    for bad in ({**ok, "history_bias": -0.1}, {**ok, "history_bias": True},
+                {"noise_rollout": 0.5, "own_background": 1.0, "history_bias": 0.05}):
+        with pytest.raises(ValueError, match="history_bias must be"):
+            check_phase(bad)
+
+
 def test_own_sprite_cells_marks_the_cells_showing_a_named_colour():
     """own_sprite_cells decodes each latent frame and marks the cells with a pixel of a colour its
     clip's prompt names, not those of other colours."""

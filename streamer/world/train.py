@@ -391,6 +391,15 @@ def check_phase(r: dict) -> None:
     if not isinstance(r.get("own_background_sprites", False), bool) or (r.get("own_background_sprites") and not own_bg):
         raise ValueError(f"own_background_sprites must be true or false, and true only with own_background > 0; "
                          f"got {r.get('own_background_sprites')!r}")
+    if r.get("own_background_from", "previous") not in ("previous", "sink") or (
+            "own_background_from" in r and not own_bg):
+        raise ValueError(f"own_background_from must be \"previous\" or \"sink\", with own_background > 0; "
+                         f"got {r.get('own_background_from')!r}")
+    hb = r.get("history_bias", 0.0)
+    if isinstance(hb, bool) or not isinstance(hb, (int, float)) or not math.isfinite(hb) or hb < 0 or (
+            hb and r.get("own_background_from") != "sink"):
+        raise ValueError(f"history_bias must be a finite offset scale >= 0 (0: off), with own_background_from = "
+                         f"\"sink\"; got {hb!r}")
     if r.get("own_background_text") and not own_bg:
         raise ValueError("own_background_text widens own_background: set own_background > 0 with it")
 
@@ -560,6 +569,8 @@ def _flow_step(model, vae, world, rng, r, text_enc, tracks_enc, teacher, null_te
                     if r.get("own_background_sprites") else None)
             # own_bg: the replaced cells, the background that continues the model's own history
             x0, cell_weight, own_bg = own_background(x0, ctx, sprites, blocks, n_own, text_only, r, own_sprites=mine)
+        if noise_roll and r.get("history_bias", 0.0) > 0:
+            ctx = history_bias(ctx, blocks, float(r["history_bias"]), rng)
         if gap:
             cell_weight = torch.ones_like(sprites) if cell_weight is None else cell_weight.clone()
             cell_weight[:, :, chunk : 2 * chunk] = 0.0
@@ -600,6 +611,13 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
     texture). Clips with tracks only, unless `own_background_text`: a prompt alone's own sprite
     need not be where the true one is.
 
+    r["own_background_from"] = "sink" (default "previous"): every such block continues the first
+    block's last latent frame instead of its previous block's, the sprite ring taken around that
+    frame's sprites. Deep Sink keeps the first chunk in the cache for the whole stream, and a static
+    background copied from the block before picks up each chunk's small bias in turn: v13's latents
+    drift by 0.02-0.09 over a stream's first five chunks (docs/model_history.md, "After v13, part 3").
+    Copied from the sink, a block's error is its own, not the sum of the chunks before it.
+
     own_sprites (bool [B, 1, F, h, w], `own_sprite_cells`; with `own_background_sprites`): the cells
     where the model's own history shows a named sprite's colour. Within one cell of them the block
     keeps the truth: otherwise a sprite the model drew away from the true one is copied into the
@@ -619,17 +637,38 @@ def own_background(x0: torch.Tensor, ctx: torch.Tensor, sprites: torch.Tensor, c
     near = F.max_pool3d(sprites, (1, 3, 3), stride=1, padding=(0, 1, 1)) > 0  # sprite cells + one cell
     own_near = (F.max_pool3d(own_sprites.float(), (1, 3, 3), stride=1, padding=(0, 1, 1)) > 0
                 if own_sprites is not None else None)
+    from_sink = r.get("own_background_from", "previous") == "sink"
     for k in range(1, min(n_own, n // chunk - 1) + 1):
         s, e = k * chunk, min((k + 1) * chunk, n)
-        ring = (near[:, :, s:e] | near[:, :, s - 1 : s]) & use[:, :, None]
+        f = chunk - 1 if from_sink else s - 1  # the own latent frame the background continues
+        ring = (near[:, :, s:e] | near[:, :, f : f + 1]) & use[:, :, None]
         bg = ~ring & use[:, :, None]
         if own_near is not None:  # the model's own sprites are no background to continue
-            bg = bg & ~own_near[:, :, s - 1 : s]
-        out[:, :, s:e] = torch.where(bg, ctx[:, :, s - 1 : s].to(out.dtype), out[:, :, s:e])
+            bg = bg & ~own_near[:, :, f : f + 1]
+        out[:, :, s:e] = torch.where(bg, ctx[:, :, f : f + 1].to(out.dtype), out[:, :, s:e])
         replaced[:, :, s:e] = bg
         weight[:, :, s:e] = torch.where(bg, torch.full_like(weight[:, :, s:e], float(r["own_background"])),
                                         torch.where(ring & (sprites[:, :, s:e] == 0), 0.0, weight[:, :, s:e]))
     return out, weight, replaced
+
+
+def history_bias(ctx: torch.Tensor, first: int, scale: float, rng: np.random.Generator) -> torch.Tensor:
+    """The rollout ctx [B, C, F, h, w] with one offset per clip and channel, drawn N(0, scale^2),
+    added to every latent frame from `first` on (the history after the sink block); the sink keeps
+    its own latents. A copy; rng draws the offsets (B x C normal draws).
+
+    With `own_background_from = "sink"` the block trained on this history is told to continue the
+    sink's background whatever brightness the recent chunks have drifted to: error injection into
+    the context (as "Stable Video Infinity"'s error recycling, Li et al. 2025, or diffusion forcing's
+    context noise), aimed at the one error a stream's background accumulates, a bias shared by all
+    its cells (v13's latents: 0.02-0.09 per channel over the first chunks; docs/model_history.md,
+    "After v13, part 3"). Per-cell context noise (`context_noise`) averages out over the frame and
+    does not show the model such a bias."""
+    b, c = ctx.shape[:2]
+    offset = torch.from_numpy(rng.standard_normal((b, c)).astype(np.float32)) * scale
+    out = ctx.clone()
+    out[:, :, first:] += offset.to(out.device, out.dtype)[:, :, None, None, None]
+    return out
 
 
 @torch.no_grad()
@@ -1251,9 +1290,9 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 # outside it is a typo that would otherwise train with the default silently
 TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions anchor_weight background_mean batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
-    freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight image_chunks image_start init
+    freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight history_bias image_chunks image_start init
     cross_share exit_start ghost ghost_alpha keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
-    noise_rollout_background own_background own_background_sprites own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
+    noise_rollout_background own_background own_background_from own_background_sprites own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
