@@ -150,6 +150,20 @@ def test_scene_table_lists_each_scene():
     assert lines[3] == "| ema-sink | - / 1.00 | 12.5 / 0.50 |"
 
 
+def test_text_scene_table_gives_each_prompt_a_row():
+    from streamer.world.evaluate import text_scene_table
+
+    scene = lambda found, second: {"found_rate": found, "second_blob_rate": second}  # noqa: E731
+    alone = lambda a, b: {"text_only": {"prompts": ["white on sand", "red on grass"], "scenes": [a, b]}}  # noqa: E731
+    results = {"policies": {"deep-sink": alone(scene(0.1946, 0.0), scene(0.9355, 0.0957)),
+                            "window": alone(scene(None, None), scene(1.0, 0.25))}}
+    lines = text_scene_table(results).splitlines()
+    assert lines[0] == "| prompt | deep-sink: found / second blob | window: found / second blob |"
+    assert lines[2] == "| white on sand | 0.195 / 0.000 | - / - |"
+    assert lines[3] == "| red on grass | 0.935 / 0.096 | 1.000 / 0.250 |"
+    assert text_scene_table({"policies": {"window": {"two_sprites": {"prompts": ["a"], "scenes": [{}]}}}}) == ""
+
+
 def test_two_scene_table_gives_each_two_sprite_scene_a_row():
     from streamer.world.evaluate import two_scene_table
 

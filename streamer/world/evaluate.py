@@ -673,6 +673,24 @@ def two_scene_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def text_scene_table(results: dict) -> str:
+    """Found / second blob per text-only prompt, a row each: a background close to the sprite's colour
+    (white or green on sand, yellow on snow) loses it for most of a minute where other prompts keep
+    it in 80-99% of frames, so a few prompts' mean moves by points with which prompts they are."""
+    policies = {n: r["text_only"] for n, r in results["policies"].items() if r.get("text_only", {}).get("scenes")}
+    if not policies:
+        return ""
+    prompts = next(iter(policies.values()))["prompts"]
+    lines = ["| prompt | " + " | ".join(f"{n}: found / second blob" for n in policies) + " |",
+             "|---" * (len(policies) + 1) + "|"]
+    fmt = lambda v: "-" if v is None else format(v, ".3f")  # noqa: E731
+    for i, prompt in enumerate(prompts):
+        cells = [fmt(res["scenes"][i].get("found_rate")) + " / " + fmt(res["scenes"][i].get("second_blob_rate"))
+                 for res in policies.values()]
+        lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown(results: dict, path: Path) -> None:
     cfg = results["config"]
     scenes = f"{cfg['scenes']} scene" + ("s" if cfg["scenes"] != 1 else "")
@@ -697,6 +715,8 @@ def write_markdown(results: dict, path: Path) -> None:
         text += f"\nPer scene:\n\n{scenes}"
     for _, heading, table in set_tables(results):
         text += f"\n{heading}:\n\n{table}"
+    if cfg["scenes"] > 1 and (alone := text_scene_table(results)):
+        text += f"\nText only, per prompt:\n\n{alone}"
     if cfg["scenes"] > 1 and (two := two_scene_table(results)):
         text += f"\nTwo sprites, per scene:\n\n{two}"
     path.write_text(text + "\n![curves](eval.png)\n")
