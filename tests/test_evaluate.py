@@ -449,3 +449,25 @@ def test_plot_title_fits_the_figure_however_long_the_model_description(tmp_path,
     assert (tmp_path / "eval.png").is_file()
     assert seen["title"].x0 >= seen["fig"].x0 and seen["title"].x1 <= seen["fig"].x1
     assert seen["title"].y1 <= seen["fig"].y1
+
+
+def test_write_markdown_gives_text_prompts_rows_only_with_several_scenes(tmp_path):
+    """eval.md: the per-prompt text table follows the text set's summary when --scenes > 1, and is
+    left out for one scene (its row would repeat the summary)."""
+    from streamer.world.evaluate import write_markdown
+
+    summary = {"found_rate": 0.5, "found_rate_after_1s": 0.5, "shape_right_rate": 0.1, "first_found_s": 0.0,
+               "second_blob_rate": 0.0, "stream_fps": 30.0}
+    scenes = [{"found_rate": 0.9, "second_blob_rate": 0.0}, {"found_rate": 0.1, "second_blob_rate": 0.0}]
+
+    def results(n: int) -> dict:
+        return {"config": {"seconds": 60, "scenes": n, "sets": ["text"], "steps": 6, "policies": ["deep-sink"]},
+                "model": "a model", "policies": {"deep-sink": {"text_only": {
+                    "summary": summary, "prompts": ["white on sand", "red on grass"][:n], "scenes": scenes[:n]}}}}
+
+    write_markdown(results(2), tmp_path / "two.md")
+    text = (tmp_path / "two.md").read_text()
+    assert "Text only, per prompt:" in text and "| white on sand | 0.900 / 0.000 |" in text
+    assert text.index("Text only (the prompt") < text.index("Text only, per prompt:")
+    write_markdown(results(1), tmp_path / "one.md")
+    assert "per prompt" not in (tmp_path / "one.md").read_text()

@@ -633,10 +633,21 @@ def test_own_background_from_the_sink_continues_the_first_blocks_last_frame():
         assert torch.equal(sink[0, :, f][:, far], ctx[0, :, 2][:, far])  # the sink's last frame ...
         assert not torch.equal(sink[0, :, f][:, far], prev[0, :, f][:, far])  # ... not block 1's
         assert torch.equal(sink[0, :, f][:, ~far], x0[0, :, f][:, ~far]) and torch.equal(rep[0, 0, f], far)
+    # the model's own sprite in the sink frame keeps the truth round it; one in block 1's last frame
+    # (the previous block, not the source) no longer does
+    mine = torch.zeros(1, 1, 9, 8, 8, dtype=torch.bool)
+    mine[:, :, 2, 0, 7] = True
+    mine[:, :, 5, 7, 0] = True
+    own, _, _ = own_background(x0, ctx, sprites, 3, 2, text_only,
+                               {"own_background": 1.0, "own_background_from": "sink"}, own_sprites=mine)
+    for f in range(6, 9):
+        assert torch.equal(own[0, :, f, 0:2, 6:8], x0[0, :, f, 0:2, 6:8])
+        assert torch.equal(own[0, :, f, 6:8, 0:2], ctx[0, :, 2, 6:8, 0:2])
     for bad in ({"own_background": 1.0, "own_background_from": "last"}, {"own_background_from": "sink"}):
         with pytest.raises(ValueError, match="own_background_from must be"):
             check_phase({"noise_rollout": 0.5, **bad})
     check_phase({"noise_rollout": 0.5, "own_background": 1.0, "own_background_from": "sink"})
+    check_phase({"own_background": 0.0, "own_background_from": "previous"})  # a phase that turns it off
 
 
 def test_history_bias_offsets_the_history_after_the_sink_per_clip_and_channel():

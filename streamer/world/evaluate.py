@@ -674,9 +674,9 @@ def two_scene_table(results: dict) -> str:
 
 
 def text_scene_table(results: dict) -> str:
-    """Found / second blob per text-only prompt, a row each: a background close to the sprite's colour
-    (white or green on sand, yellow on snow) loses it for most of a minute where other prompts keep
-    it in 80-99% of frames, so a few prompts' mean moves by points with which prompts they are."""
+    """Found / second blob per text-only prompt, a row each: a sprite whose colour is close to its
+    background can be lost for most of a stream while the other prompts keep theirs, so a few
+    prompts' mean moves by points with which prompts they are."""
     policies = {n: r["text_only"] for n, r in results["policies"].items() if r.get("text_only", {}).get("scenes")}
     if not policies:
         return ""

@@ -392,8 +392,8 @@ def check_phase(r: dict) -> None:
         raise ValueError(f"own_background_sprites must be true or false, and true only with own_background > 0; "
                          f"got {r.get('own_background_sprites')!r}")
     if r.get("own_background_from", "previous") not in ("previous", "sink") or (
-            "own_background_from" in r and not own_bg):
-        raise ValueError(f"own_background_from must be \"previous\" or \"sink\", with own_background > 0; "
+            r.get("own_background_from") == "sink" and not own_bg):
+        raise ValueError(f"own_background_from must be \"previous\" or \"sink\" (\"sink\" with own_background > 0); "
                          f"got {r.get('own_background_from')!r}")
     hb = r.get("history_bias", 0.0)
     if isinstance(hb, bool) or not isinstance(hb, (int, float)) or not math.isfinite(hb) or hb < 0 or (
