@@ -656,39 +656,36 @@ def scene_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_scene_table(results: dict, part: str, first: str, cols: list[tuple[str, str, str]]) -> str:
+    """A row per scene of the set `part` ("two_sprites", "text_only"), a column per policy; each cell
+    the scene's `cols` values (key, format spec, label) joined by " / " ("-": not measured). The
+    first column is headed `first`. Empty when no policy ran the set with per-scene scores."""
+    policies = {n: r[part] for n, r in results["policies"].items() if r.get(part, {}).get("scenes")}
+    if not policies:
+        return ""
+    heading = " / ".join(label for _, _, label in cols)
+    lines = [f"| {first} | " + " | ".join(f"{n}: {heading}" for n in policies) + " |",
+             "|---" * (len(policies) + 1) + "|"]
+    for i, prompt in enumerate(next(iter(policies.values()))["prompts"]):
+        cells = [" / ".join("-" if (v := res["scenes"][i].get(key)) is None else format(v, spec)
+                            for key, spec, _ in cols) for res in policies.values()]
+        lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def two_scene_table(results: dict) -> str:
     """Trajectory error / identity kept per two-sprite scene, a row each (one hard pair of colours
     moves a few scenes' mean by points: the rows say which)."""
-    policies = {n: r["two_sprites"] for n, r in results["policies"].items() if r.get("two_sprites", {}).get("scenes")}
-    if not policies:
-        return ""
-    prompts = next(iter(policies.values()))["prompts"]
-    lines = ["| scene | " + " | ".join(f"{n}: err px / identity" for n in policies) + " |",
-             "|---" * (len(policies) + 1) + "|"]
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    for i, prompt in enumerate(prompts):
-        cells = [fmt(res["scenes"][i].get("trajectory_error_px"), ".3g") + " / "
-                 + fmt(res["scenes"][i].get("identity_kept"), ".3f") for res in policies.values()]
-        lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return per_scene_table(results, "two_sprites", "scene",
+                           [("trajectory_error_px", ".3g", "err px"), ("identity_kept", ".3f", "identity")])
 
 
 def text_scene_table(results: dict) -> str:
     """Found / second blob per text-only prompt, a row each: a sprite whose colour is close to its
     background can be lost for most of a stream while the other prompts keep theirs, so a few
     prompts' mean moves by points with which prompts they are."""
-    policies = {n: r["text_only"] for n, r in results["policies"].items() if r.get("text_only", {}).get("scenes")}
-    if not policies:
-        return ""
-    prompts = next(iter(policies.values()))["prompts"]
-    lines = ["| prompt | " + " | ".join(f"{n}: found / second blob" for n in policies) + " |",
-             "|---" * (len(policies) + 1) + "|"]
-    fmt = lambda v: "-" if v is None else format(v, ".3f")  # noqa: E731
-    for i, prompt in enumerate(prompts):
-        cells = [fmt(res["scenes"][i].get("found_rate")) + " / " + fmt(res["scenes"][i].get("second_blob_rate"))
-                 for res in policies.values()]
-        lines.append(f"| {prompt} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return per_scene_table(results, "text_only", "prompt",
+                           [("found_rate", ".3f", "found"), ("second_blob_rate", ".3f", "second blob")])
 
 
 def write_markdown(results: dict, path: Path) -> None:
