@@ -203,3 +203,21 @@ def test_near_colours_draws_confusable_pairs_and_leaves_the_default_world_as_it_
     assert two_sprite_clips(plain, 2, 8)[1].prompt == "a red square and an orange triangle on a sand background"
     with pytest.raises(ValueError, match="near_colours"):
         WorldConfig(near_colours=1.5)
+
+
+def test_background_weights_draw_the_named_backgrounds_more_often_and_refuse_bad_weights():
+    """background_weights = {"sand": 2.5, "snow": 2.5}: sand and snow make 5/9 of the scenes (a third
+    drawn uniformly); a weight of 0 never draws that background; the default world is as before
+    (test_near_colours_... pins its held-out prompts). Unknown names and bad weights raise ValueError."""
+    from streamer.world.scenes import BACKGROUNDS, WorldConfig
+
+    light = World(WorldConfig(background_weights={"sand": 2.5, "snow": 2.5}))
+    drawn = [light.scene(s).background for s in range(3000)]
+    assert abs(np.mean([b in ("sand", "snow") for b in drawn]) - 5 / 9) < 0.03
+    assert set(drawn) == set(BACKGROUNDS)
+    no_night = World(WorldConfig(background_weights={"night": 0}))
+    assert "night" not in {no_night.scene(s).background for s in range(600)}
+    assert WorldConfig(background_weights={"sand": 3}).background_probabilities[0] == 3 / 8
+    for bad in ({"mud": 1.0}, {"sand": -1.0}, {"sand": float("nan")}, {b: 0 for b in BACKGROUNDS}, [1, 2]):
+        with pytest.raises(ValueError, match="background_weights"):
+            WorldConfig(background_weights=bad)

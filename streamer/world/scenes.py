@@ -22,6 +22,7 @@ the first chunk is learnable, and a user knows where to start a drag.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -97,6 +98,10 @@ class WorldConfig:
     # allows one); the other colours are drawn as usual. 0 (the default) draws colours uniformly and
     # leaves every seed's scene as it was (no extra random draw), so held-out scenes never change.
     near_colours: float = 0.0
+    # relative weight of each named background (BACKGROUNDS' names; a background not named weighs 1),
+    # e.g. {"sand": 2.5, "snow": 2.5}. None (the default) draws the background uniformly with the draw
+    # every seed has always made, so held-out scenes never change.
+    background_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         w = self.motion_weights
@@ -105,6 +110,20 @@ class WorldConfig:
                              f"with a positive sum, got {w!r}")
         if not 0.0 <= self.near_colours <= 1.0:
             raise ValueError(f"near_colours must be a probability in [0, 1], got {self.near_colours!r}")
+        if self.background_weights is not None:
+            bw = self.background_weights
+            if not isinstance(bw, dict) or (unknown := sorted(set(bw) - set(BACKGROUNDS))):
+                raise ValueError(f"background_weights must name backgrounds ({', '.join(BACKGROUNDS)}) with a "
+                                 f"weight each, got {bw!r}")
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in bw.values()) \
+                    or sum(self.background_probabilities) <= 0:
+                raise ValueError(f"background_weights must be finite weights >= 0 with a positive sum, got {bw!r}")
+
+    @property
+    def background_probabilities(self) -> list[float]:
+        """P(each background of BACKGROUNDS, in its order) a scene draws."""
+        w = [float((self.background_weights or {}).get(b, 1.0)) for b in BACKGROUNDS]
+        return [x / sum(w) for x in w] if sum(w) > 0 else w
 
     @property
     def scale(self) -> float:
@@ -183,7 +202,10 @@ class World:
     def scene(self, seed: int) -> Scene:
         rng = np.random.default_rng([seed, 1])
         cfg = self.config
-        background = str(rng.choice(list(BACKGROUNDS)))
+        if cfg.background_weights is None:
+            background = str(rng.choice(list(BACKGROUNDS)))
+        else:  # a different draw: a weighted world's scenes are not the default world's
+            background = str(rng.choice(list(BACKGROUNDS), p=cfg.background_probabilities))
         n = int(rng.choice(np.arange(1, len(cfg.sprite_weights) + 1), p=np.array(cfg.sprite_weights) / sum(cfg.sprite_weights)))
         n = min(n, cfg.max_sprites)
         colours = [c for c in COLOURS if (c, background) not in CLASHES]
