@@ -1183,7 +1183,8 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
                "sink_layout_image": 1.0, "sink_gap": 24},
               {"sample_loss": 0.0, "image_start": 0.0, "ghost": 1.0, "noise_rollout": 1.0},
               {"sample_loss": 0.0, "image_start": 0.0, "noise_rollout": 1.0, "text_only": 1.0, "own_background": 1.0,
-               "own_background_text": True, "own_background_sprites": True}]
+               "own_background_text": True, "own_background_sprites": True},
+              {"sample_loss": 0.0, "image_start": 0.0, "fade": 1.0, "noise_rollout": 1.0}]
     recipe = {**base, "finetune": {**ft, "init": str(WEIGHTS_DIR), "phases": phases}}
     monkeypatch.setattr(train, "load_recipe", lambda path: recipe)
     layouts = []  # (blocks, text_offset) of each flow step's batch
@@ -1197,7 +1198,7 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     out = tmp_path / "ft"
     assert main(["train", "--smoke", "1", "--stage", "finetune", "--device", "cpu", "--quiet", "--threads", "1",
                  "--out", str(out)]) == 0
-    assert layouts[-4] == ((4, 3, 3), 200)  # phase 3 (phase 6, ghost steps, builds its own batch): a video start: a clean chunk more, text-only clips later on
+    assert layouts[-4] == ((4, 3, 3), 200)  # phase 3 (phases 6 and 8, ghost and fade steps, build their own batches): a video start: a clean chunk more, text-only clips later on
     log = (out / "train.log").read_text()
     assert "finetune phase 0: step 0 loss" in log and "mode sample" in log and "mode noise rollout" in log
     assert "finetune phase 3: step 0 loss" in log and "mode rollout" in log and "video 1" in log
@@ -1207,6 +1208,7 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
     assert layouts[-2] == ((3, 3, 3, 3), 0) and "sink 1" in log.split("finetune phase 5: step 0")[1].split("\n")[0]
     assert "mode ghost" in log.split("finetune phase 6: step 0")[1].split("\n")[0]  # a copy of the sprite, erased
     assert "mode noise rollout" in log.split("finetune phase 7: step 0")[1].split("\n")[0]
+    assert "mode fade" in log.split("finetune phase 8: step 0")[1].split("\n")[0]  # the sprite fades, whole again
     for i, wrong in enumerate(({"text_only_offset": -4}, {"track_offset": 2.5}, {"cross_share": 1.5},
                                {"own_background": -1.0}, {"own_background": 1.0, "noise_rollout": 0.0},
                                {"own_background_text": "yes"}, {"own_background_text": True},
@@ -1214,7 +1216,8 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
                                {"sink_layout": 0.5, "rerender": True}, {"sink_layout_image": 2.0},
                                {"sink_layout_image": 0.5, "image_start": 0.0}, {"ghost": 1.5},
                                {"ghost": 0.5, "latent_frames": 6}, {"ghost_alpha": [0.5, 1.5]},
-                               {"own_background_sprites": True})):
+                               {"own_background_sprites": True}, {"fade": -0.5}, {"fade": 0.5, "latent_frames": 6},
+                               {"fade_alpha": [0.5, 1.0]}, {"fade_alpha": [0.6, 0.2]})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)
@@ -1444,6 +1447,42 @@ def test_ghost_alpha_blends_a_faint_copy():
     assert np.array_equal(x_full[:chunk], clean[:chunk]) and np.array_equal(x_half[2 * chunk :], x_full[2 * chunk :])
     assert (x_full[second] != clean[second]).any()  # the full copy is there
     assert np.abs(x_half[second] - (0.5 * clean[second] + 0.5 * x_full[second])).max() <= 1.0  # and half of it
+
+
+def test_fade_batch_fades_the_sprite_in_the_second_block_only():
+    """`fade` steps: a prompt alone's clip whose sprites fade into its background over the second
+    block (opacity falling linearly to `fade_alpha`'s draw by the block's last video frame), whole
+    before and after; the second block has no loss and the sprite cells are the true ones."""
+    from streamer.world.train import fade_batch, sprite_cells
+
+    w = World()
+    chunk, n_lat = 2, 6
+    r = {"batch": 2, "paraphrase": False, "track_dim": 8, "text_only_offset": 200, "fade_alpha": [0.3, 0.3]}
+    x0, text, tracks, weight, cells = fade_batch(w, np.random.default_rng(4), r, _StrideVae(), _ZeroText(),
+                                                 n_lat, chunk, torch.device("cpu"))
+    assert x0.shape[2] == weight.shape[2] == cells.shape[2] == n_lat and not tracks.any()
+    px = ((x0.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().numpy()  # [B, F, H, W, 3]
+    rng = np.random.default_rng(4)
+    first, last = 4 * chunk - 3, 4 * (2 * chunk - 1)
+    for b in range(2):
+        seed, offset = int(rng.integers(1 << 30)), int(rng.integers(0, 200))
+        rng.uniform(0.3, 0.3)  # the clip's opacity draw
+        clean = w.clip(seed, 1 + 4 * (n_lat - 1), spawn=True, offset=offset)
+        frames, bg = clean.frames.astype(float), clean.background.astype(float)
+        for j in range(n_lat):
+            t = 4 * j
+            if chunk <= j < 2 * chunk:
+                opacity = 1 - 0.7 * (t - first + 1) / (last - first + 1)
+                assert np.abs(px[b, j] - (bg + opacity * (frames[t] - bg))).max() <= 1.0, (b, j)
+                assert (px[b, j] != frames[t]).any()  # fainter than the truth
+            else:
+                assert np.array_equal(px[b, j], frames[t]), (b, j)
+        assert torch.equal(weight[b], sprite_cells([clean], n_lat, x0.shape[-2:])[0])
+    # the last faded latent frame is the block's last video frame: the sprite at 0.3 of its contrast
+    assert (cells[:, :, chunk : 2 * chunk] == 0).all() and (cells[:, :, :chunk] == 1).all()
+    assert (cells[:, :, 2 * chunk :] == 1).all()
+    with pytest.raises(ValueError, match="fade"):
+        fade_batch(w, np.random.default_rng(4), r, _StrideVae(), _ZeroText(), 5, chunk, torch.device("cpu"))
 
 
 def test_world_section_sets_world_config_fields_and_refuses_unknown_ones():

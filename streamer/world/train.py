@@ -388,6 +388,18 @@ def check_phase(r: dict) -> None:
     if ghost and r.get("latent_frames", 0) < 3 * r.get("chunk_frames", 1):
         raise ValueError("ghost needs latent_frames >= 3 x chunk_frames (a block, the block with the copy, "
                          "the block without it)")
+    fade = r.get("fade", 0.0)
+    if isinstance(fade, bool) or not isinstance(fade, (int, float)) or not 0.0 <= fade <= 1.0:
+        raise ValueError(f"fade must be a share in [0, 1], got {fade!r}")
+    fade_alpha = r.get("fade_alpha")
+    if fade_alpha is not None and not (isinstance(fade_alpha, list) and len(fade_alpha) == 2
+                                       and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in fade_alpha)
+                                       and 0.0 <= fade_alpha[0] <= fade_alpha[1] < 1.0):
+        raise ValueError(f"fade_alpha must be [lo, hi] with 0 <= lo <= hi < 1 (the opacity a fading sprite is left "
+                         f"with), got {fade_alpha!r}")
+    if fade and r.get("latent_frames", 0) < 3 * r.get("chunk_frames", 1):
+        raise ValueError("fade needs latent_frames >= 3 x chunk_frames (a block, the block where the sprites fade, "
+                         "the block with them whole)")
     if not isinstance(r.get("own_background_sprites", False), bool) or (r.get("own_background_sprites") and not own_bg):
         raise ValueError(f"own_background_sprites must be true or false, and true only with own_background > 0; "
                          f"got {r.get('own_background_sprites')!r}")
@@ -428,6 +440,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
                disable=not log.echo)  # --quiet: train.log only
     counts = {"tf": 0, "noise rollout": 0, "image": 0, "rollout": 0, "guided": 0,
               **({"ghost": 0} if r.get("ghost") else {}),
+              **({"fade": 0} if r.get("fade") else {}),
               **({"video": 0} if r.get("video_start") else {}),
               **({"sink": 0} if r.get("sink_layout") or r.get("sink_layout_image") else {})}
     teacher = load_teacher(r, model, device, out / f"{tag}teacher.safetensors", fresh=start == 0)
@@ -448,6 +461,10 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # a prompt alone whose history shows its sprite twice, the copy gone in the truth (p = ghost;
         # `ghost_batch`); drawn only when asked, so the recipes before it draw the steps they drew
         ghost = not own and not image and r.get("ghost", 0.0) > 0 and rng.random() < r["ghost"]
+        # a prompt alone whose sprites fade in the history, whole again in the truth (p = fade;
+        # `fade_batch`); likewise drawn only when asked
+        fade = not own and not image and not ghost and r.get("fade", 0.0) > 0 and rng.random() < r["fade"]
+        ghost = ghost or fade  # the same layout: a block, the edited block, the block with the loss
         # a stream without a start image: its first chunk too is the model's own (p = noise_rollout)
         noise_roll = (not own and not image and not ghost and r.get("noise_rollout", 0.0) > 0
                       and rng.random() < r["noise_rollout"])
@@ -465,7 +482,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # evicted before the sinks (latent frame 3), then one more chunk at a time
         if image and r.get("sink_layout_image", 0.0) > 0 and rng.random() < r["sink_layout_image"]:
             sink, gap = True, 1 + chunk * int(rng.integers(0, sink_gap_chunks(r)))
-        mode = ("sample" if own else "rollout" if roll else "image" if image else "ghost" if ghost
+        mode = ("sample" if own else "rollout" if roll else "image" if image else "fade" if fade else "ghost" if ghost
                 else "noise rollout" if noise_roll else "tf")
         counts[mode] = counts.get(mode, 0) + 1
         if video:
@@ -476,7 +493,8 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
                 loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
         elif ghost:
-            x0, text, tracks, weight, cells = ghost_batch(world, rng, r, vae, text_enc, n_lat, chunk, device)
+            batch = fade_batch if fade else ghost_batch
+            x0, text, tracks, weight, cells = batch(world, rng, r, vae, text_enc, n_lat, chunk, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
                 loss = flow_loss(model, x0, text, tracks, rng, r, chunk, sprites=weight, cell_weight=cells)
         else:
@@ -1017,19 +1035,72 @@ def ghost_batch(world: World, rng: np.random.Generator, r: dict, vae, text_enc, 
         traj = Trajectory(path[:, None].copy(), np.ones((n_video, 1), bool), clip.trajectory.fps,
                           clip.trajectory.width, clip.trajectory.height)
         ghosts.append(SimpleNamespace(trajectory=traj, scene=SimpleNamespace(sprites=[sprite])))
+    x0, text, tracks, weight, cells = _second_block_batch(clips, r, vae, text_enc, n_lat, chunk, device)
+    h, w = x0.shape[-2:]
+    copy = sprite_cells(ghosts, n_lat, (h, w)).to(device)
+    # the third block on: where the copy was as the second block ended, and where it would have gone
+    gone = torch.maximum(copy[:, :, 2 * chunk :], copy[:, :, 2 * chunk - 1 : 2 * chunk])
+    weight[:, :, 2 * chunk :] = torch.maximum(weight[:, :, 2 * chunk :], gone)
+    return x0, text, tracks, weight, cells
+
+
+def _second_block_batch(clips, r: dict, vae, text_enc, n_lat: int, chunk: int, device: torch.device):
+    """What `ghost_batch` and `fade_batch` return for their edited prompt-alone clips: latents x0
+    [B, C, n_lat, h, w], text embeddings, zero tracks [B, track_dim, n_lat, h, w], the true sprites'
+    cells [B, 1, n_lat, h, w] (`sprite_cells`) and a cell weight that is 0 on the second block (the
+    edited one, whose truth is not to be learned) and 1 elsewhere."""
     with torch.no_grad():
         x0 = vae.encode(to_video(np.stack([c.frames for c in clips])).to(device))
     h, w = x0.shape[-2:]
     text = text_enc.encode([c.prompt for c in clips]).to(device).clone()
     tracks = torch.zeros(len(clips), r["track_dim"], n_lat, h, w, device=device)
     weight = sprite_cells(clips, n_lat, (h, w))
-    copy = sprite_cells(ghosts, n_lat, (h, w))
-    # the third block on: where the copy was as the second block ended, and where it would have gone
-    gone = torch.maximum(copy[:, :, 2 * chunk :], copy[:, :, 2 * chunk - 1 : 2 * chunk])
-    weight[:, :, 2 * chunk :] = torch.maximum(weight[:, :, 2 * chunk :], gone)
     cells = torch.ones_like(weight)
     cells[:, :, chunk : 2 * chunk] = 0.0
     return x0, text, tracks, weight.to(device), cells.to(device)
+
+
+FADE_ALPHA = (0.2, 0.7)  # default `fade_alpha`: the opacity a fading sprite is left with at the second block's end
+
+
+def fade_batch(world: World, rng: np.random.Generator, r: dict, vae, text_enc, n_lat: int, chunk: int,
+               device: torch.device):
+    """A batch of a prompt alone's clips (the world's text-only layout, from a frame drawn in
+    [0, text_only_offset or 480) of its motion) whose sprites fade in the second block: over its
+    video frames they are blended into the clip's own background at an opacity falling linearly from
+    1 to `a`, drawn per clip from `fade_alpha` = [lo, hi] (default FADE_ALPHA); the third block's
+    truth shows them whole again, on their path.
+
+    Why: over sixteen held-out prompts, the shipped model (v13) loses a light sprite on a light
+    background (white, green or yellow on sand or snow) in 34-81% of a minute's frames: the sprite
+    forms, then fades into the background over a few chunks and stays gone, or comes back late
+    (docs/model_history.md, "After v13, part 5"). Every history in training shows the sprites whole,
+    so nothing teaches the next chunk what to do with a faint one; here it restores it. A faint
+    sprite still shows where it is, so its whole return has one answer (a sprite gone altogether
+    would not: its place is lost).
+
+    The second block has no loss (its truth, the fade, is not to be learned). Returns what
+    `ghost_batch` does: x0 [B, C, n_lat, h, w], text embeddings, tracks (zeros), the true sprites'
+    cells [B, 1, n_lat, h, w] and the cell weight (0 on the second block, 1 elsewhere). Raises
+    ValueError unless n_lat >= 3 * chunk."""
+    if n_lat < 3 * chunk:
+        raise ValueError(f"fade needs latent_frames >= 3 x chunk_frames, got {n_lat} and {chunk}")
+    n_video = 1 + 4 * (n_lat - 1)
+    first, last = 4 * chunk - 3, 4 * (2 * chunk - 1)  # video frames of the second block (latent frames chunk..2chunk-1)
+    span = int(r.get("text_only_offset") or 480)
+    lo, hi = r.get("fade_alpha", FADE_ALPHA)
+    clips = []
+    for _ in range(r["batch"]):
+        seed, offset = int(rng.integers(1 << 30)), int(rng.integers(0, span))
+        clip = world.clip(seed, n_video, paraphrase=r["paraphrase"], spawn=True, offset=offset)
+        alpha = float(rng.uniform(lo, hi))
+        frames = clip.frames.copy()
+        bg = clip.background.astype(np.float32)
+        for i, t in enumerate(range(first, last + 1)):
+            opacity = 1.0 - (1.0 - alpha) * (i + 1) / (last - first + 1)
+            frames[t] = np.clip(np.rint(bg + opacity * (frames[t].astype(np.float32) - bg)), 0, 255)
+        clips.append(replace(clip, frames=frames))
+    return _second_block_batch(clips, r, vae, text_enc, n_lat, chunk, device)
 
 
 def sprite_cells(clips, n_lat: int, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -1291,7 +1362,7 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
 TRAINING_KEYS = frozenset("""
     abs_pos_lr_scale absolute_positions anchor_weight background_mean batch bf16 border_weight checkpoint_every chunk_frames context_noise crop ema_decay frames
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight history_bias image_chunks image_start init
-    cross_share exit_start ghost ghost_alpha keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
+    cross_share exit_start fade fade_alpha ghost ghost_alpha keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background own_background own_background_from own_background_sprites own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
