@@ -464,9 +464,9 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # a prompt alone whose sprites fade in the history, whole again in the truth (p = fade;
         # `fade_batch`); likewise drawn only when asked
         fade = not own and not image and not ghost and r.get("fade", 0.0) > 0 and rng.random() < r["fade"]
-        ghost = ghost or fade  # the same layout: a block, the edited block, the block with the loss
+        edited = ghost or fade  # the same layout: a block, the edited block (no loss), the block with the loss
         # a stream without a start image: its first chunk too is the model's own (p = noise_rollout)
-        noise_roll = (not own and not image and not ghost and r.get("noise_rollout", 0.0) > 0
+        noise_roll = (not own and not image and not edited and r.get("noise_rollout", 0.0) > 0
                       and rng.random() < r["noise_rollout"])
         # an image start whose first block is a whole clean chunk more (p = video_start): a video's
         # last frames, like the tail `generate --continue` starts from, which show the sprites' motion
@@ -474,7 +474,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         # Deep Sink's layout (p = sink_layout of the steps without an image start): the blocks after
         # the first come from later in the clip, as the cache of a stream's 4th chunk on holds them
         # (drawn only when asked, so the recipes before it draw the clips they drew)
-        sink = not own and not image and not ghost and r.get("sink_layout", 0.0) > 0 and rng.random() < r["sink_layout"]
+        sink = not own and not image and not edited and r.get("sink_layout", 0.0) > 0 and rng.random() < r["sink_layout"]
         gap = chunk * int(rng.integers(1, sink_gap_chunks(r) + 1)) if sink else 0
         # the same for a share of the image starts (p = sink_layout_image): their sinks are the start
         # frame and the next two latent frames (of a video start, its first three), and their chunks
@@ -492,7 +492,7 @@ def _train_dit_phase(recipe, r, model, opt, vae, world, text_enc, tracks_enc, ou
         if own:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
                 loss = sample_loss(model, vae, world, rng, r, text_enc, chunk, device)
-        elif ghost:
+        elif edited:
             batch = fade_batch if fade else ghost_batch
             x0, text, tracks, weight, cells = batch(world, rng, r, vae, text_enc, n_lat, chunk, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.get("bf16", True)):
@@ -1077,7 +1077,8 @@ def fade_batch(world: World, rng: np.random.Generator, r: dict, vae, text_enc, n
     (docs/model_history.md, "After v13, part 5"). Every history in training shows the sprites whole,
     so nothing teaches the next chunk what to do with a faint one; here it restores it. A faint
     sprite still shows where it is, so its whole return has one answer (a sprite gone altogether
-    would not: its place is lost).
+    would not: its place is lost). Tried in one 40-min round from v13 (`recipes/tried/fade_G.toml`):
+    the light sprites were found as often as before, so a faint history is not all that loses them.
 
     The second block has no loss (its truth, the fade, is not to be learned). Returns what
     `ghost_batch` does: x0 [B, C, n_lat, h, w], text embeddings, tracks (zeros), the true sprites'
