@@ -1217,7 +1217,7 @@ def test_fine_tune_runs_sample_steps_and_rerendered_rollouts(tmp_path, monkeypat
                                {"sink_layout_image": 0.5, "image_start": 0.0}, {"ghost": 1.5},
                                {"ghost": 0.5, "latent_frames": 6}, {"ghost_alpha": [0.5, 1.5]},
                                {"own_background_sprites": True}, {"fade": -0.5}, {"fade": 0.5, "latent_frames": 6},
-                               {"fade_alpha": [0.5, 1.0]}, {"fade_alpha": [0.6, 0.2]})):
+                               {"fade_alpha": [0.5, 1.0]}, {"fade_alpha": [0.6, 0.2]}, {"fade_alpha": [0.0, 0.5]})):
         bad = {**recipe, "finetune": {**ft, "init": str(WEIGHTS_DIR), "spawn_text": True, "video_start": 0.5,
                                       **wrong}}
         monkeypatch.setattr(train, "load_recipe", lambda path: bad)
@@ -1478,11 +1478,24 @@ def test_fade_batch_fades_the_sprite_in_the_second_block_only():
             else:
                 assert np.array_equal(px[b, j], frames[t]), (b, j)
         assert torch.equal(weight[b], sprite_cells([clean], n_lat, x0.shape[-2:])[0])
-    # the last faded latent frame is the block's last video frame: the sprite at 0.3 of its contrast
     assert (cells[:, :, chunk : 2 * chunk] == 0).all() and (cells[:, :, :chunk] == 1).all()
     assert (cells[:, :, 2 * chunk :] == 1).all()
     with pytest.raises(ValueError, match="fade"):
         fade_batch(w, np.random.default_rng(4), r, _StrideVae(), _ZeroText(), 5, chunk, torch.device("cpu"))
+    # an opacity drawn per clip from [lo, hi]: the second block's last latent frame (its last video
+    # frame) shows each clip's sprite at that clip's own draw
+    r = {**r, "batch": 3, "fade_alpha": [0.2, 0.7]}
+    x0 = fade_batch(w, np.random.default_rng(6), r, _StrideVae(), _ZeroText(), n_lat, chunk, torch.device("cpu"))[0]
+    px = ((x0.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().numpy()
+    rng, drawn = np.random.default_rng(6), []
+    for b in range(3):
+        seed, offset = int(rng.integers(1 << 30)), int(rng.integers(0, 200))
+        alpha = rng.uniform(0.2, 0.7)
+        drawn.append(alpha)
+        clean = w.clip(seed, 1 + 4 * (n_lat - 1), spawn=True, offset=offset)
+        bg, j = clean.background.astype(float), 2 * chunk - 1
+        assert np.abs(px[b, j] - (bg + alpha * (clean.frames[4 * j] - bg))).max() <= 1.0, b
+    assert len({round(a, 3) for a in drawn}) == 3
 
 
 def test_world_section_sets_world_config_fields_and_refuses_unknown_ones():

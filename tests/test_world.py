@@ -218,6 +218,6 @@ def test_background_weights_draw_the_named_backgrounds_more_often_and_refuse_bad
     no_night = World(WorldConfig(background_weights={"night": 0}))
     assert "night" not in {no_night.scene(s).background for s in range(600)}
     assert WorldConfig(background_weights={"sand": 3}).background_probabilities[0] == 3 / 8
-    for bad in ({"mud": 1.0}, {"sand": -1.0}, {"sand": float("nan")}, {b: 0 for b in BACKGROUNDS}, [1, 2]):
+    for bad in ({"mud": 1.0}, {"sand": -1.0}, {"sand": float("nan")}, {b: 0 for b in BACKGROUNDS}, [1, 2], {"sand": True}):
         with pytest.raises(ValueError, match="background_weights"):
             WorldConfig(background_weights=bad)

@@ -100,7 +100,8 @@ class WorldConfig:
     near_colours: float = 0.0
     # relative weight of each named background (BACKGROUNDS' names; a background not named weighs 1),
     # e.g. {"sand": 2.5, "snow": 2.5}. None (the default) draws the background uniformly with the draw
-    # every seed has always made, so held-out scenes never change.
+    # every seed has always made, so held-out scenes never change; any mapping, even {} or all 1s, is
+    # a weighted draw and gives other scenes (a training world, never the eval's).
     background_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -115,7 +116,8 @@ class WorldConfig:
             if not isinstance(bw, dict) or (unknown := sorted(set(bw) - set(BACKGROUNDS))):
                 raise ValueError(f"background_weights must name backgrounds ({', '.join(BACKGROUNDS)}) with a "
                                  f"weight each, got {bw!r}")
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in bw.values()) \
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                       for v in bw.values()) \
                     or sum(self.background_probabilities) <= 0:
                 raise ValueError(f"background_weights must be finite weights >= 0 with a positive sum, got {bw!r}")
 

@@ -394,8 +394,9 @@ def check_phase(r: dict) -> None:
     fade_alpha = r.get("fade_alpha")
     if fade_alpha is not None and not (isinstance(fade_alpha, list) and len(fade_alpha) == 2
                                        and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in fade_alpha)
-                                       and 0.0 <= fade_alpha[0] <= fade_alpha[1] < 1.0):
-        raise ValueError(f"fade_alpha must be [lo, hi] with 0 <= lo <= hi < 1 (the opacity a fading sprite is left "
+                                       and 0.0 < fade_alpha[0] <= fade_alpha[1] < 1.0):
+        # above 0: a sprite faded out altogether no longer shows where it is (`fade_batch`)
+        raise ValueError(f"fade_alpha must be [lo, hi] with 0 < lo <= hi < 1 (the opacity a fading sprite is left "
                          f"with), got {fade_alpha!r}")
     if fade and r.get("latent_frames", 0) < 3 * r.get("chunk_frames", 1):
         raise ValueError("fade needs latent_frames >= 3 x chunk_frames (a block, the block where the sprites fade, "
@@ -1067,8 +1068,9 @@ def fade_batch(world: World, rng: np.random.Generator, r: dict, vae, text_enc, n
                device: torch.device):
     """A batch of a prompt alone's clips (the world's text-only layout, from a frame drawn in
     [0, text_only_offset or 480) of its motion) whose sprites fade in the second block: over its
-    video frames they are blended into the clip's own background at an opacity falling linearly from
-    1 to `a`, drawn per clip from `fade_alpha` = [lo, hi] (default FADE_ALPHA); the third block's
+    video frames they are blended into the clip's own background at an opacity (0-1) falling linearly
+    to `a` at its last frame (1 - (1 - a) k / K at its k-th of K frames), `a` drawn per clip from
+    `fade_alpha` = [lo, hi] (default FADE_ALPHA); r needs batch, paraphrase and track_dim. The third block's
     truth shows them whole again, on their path.
 
     Why: over sixteen held-out prompts, the shipped model (v13) loses a light sprite on a light
