@@ -93,6 +93,12 @@ class SinkWindowPolicy(CachePolicy):
     compress=True replaces the window by Deep Forcing's participative compression: the history is
     held to `budget` frames' worth: sinks, the `recent` newest frames, and the tokens that recent
     queries attend to most among the rest (chosen per layer).
+
+    sink_gap (latent frames, slot positions only): the sinks' temporal RoPE positions sit that many
+    positions further back than the frames after them, so every chunk sees its sinks at a fixed
+    distance of sink_gap more than Deep Sink's re-alignment gives; the rest keep their spacing. 0 is
+    Deep Forcing's layout. Absolute positions already place the sinks ever further back, so the
+    knob is refused there.
     """
 
     name: ClassVar[str] = "window"
@@ -103,10 +109,15 @@ class SinkWindowPolicy(CachePolicy):
     compress: bool = False
     budget: int = 16
     recent: int = 4
+    sink_gap: int = 0
 
     def validate(self, chunk: int) -> None:
         if self.positions not in ("absolute", "slot"):
             raise PolicyError(f"positions must be 'absolute' or 'slot', not {self.positions!r}")
+        if self.sink_gap < 0:
+            raise PolicyError(f"sink_gap={self.sink_gap} must be >= 0 latent frames")
+        if self.sink_gap and (self.positions != "slot" or not self.sink):
+            raise PolicyError("sink_gap moves the sinks' slot positions back: it needs positions=slot and sink >= 1")
         if self.sink < 0:
             raise PolicyError(f"sink={self.sink} must be >= 0")
         if self.compress:
@@ -163,11 +174,13 @@ class SinkWindowPolicy(CachePolicy):
             chunk_pos = [float(f) for f in frames]
             compressed_start = float(rest[0][0] if rest else frames[0])
         else:
+            # the sinks keep positions 0.. and everything after them starts sink_gap further on
+            after = len(sinks) + (self.sink_gap if sinks else 0)
             hist_pos = [float(i) for i in range(len(sinks))]
-            hist_pos += [float(len(sinks) + compressed + i) for i in range(len(rest))]
-            first_chunk = len(sinks) + compressed + len(rest)
+            hist_pos += [float(after + compressed + i) for i in range(len(rest))]
+            first_chunk = after + compressed + len(rest)
             chunk_pos = [float(first_chunk + j) for j in range(len(frames))]
-            compressed_start = float(len(sinks) + compressed)
+            compressed_start = float(after + compressed)
         return ChunkPlan(
             frames=list(frames), positions=chunk_pos, history_slots=[s for _, s in visible],
             history_positions=hist_pos, write_slots=write_slots,

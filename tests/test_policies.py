@@ -132,6 +132,28 @@ def test_participative_compression_keeps_the_most_attended_tokens():
     assert len(cache.frames()) == 3  # candidates freed: sink 0, recent 3, new 4
 
 
+def test_sink_gap_moves_only_the_sinks_back():
+    # the shipped model's layout: sink 3 + 3 recent + the chunk; a gap of 6 puts the sinks 6
+    # positions further from everything after them, chunk after chunk, and changes nothing else
+    plain = _run_plans(make_policy("deep-sink", {"window": 9, "sink": 3}), 6)[1]
+    gapped = _run_plans(make_policy("deep-sink", {"window": 9, "sink": 3, "sink_gap": 6}), 6)[1]
+    assert plain[-1].history_positions == [0, 1, 2, 3, 4, 5] and plain[-1].positions == [6, 7, 8]
+    assert gapped[-1].history_positions == [0, 1, 2, 9, 10, 11] and gapped[-1].positions == [12, 13, 14]
+    assert gapped[0].positions == [0, 1, 2]  # the first chunk has no sinks yet: nothing to move
+    assert gapped[1].history_positions == [0, 1, 2] and gapped[1].positions == [9, 10, 11]
+    for a, b in zip(plain, gapped):  # the same frames in the same slots
+        assert a.seen == b.seen and a.write_slots == b.write_slots
+        assert [p + 6 * bool(a.history_positions) for p in a.positions] == b.positions
+
+
+@pytest.mark.parametrize("knobs,match", [({"sink_gap": "-1"}, "sink_gap=-1 must be >= 0"),
+                                         ({"sink_gap": "6", "positions": "absolute"}, "positions=slot"),
+                                         ({"sink_gap": "6", "sink": "0"}, "sink >= 1")])
+def test_bad_sink_gap_is_refused(knobs, match):
+    with pytest.raises(PolicyError, match=match):
+        make_policy("deep-sink", knobs)
+
+
 def test_deep_sink_realignment_equals_rotating_stored_sink_keys():
     torch.manual_seed(0)
     grid, hd, tpf = (2, 2), 24, 4
