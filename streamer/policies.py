@@ -94,11 +94,12 @@ class SinkWindowPolicy(CachePolicy):
     held to `budget` frames' worth: sinks, the `recent` newest frames, and the tokens that recent
     queries attend to most among the rest (chosen per layer).
 
-    sink_gap (latent frames, slot positions only): the sinks' temporal RoPE positions sit that many
-    positions further back than the frames after them, so every chunk sees its sinks at a fixed
-    distance of sink_gap more than Deep Sink's re-alignment gives; the rest keep their spacing. 0 is
-    Deep Forcing's layout. Absolute positions already place the sinks ever further back, so the
-    knob is refused there.
+    sink_shift (latent frames, slot positions only): once all `sink` sink frames are held, their
+    temporal RoPE positions sit that many positions further back from every frame after them, the
+    same distance at every chunk; the frames after the sinks keep their spacing. 0 keeps each
+    policy's own layout (for deep-sink, Deep Forcing's re-alignment right before the tail). Absolute
+    positions already move the sinks ever further back, so the knob is refused there. Not the
+    training recipe's `sink_gap` (video frames skipped in a training clip's Deep Sink layout).
     """
 
     name: ClassVar[str] = "window"
@@ -109,15 +110,16 @@ class SinkWindowPolicy(CachePolicy):
     compress: bool = False
     budget: int = 16
     recent: int = 4
-    sink_gap: int = 0
+    sink_shift: int = 0
 
     def validate(self, chunk: int) -> None:
         if self.positions not in ("absolute", "slot"):
             raise PolicyError(f"positions must be 'absolute' or 'slot', not {self.positions!r}")
-        if self.sink_gap < 0:
-            raise PolicyError(f"sink_gap={self.sink_gap} must be >= 0 latent frames")
-        if self.sink_gap and (self.positions != "slot" or not self.sink):
-            raise PolicyError("sink_gap moves the sinks' slot positions back: it needs positions=slot and sink >= 1")
+        if self.sink_shift < 0:
+            raise PolicyError(f"sink_shift={self.sink_shift} must be >= 0 latent frames")
+        if self.sink_shift and (self.positions != "slot" or not self.sink):
+            raise PolicyError(f"sink_shift={self.sink_shift} moves the sinks' slot positions back: it needs "
+                              f"positions='slot' and sink >= 1, not positions={self.positions!r}, sink={self.sink}")
         if self.sink < 0:
             raise PolicyError(f"sink={self.sink} must be >= 0")
         if self.compress:
@@ -174,8 +176,9 @@ class SinkWindowPolicy(CachePolicy):
             chunk_pos = [float(f) for f in frames]
             compressed_start = float(rest[0][0] if rest else frames[0])
         else:
-            # the sinks keep positions 0.. and everything after them starts sink_gap further on
-            after = len(sinks) + (self.sink_gap if sinks else 0)
+            # the sinks keep positions 0.. and, once they are all held, everything after them starts
+            # sink_shift further on (while a sink larger than a chunk fills, the chunks stay contiguous)
+            after = len(sinks) + (self.sink_shift if len(sinks) == self.sink else 0)
             hist_pos = [float(i) for i in range(len(sinks))]
             hist_pos += [float(after + compressed + i) for i in range(len(rest))]
             first_chunk = after + compressed + len(rest)

@@ -132,11 +132,11 @@ def test_participative_compression_keeps_the_most_attended_tokens():
     assert len(cache.frames()) == 3  # candidates freed: sink 0, recent 3, new 4
 
 
-def test_sink_gap_moves_only_the_sinks_back():
+def test_sink_shift_moves_only_the_sinks_back():
     # the shipped model's layout: sink 3 + 3 recent + the chunk; a gap of 6 puts the sinks 6
     # positions further from everything after them, chunk after chunk, and changes nothing else
     plain = _run_plans(make_policy("deep-sink", {"window": 9, "sink": 3}), 6)[1]
-    gapped = _run_plans(make_policy("deep-sink", {"window": 9, "sink": 3, "sink_gap": 6}), 6)[1]
+    gapped = _run_plans(make_policy("deep-sink", {"window": 9, "sink": 3, "sink_shift": 6}), 6)[1]
     assert plain[-1].history_positions == [0, 1, 2, 3, 4, 5] and plain[-1].positions == [6, 7, 8]
     assert gapped[-1].history_positions == [0, 1, 2, 9, 10, 11] and gapped[-1].positions == [12, 13, 14]
     assert gapped[0].positions == [0, 1, 2]  # the first chunk has no sinks yet: nothing to move
@@ -146,10 +146,37 @@ def test_sink_gap_moves_only_the_sinks_back():
         assert [p + 6 * bool(a.history_positions) for p in a.positions] == b.positions
 
 
-@pytest.mark.parametrize("knobs,match", [({"sink_gap": "-1"}, "sink_gap=-1 must be >= 0"),
-                                         ({"sink_gap": "6", "positions": "absolute"}, "positions=slot"),
-                                         ({"sink_gap": "6", "sink": "0"}, "sink >= 1")])
-def test_bad_sink_gap_is_refused(knobs, match):
+@pytest.mark.parametrize("name,knobs", [("deep-sink", {}),  # sink 10 of 21: the sink fills over 4 chunks
+                                        ("deep-forcing", {"sink": 3, "budget": 10, "recent": 3}),
+                                        ("ema-sink", {}), ("frame-sink", {"positions": "slot"})])
+def test_sink_shift_moves_the_sinks_back_once_they_are_held(name, knobs):
+    shift = 4
+    plain = _run_plans(make_policy(name, knobs), 9)[1]
+    shifted_policy = make_policy(name, {**knobs, "sink_shift": shift})
+    shifted = _run_plans(shifted_policy, 9)[1]
+    n_sink, moved = shifted_policy.sink, 0
+    for a, b in zip(plain, shifted):
+        assert a.seen == b.seen and a.write_slots == b.write_slots and a.compressed_span == b.compressed_span
+        full = sum(f < n_sink for f in a.seen) == n_sink  # every sink frame held
+        d = shift if full else 0
+        assert b.history_positions[:n_sink] == a.history_positions[:n_sink]
+        assert b.history_positions[n_sink:] == [p + d for p in a.history_positions[n_sink:]]
+        assert b.positions == [p + d for p in a.positions]
+        assert b.compressed_start == a.compressed_start + d
+        moved += full
+    assert moved >= 4  # the shifted layout was reached, not only the filling chunks
+    if name == "deep-sink":  # while the 10-frame sink fills, the chunks stay next to their history
+        assert shifted[3].history_positions == list(range(9)) and shifted[3].positions == [9, 10, 11]
+        assert shifted[4].history_positions == list(range(10)) + [14, 15] and shifted[4].positions == [16, 17, 18]
+    if name == "deep-forcing":
+        assert any(p.compression is not None for p in shifted)  # the compressed path ran
+
+
+@pytest.mark.parametrize("knobs,match", [({"sink_shift": "-1"}, "sink_shift=-1 must be >= 0"),
+                                         ({"sink_shift": "6", "positions": "absolute"},
+                                          "positions='slot' and sink >= 1, not positions='absolute', sink=10"),
+                                         ({"sink_shift": "6", "sink": "0"}, "not positions='slot', sink=0")])
+def test_bad_sink_shift_is_refused(knobs, match):
     with pytest.raises(PolicyError, match=match):
         make_policy("deep-sink", knobs)
 

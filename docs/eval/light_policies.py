@@ -3,16 +3,18 @@
 Streams the shipped model (its own steps and hidden chunks) on prompts of the eval's sixteen held-out
 text-only scenes (`text_only_clips`, seed 0, no tracks) with each cache policy and knobs given, and
 prints, per prompt, the share of video frames in which `streamer eval` finds the sprite
-(`score_text_only`) over the whole stream and per 12-frame chunk after the first frame, so a sprite
-lost after a few chunks shows where it goes. The default prompts (9, 10, 12, 13) are the four that the
-shipped model loses most: a white and a green triangle on sand, a green circle on sand, a yellow
-triangle on snow (docs/model_history.md, "After v13, part 5").
+(`score_text_only`) over the whole stream and per shown chunk (the first 9 video frames, then 12
+each), so a sprite lost after a few chunks shows where it goes. Prompts 9, 10, 12 and 13 are the four
+that the shipped model loses most: a white and a green triangle on sand, a green circle on sand, a
+yellow triangle on snow (docs/model_history.md, "After v13, part 5").
 
     python docs/eval/light_policies.py SECONDS PROMPTS SPEC [SPEC ...]
-    python docs/eval/light_policies.py 20 9,10,12,13 deep-sink: deep-sink:window=21 deep-sink:sink_gap=6 frame-sink:window=9,sink=3
+    python docs/eval/light_policies.py 20 9,10,12,13 deep-sink: deep-sink:window=21 deep-sink:sink_shift=6 \
+        frame-sink:window=9,sink=3 deep-sink:guidance=1.5
 
 SPEC is `policy:key=value,key=value`; the shipped policy's own knobs (window 9, sink 3) are the start
-when the policy is the shipped one, the policy's defaults otherwise. 1 thread, bf16."""
+when the policy is the shipped one, the policy's defaults otherwise. The key `guidance` is not a
+knob: it sets text guidance on every denoising step (as `--guidance`). 1 thread, bf16."""
 
 import sys
 
@@ -25,18 +27,24 @@ from streamer.world.evaluate import score_text_only, stream_clip, stream_frames,
 from streamer.world.scenes import World
 
 CHUNK_FRAMES = 12  # video frames per chunk of 3 latent frames
+FIRST_CHUNK_FRAMES = 9  # the first shown chunk: its first latent frame decodes to one video frame
 
 
-def parse_spec(spec: str, defaults: dict) -> tuple[str, dict]:
-    """'deep-sink:window=21,sink_gap=6' -> ('deep-sink', knobs), starting from the shipped knobs when
-    the policy is the shipped one. Values are strings; make_policy coerces and checks them."""
+def parse_spec(spec: str, defaults: dict) -> tuple[str, dict, float | None]:
+    """'deep-sink:window=21,sink_shift=6' -> ('deep-sink', knobs, guidance), the knobs starting from
+    the shipped ones when the policy is the shipped one. Knob values are strings; make_policy coerces
+    and checks them (PolicyError). guidance: None (the model's own) unless the spec gives one."""
     policy, _, items = spec.partition(":")
     knobs = dict(defaults.get("policy_args", {})) if policy == defaults.get("policy") else {}
+    guidance = None
     for item in filter(None, items.split(",")):
         key, _, value = item.partition("=")
-        knobs[key] = value
+        if key == "guidance":
+            guidance = float(value)
+        else:
+            knobs[key] = value
     make_policy(policy, knobs)  # a bad spec fails here, before any stream
-    return policy, knobs
+    return policy, knobs, guidance
 
 
 def main() -> None:
@@ -46,13 +54,13 @@ def main() -> None:
     defaults = dict(pipe.stream_defaults or {})
     clips = text_only_clips(World(), 16, stream_frames(seconds, pipe.fps))
     for spec in specs:
-        policy, knobs = parse_spec(spec, defaults)
+        policy, knobs, guidance = parse_spec(spec, defaults)
         found = []
         for i in prompts:
-            frames, _ = stream_clip(pipe, clips[i], policy, knobs, None, 0, tracks=False)
+            frames, _ = stream_clip(pipe, clips[i], policy, knobs, None, 0, tracks=False, guidance=guidance)
             f = score_text_only(frames, clips[i]).found
-            per_chunk = [f[1 + CHUNK_FRAMES * k : 1 + CHUNK_FRAMES * (k + 1)].mean()
-                         for k in range((len(f) - 1) // CHUNK_FRAMES)]
+            starts = range(FIRST_CHUNK_FRAMES, len(f) - CHUNK_FRAMES + 1, CHUNK_FRAMES)
+            per_chunk = [f[:FIRST_CHUNK_FRAMES].mean()] + [f[a : a + CHUNK_FRAMES].mean() for a in starts]
             found.append(float(f.mean()))
             print(f"{spec:34s} {clips[i].prompt:42s} {f.mean():.2f}  per chunk:",
                   " ".join(f"{x:.1f}" for x in per_chunk[:12]), flush=True)
