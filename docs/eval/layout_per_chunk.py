@@ -27,15 +27,17 @@ plans = {"absolute (no track)": 0, "own (tracks)": 0}
 
 
 def view_per_chunk(self, frames: list[int]) -> session.CacheView:
-    """Session._view, with frame-sink's absolute positions for a chunk without any track."""
+    """Session._view, planned by frame-sink's absolute positions for a chunk without any track."""
     tracks = self._tracks(frames)
     if tracks is not None and bool((tracks != 0).any()):
         plans["own (tracks)"] += 1
         return _own_view(self, frames)
     plans["absolute (no track)"] += 1
-    mcfg = self.pipe.model.config
-    plan = ABSOLUTE.plan(self.cache, frames)
-    return session.CacheView(self.cache, plan, self.grid, mcfg.head_dim, mcfg.rope_theta)
+    own, self.policy = self.policy, ABSOLUTE  # neither has commit bookkeeping (no compression)
+    try:
+        return _own_view(self, frames)
+    finally:
+        self.policy = own
 
 
 if __name__ == "__main__":

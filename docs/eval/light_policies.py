@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from streamer.pipeline import Pipeline
-from streamer.policies import make_policy
+from streamer.policies import make_policy, parse_policy_args
 from streamer.world.evaluate import score_text_only, stream_clip, stream_frames, text_only_clips
 from streamer.world.scenes import World
 
@@ -36,13 +36,8 @@ def parse_spec(spec: str, defaults: dict) -> tuple[str, dict, float | None]:
     and checks them (PolicyError). guidance: None (the model's own) unless the spec gives one."""
     policy, _, items = spec.partition(":")
     knobs = dict(defaults.get("policy_args", {})) if policy == defaults.get("policy") else {}
-    guidance = None
-    for item in filter(None, items.split(",")):
-        key, _, value = item.partition("=")
-        if key == "guidance":
-            guidance = float(value)
-        else:
-            knobs[key] = value
+    knobs.update(parse_policy_args([item for item in items.split(",") if item]))
+    guidance = float(knobs.pop("guidance")) if "guidance" in knobs else None
     make_policy(policy, knobs)  # a bad spec fails here, before any stream
     return policy, knobs, guidance
 
