@@ -2,8 +2,9 @@
 
 A policy is a small object doing host-side bookkeeping over `KVCache` slots:
 - `num_slots(chunk)`, `compressed_tokens(tpf)`, `needs_queries`: what the cache must preallocate;
-- `plan(cache, frames)`: at a chunk's first step, evict (or merge), choose the visible history
-  and its temporal positions, reserve slots for the chunk: a `ChunkPlan`;
+- `plan(cache, frames, tracked)`: at a chunk's first step, evict (or merge), choose the visible
+  history and its temporal positions, reserve slots for the chunk: a `ChunkPlan` (`tracked`: whether
+  the chunk has any track channel, for policies that lay out a prompt alone's chunks apart);
 - `after_commit(cache, plan)`: run after the chunk's clean K/V were written.
 
 Position modes: "absolute" gives every frame its frame index (what Self-Forcing and LongLive do,
@@ -78,7 +79,9 @@ class CachePolicy:
     def needs_queries(self) -> bool:
         return False
 
-    def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
+    def plan(self, cache: KVCache, frames: list[int], tracked: bool = True) -> ChunkPlan:
+        """The chunk `frames` (latent frame indices)'s plan; `tracked`: whether any of its track
+        channels is non-zero (False: a prompt alone, or every track out of view)."""
         raise NotImplementedError
 
     def after_commit(self, cache: KVCache, plan: ChunkPlan) -> None:
@@ -100,6 +103,14 @@ class SinkWindowPolicy(CachePolicy):
     policy's own layout (for deep-sink, Deep Forcing's re-alignment right before the tail). Absolute
     positions already move the sinks ever further back, so the knob is refused there. Not the
     training recipe's `sink_gap` (video frames skipped in a training clip's Deep Sink layout).
+
+    untracked_positions ("absolute", "slot" or "": `positions`): the position mode of a chunk with no
+    track channel (a prompt alone, or every track out of view), chunk by chunk. Both modes hold the
+    same frames (eviction does not depend on positions), and keys are cached before temporal RoPE, so
+    a stream can switch at any chunk. The shipped model streams with Deep Sink's slot positions and
+    "absolute" here: Deep Sink keeps tracked sprites on their tracks, and a prompt alone's sprite is
+    kept more often when its sinks sit at their own, ever further back, positions (docs/model_history.md,
+    "After v13, part 6" and "part 7").
     """
 
     name: ClassVar[str] = "window"
@@ -111,10 +122,14 @@ class SinkWindowPolicy(CachePolicy):
     budget: int = 16
     recent: int = 4
     sink_shift: int = 0
+    untracked_positions: str = ""
 
     def validate(self, chunk: int) -> None:
         if self.positions not in ("absolute", "slot"):
             raise PolicyError(f"positions must be 'absolute' or 'slot', not {self.positions!r}")
+        if self.untracked_positions not in ("", "absolute", "slot"):
+            raise PolicyError(f"untracked_positions must be 'absolute', 'slot' or '' (= positions), "
+                              f"not {self.untracked_positions!r}")
         if self.sink_shift < 0:
             raise PolicyError(f"sink_shift={self.sink_shift} must be >= 0 latent frames")
         if self.sink_shift and (self.positions != "slot" or not self.sink):
@@ -153,7 +168,7 @@ class SinkWindowPolicy(CachePolicy):
     def _evict(self, cache: KVCache, evicted: list[tuple[int, int]], sinks: list[tuple[int, int]]) -> None:
         cache.free([s for _, s in evicted])
 
-    def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
+    def plan(self, cache: KVCache, frames: list[int], tracked: bool = True) -> ChunkPlan:
         held = cache.frames()
         sinks = [(f, s) for f, s in held if f < self.sink]
         rest = [(f, s) for f, s in held if f >= self.sink]
@@ -171,7 +186,8 @@ class SinkWindowPolicy(CachePolicy):
         compressed = self.compressed_frames if (compression is not None or cache.c_count) else 0
         write_slots = cache.allocate(frames)
         visible = sinks + rest
-        if self.positions == "absolute":
+        positions = self.positions if tracked or not self.untracked_positions else self.untracked_positions
+        if positions == "absolute":
             hist_pos = [float(f) for f, _ in visible]
             chunk_pos = [float(f) for f in frames]
             compressed_start = float(rest[0][0] if rest else frames[0])
@@ -281,7 +297,7 @@ class RollingSinkPolicy(CachePolicy):
     def num_slots(self, chunk: int) -> int:
         return (self.keep_blocks + self.recent_blocks + 1) * chunk
 
-    def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
+    def plan(self, cache: KVCache, frames: list[int], tracked: bool = True) -> ChunkPlan:
         c = len(frames)
         block = frames[0] // c
         kept_frames = self.keep_blocks * c
@@ -324,7 +340,7 @@ class GlobalPolicy(CachePolicy):
     def num_slots(self, chunk: int) -> int:
         return self.grow_frames
 
-    def plan(self, cache: KVCache, frames: list[int]) -> ChunkPlan:
+    def plan(self, cache: KVCache, frames: list[int], tracked: bool = True) -> ChunkPlan:
         held = cache.frames()
         free = cache.num_slots - len(held)
         if free < len(frames):

@@ -221,8 +221,11 @@ class Session:
                                       self._text, view, tracks)
         self.policy.after_commit(self.cache, view.plan)
 
-    def _view(self, frames: list[int]) -> CacheView:
-        plan = self.policy.plan(self.cache, frames)
+    def _view(self, frames: list[int], tracks: torch.Tensor | None) -> CacheView:
+        """The chunk `frames`' plan and cache view; `tracks` (its track channels, or None) tells the
+        policy whether the chunk is tracked (`CachePolicy.plan`): a non-zero channel anywhere."""
+        tracked = tracks is not None and bool((tracks != 0).any())
+        plan = self.policy.plan(self.cache, frames, tracked)
         mcfg = self.pipe.model.config
         return CacheView(self.cache, plan, self.grid, mcfg.head_dim, mcfg.rope_theta)
 
@@ -231,7 +234,8 @@ class Session:
         chunk = self.config.chunk_frames
         for i in range(0, len(frames), chunk):
             part = frames[i : i + chunk]
-            self._commit(self._view(part), x0[:, :, i : i + len(part)], self._tracks(part))
+            tracks = self._tracks(part)
+            self._commit(self._view(part, tracks), x0[:, :, i : i + len(part)], tracks)
 
     def _recache(self) -> None:
         """LongLive prompt switch: rebuild the self-attention cache under the new prompt by re-running
@@ -284,10 +288,10 @@ class Session:
         else:
             n = self.config.chunk_frames
             frames = list(range(self._next_frame, self._next_frame + n))
-            view = self._view(frames)
+            tracks = self._tracks(frames)  # read once: the plan, every step and the clean pass see the same tracks
+            view = self._view(frames, tracks)
             view.record_mass = self.record_attention
             noise = self.noise((1, self.pipe.model.config.out_channels, n, self.latent_h, self.latent_w)).to(dev)
-            tracks = self._tracks(frames)  # read once: every step and the clean pass see the same tracks
 
             sampler = self.config.sampler
 

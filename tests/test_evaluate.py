@@ -86,7 +86,8 @@ def test_eval_command_scores_a_weights_folder(tmp_path, capsys):
     # every set's table on the terminal as in eval.md, not only the tracked one
     printed = capsys.readouterr().out
     assert "Text only:" in printed and "Two sprites from their true first frame:" in printed
-    assert printed.count("| window |") == 3
+    assert "A prompt alone, then a stroke:" in printed
+    assert printed.count("| window |") == 4
 
 
 def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
@@ -394,6 +395,35 @@ def test_colours_set_runs_and_prints_its_grid(tmp_path, capsys):
     assert main(["eval", "--sets", "colour", "--seconds", "1", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--sets colour: unknown" in err and "colours" in err and "Traceback" not in err
+
+
+def test_drag_scores_a_sprite_that_follows_the_stroke_and_one_left_behind():
+    """The drag set's scoring on drawn videos: the sprite carried along the stroke scores as the
+    truth does; left where it was grabbed while a second one follows the stroke, it is a phantom
+    and pulls the colour centroid off the stroke; a sprite never made is not grabbed."""
+    from streamer.trajectory import Trajectory
+    from streamer.world.evaluate import drag_trajectory, score_drag, summarize_drag, text_only_clips
+
+    world, n, start = World(), 161, 33
+    clip = text_only_clips(world, 2, n)[1]  # a yellow circle on water: its stroke leaves the grab point
+    sprite, grab = clip.scene.sprites[0], clip.trajectory.tracks[start - 1, 0]
+    stroke = drag_trajectory(world, clip, start, grab, n)
+    assert not stroke.visible[:start].any() and stroke.visible[start:].all()
+    assert np.linalg.norm(stroke.tracks[:, 0] - grab, axis=1).max() > 5 * sprite.radius  # it goes somewhere
+    tracks = stroke.tracks.copy()
+    tracks[:start] = clip.trajectory.tracks[:start]
+    carried = world.render(clip.background, [sprite], Trajectory(tracks, np.ones((n, 1), bool), FPS, 128, 128))
+    s = summarize_drag([score_drag(carried, clip, stroke, start)], FPS)["summary"]
+    assert s["grabbed"] == 1.0 and s["found_before_stroke"] == 1.0
+    assert s["trajectory_error_px"] < 1.0 and s["missing_rate"] == 0.0 and s["phantom_rate"] == 0.0
+    left = carried.copy()
+    for t in range(start, n):
+        World.draw(left[t], sprite, *map(float, grab))
+    s = summarize_drag([score_drag(left, clip, stroke, start)], FPS)["summary"]
+    assert s["phantom_rate"] > 0.5 and s["trajectory_error_px"] > 5.0
+    empty = np.broadcast_to(clip.background, carried.shape).copy()
+    s = summarize_drag([score_drag(empty, clip, stroke, start)], FPS)["summary"]
+    assert s["grabbed"] == 0.0 and s["found_before_stroke"] == 0.0 and s["missing_rate"] == 1.0
 
 
 def test_a_sprite_that_bounces_back_instead_of_leaving_is_a_phantom():

@@ -181,6 +181,42 @@ def test_bad_sink_shift_is_refused(knobs, match):
         make_policy("deep-sink", knobs)
 
 
+def test_untracked_positions_switch_the_layout_chunk_by_chunk():
+    """deep-sink 9/3 with untracked_positions=absolute holds deep-sink's frames in deep-sink's slots
+    at every chunk; a chunk without tracks is placed as frame-sink 9/3 places it (absolute positions,
+    the same frames), a tracked chunk as deep-sink does (slot positions), whatever came before."""
+    mixed = make_policy("deep-sink", {"window": 9, "sink": 3, "untracked_positions": "absolute"})
+    deep, absolute = make_policy("deep-sink", {"window": 9, "sink": 3}), make_policy("frame-sink", {"window": 9, "sink": 3})
+    caches = [_cache(p) for p in (mixed, deep, absolute)]
+    differ = 0
+    for c, tracked in enumerate([False, False, True, True, False, True, False, False, True]):
+        frames = list(range(3 * c, 3 * c + 3))
+        got = mixed.plan(caches[0], frames, tracked)
+        want_deep, want_abs = deep.plan(caches[1], frames, tracked), absolute.plan(caches[2], frames, tracked)
+        want = want_deep if tracked else want_abs
+        for key in ("frames", "positions", "history_slots", "history_positions", "write_slots", "history_kinds"):
+            assert getattr(got, key) == getattr(want, key), (c, key)
+        assert _seen(caches[0], got) == _seen(caches[1], want_deep) == _seen(caches[2], want_abs)
+        differ += want_deep.history_positions != want_abs.history_positions
+    assert differ >= 4  # past the first evictions the two layouts place the history apart: the test can tell
+
+
+def test_tracked_flag_changes_nothing_without_untracked_positions():
+    for name in ("deep-sink", "frame-sink", "window"):
+        a, b = make_policy(name), make_policy(name)
+        ca, cb = _cache(a), _cache(b)
+        for c in range(9):
+            frames = list(range(3 * c, 3 * c + 3))
+            pa, pb = a.plan(ca, frames, True), b.plan(cb, frames, False)
+            assert (pa.positions, pa.history_positions, pa.history_slots) == (pb.positions, pb.history_positions,
+                                                                              pb.history_slots)
+
+
+def test_bad_untracked_positions_are_refused():
+    with pytest.raises(PolicyError, match="untracked_positions must be 'absolute', 'slot' or ''.*not 'rope'"):
+        make_policy("deep-sink", {"untracked_positions": "rope"})
+
+
 def test_deep_sink_realignment_equals_rotating_stored_sink_keys():
     torch.manual_seed(0)
     grid, hd, tpf = (2, 2), 24, 4

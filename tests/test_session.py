@@ -333,3 +333,39 @@ def test_stream_config_takes_the_models_hidden_chunks(pipe, monkeypatch):
     for bad in (-1, 9, 1.5, True, "2"):  # as the command line's range: a whole number in 0..8
         with pytest.raises(ValueError, match="hidden_chunks"):
             Session(pipe, "p", _config(hidden_chunks=bad))
+
+
+def test_untracked_positions_follow_the_track_channels_chunk_by_chunk():
+    """deep-sink 9/3 with untracked_positions=absolute: without tracks the stream is frame-sink 9/3's
+    bit for bit, with a track in view all along it is deep-sink's; a stroke that begins mid-stream
+    (invisible points: all-zero channels) switches the chunks' positions from absolute to slot at
+    the first chunk whose channels it reaches."""
+    from streamer.models.wan import CausalWanModel, get_config
+
+    torch.manual_seed(0)
+    tpipe = _pipe(CausalWanModel(get_config("tiny", track_channels=8)).eval())
+    n = 100
+    xs = np.linspace(4, 28, n, dtype=np.float32)
+    points = np.stack([xs, xs], 1)[:, None]
+    everywhere = Trajectory(points, np.ones((n, 1), bool), fps=16, width=32, height=32)
+    later = Trajectory(points, (np.arange(n) >= 57)[:, None], fps=16, width=32, height=32)  # from latent frame 15
+
+    def run(policy, args, tracks):
+        cfg = StreamConfig(width=32, height=32, sampler=STEPS, policy=policy, policy_args=args, seed=4)
+        return list(Session(tpipe, "p", cfg, tracks=tracks).stream(24))
+
+    switching = {"window": 9, "sink": 3, "untracked_positions": "absolute"}
+    for tracks, same in ((None, "frame-sink"), (everywhere, "deep-sink")):
+        got, want = run("deep-sink", switching, tracks), run(same, {"window": 9, "sink": 3}, tracks)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a.latents, b.latents) and a.plan.history_positions == b.plan.history_positions
+    assert not torch.equal(run("frame-sink", {"window": 9, "sink": 3}, None)[-1].latents,
+                           run("deep-sink", {"window": 9, "sink": 3}, None)[-1].latents)  # the test can tell
+    chunks = run("deep-sink", switching, later)
+    tracked = [bool((c.tracks != 0).any()) for c in chunks]
+    assert tracked == [False] * 5 + [True] * 3
+    # frames 12..14 without a track: absolute, as frame-sink (sinks 0..2, then 9..11); 15..17 tracked:
+    # Deep Sink's slots (sinks 0..2 right before 12..14)
+    assert chunks[4].plan.positions == [12.0, 13.0, 14.0] and chunks[5].plan.positions == [6.0, 7.0, 8.0]
+    assert chunks[4].plan.history_positions == [0.0, 1.0, 2.0, 9.0, 10.0, 11.0]
+    assert chunks[5].plan.history_positions == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

@@ -737,6 +737,23 @@ def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
             stream_metadata({"stream": {"hidden_chunks": bad}})
 
 
+def test_shipped_weights_stream_as_their_recipe_says():
+    """The shipped DiT's stream metadata is its recipe's [stream] (what `streamer train --recipe
+    recipes/default.toml` would stamp), and the recipe shipped beside it is recipes/default.toml."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from streamer.pipeline import WEIGHTS_DIR
+    from streamer.world.train import stream_metadata
+
+    with safe_open(str(WEIGHTS_DIR / "dit.safetensors"), "pt") as f:
+        shipped = json.loads(f.metadata()["stream"])
+    assert shipped == stream_metadata(load_recipe(WEIGHTS_DIR / "recipe.toml"))
+    assert (WEIGHTS_DIR / "recipe.toml").read_text() == Path(DEFAULT_RECIPE).read_text()
+
+
 def test_teacher_start_is_the_phase_start_model_kept_for_a_resume(tmp_path):
     """guidance_teacher = "start": the model as the phase starts, saved in the run folder, so a phase
     resumed later (with the student moved on) gets that same teacher back; a fresh start re-freezes."""

@@ -30,6 +30,11 @@ sprite is there with the named colour (a compact blob of 0.35-3x its drawn area:
 and shape (best IoU among the world's drawn shapes), from when, and how often its colour also
 forms a second blob (of PHANTOM_AREA px, as a phantom: one sprite named, two drawn); "two" starts two-sprite scenes from their true
 first frame (an image start: the clean latent frame 0 in the cache) with a track on each.
+"drag" is the browser's first use: the text set's
+scene streamed as a prompt alone for DRAG_AT_S, then a stroke drawn from where its sprite is (as a
+user sees it: `grab_point`) for the rest of the stream; the frames after the stroke begins are
+scored as a track scene (error, missing, phantom: a sprite left behind or a new blob spawned where
+the old one stays), with the sprite's found rate before the stroke and whether it was there to grab.
 An opt-in set, "colours", streams "a <colour> circle on a <background> background" alone for every
 colour on every background it does not clash with (38 prompts, COLOUR_SECONDS each): which colours
 a prompt alone can make, where the four text-only scenes sample only four pairs.
@@ -71,11 +76,16 @@ TEXT_SEED_BASE, TWO_SEED_BASE = 910_001, 920_001
 MAX_DRAWN_SCENES = 32
 
 
-SETS = ("track", "text", "two")  # prompt + tracks from noise; prompt alone; two sprites from their true first frame
+# prompt + tracks from noise; prompt alone; two sprites from their true first frame; a prompt alone, then a stroke
+SETS = ("track", "text", "two", "drag")
 ALL_SETS = SETS + ("colours",)   # + every colour x background as a prompt alone (opt-in: 38 streams)
 # the colours set's streams: long enough for the first chunks' colour drift (yellow turning orange,
 # then red, within ~2 s on v5), short enough that 38 of them take ~2 min on a 2-core CPU
 COLOUR_SECONDS = 4.0
+# the drag set's stroke begins at the first chunk boundary this far into the stream (at most half of
+# it): long enough for a prompt alone to have made its sprite (found within ~1 s on v13), about when
+# a user who typed a prompt would draw on it
+DRAG_AT_S = 4.0
 
 
 @dataclass
@@ -383,6 +393,74 @@ def summarize_text(scores: list[TextScores], fps: float) -> dict:
     return {"summary": summary, "curves": curves}
 
 
+def grab_point(frame: np.ndarray, sprite, fallback: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Where a user starts a stroke on a prompt alone's sprite in `frame` (uint8 [H, W, 3]): the
+    centroid (x, y px) of its colour's largest blob, and whether that blob is the sprite
+    (`is_sprite_blob`). With fewer than MIN_PIXELS of the colour, `fallback` (the spawn point, where
+    the world puts a prompt's sprite) and False."""
+    blob = largest_blob(frame, sprite.rgb)
+    if blob.sum() < MIN_PIXELS:
+        return np.asarray(fallback, np.float32), False
+    ys, xs = np.nonzero(blob)
+    return np.array([xs.mean(), ys.mean()], np.float32), is_sprite_blob(blob, sprite)[0]
+
+
+def drag_start_frame(pipe, seconds: float, chunk_frames: int = 3) -> int:
+    """Video frame at which the drag set's stroke begins: the first chunk boundary at or after
+    DRAG_AT_S (at most half the stream), as frames shown so far (the causal VAE's frame rule)."""
+    target, latents = min(DRAG_AT_S, seconds / 2) * pipe.fps, chunk_frames
+    while pipe.decoder.frames.video_frames(latents) < target:
+        latents += chunk_frames
+    return pipe.decoder.frames.video_frames(latents)
+
+
+def drag_trajectory(world: World, clip: Clip, start_frame: int, grab: np.ndarray, num_frames: int):
+    """The stroke as a whole stream's Trajectory [num_frames, 1]: not visible before `start_frame`
+    (no track channel: the prompt alone), then `World.drag_path` from `grab` (x, y px)."""
+    from streamer.trajectory import Trajectory
+
+    traj = clip.trajectory
+    tracks = np.repeat(np.asarray(grab, np.float32)[None, None], num_frames, 0)
+    tracks[start_frame:, 0] = world.drag_path(clip.scene.seed, grab, clip.scene.sprites[0].radius,
+                                              num_frames - start_frame)
+    visible = np.zeros((num_frames, 1), bool)
+    visible[start_frame:] = True
+    return Trajectory(tracks, visible, traj.fps, traj.width, traj.height)
+
+
+@dataclass
+class DragScores:
+    """A drag-set stream: `before` (a prompt alone's scores up to the stroke), `after` (the track
+    scores from the stroke's first frame on, against the stroke), and `grabbed` (the sprite was
+    there at the stroke's first frame: `grab_point`)."""
+
+    before: TextScores
+    after: FrameScores
+    grabbed: bool
+
+
+def score_drag(frames: np.ndarray, clip: Clip, stroke, start_frame: int) -> DragScores:
+    """frames uint8 [T, H, W, 3] of a drag-set stream for `clip`, whose stroke (a Trajectory over
+    the whole stream, `drag_trajectory`) begins at video frame `start_frame`."""
+    from streamer.trajectory import Trajectory
+
+    after = Trajectory(stroke.tracks[start_frame:], stroke.visible[start_frame:], stroke.fps, stroke.width,
+                       stroke.height)
+    tail = Clip(frames[start_frame:], after, clip.prompt, clip.scene, clip.background)
+    _, grabbed = grab_point(frames[start_frame - 1], clip.scene.sprites[0], stroke.tracks[0, 0])
+    return DragScores(score_text_only(frames[:start_frame], clip), score_frames(frames[start_frame:], tail), grabbed)
+
+
+def summarize_drag(scores: list[DragScores], fps: float) -> dict:
+    """The track summary and curves of the frames after the stroke (curves: seconds after it
+    begins), plus the found rate before it (`found_before_stroke`) and the share of streams whose
+    sprite was there to grab (`grabbed`)."""
+    part = summarize([s.after for s in scores], fps)
+    part["summary"]["found_before_stroke"] = _f(np.mean(np.concatenate([s.before.found for s in scores])))
+    part["summary"]["grabbed"] = _f(np.mean([s.grabbed for s in scores]))
+    return part
+
+
 def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     out = np.full(a.shape[0], np.nan)
     ok = ~np.isnan(a).all(1)
@@ -538,6 +616,49 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | N
     return frames, {"dit_s": dit, "decode_s": dec, "fps": len(frames) / max(dit + dec, 1e-9)}
 
 
+def stream_drag(pipe, world: World, clip: Clip, start_frame: int, policy: str, policy_args: dict,
+                steps: int | None, seed: int, guidance: float | None = None,
+                hidden_chunks: int | None = None) -> tuple[np.ndarray, dict, object]:
+    """The drag set's stream: `clip`'s prompt alone until video frame `start_frame`, then the stroke
+    (`drag_trajectory`) from where its sprite is in the last frame shown (`grab_point`), set between
+    chunks as the browser does (`Session.set_tracks`). Frames [T, H, W, 3], timing, the stroke."""
+    from streamer.session import Session
+
+    traj = clip.trajectory
+    cfg = pipe.stream_config(size=(traj.width, traj.height), policy=policy, policy_args=policy_args, steps=steps,
+                             seed=seed, guidance=guidance, hidden_chunks=hidden_chunks)
+    session = Session(pipe, clip.prompt, cfg)
+    out, n, dit, dec, stroke = [], 0, 0.0, 0.0, None
+    while n < traj.num_frames:
+        if stroke is None and n >= start_frame:
+            assert n == start_frame, f"the stroke must begin at a chunk boundary, not video frame {n}"
+            grab, _ = grab_point(out[-1][-1], clip.scene.sprites[0], world.spawn_points(1)[0])
+            stroke = drag_trajectory(world, clip, start_frame, grab, traj.num_frames)
+            session.set_tracks(stroke)
+        chunk = session.step()
+        out.append(chunk.frames)
+        n += len(chunk.frames)
+        dit += chunk.dit_seconds
+        dec += chunk.decode_seconds
+    frames = np.concatenate(out)[: traj.num_frames]
+    return frames, {"dit_s": dit, "decode_s": dec, "fps": len(frames) / max(dit + dec, 1e-9)}, stroke
+
+
+def drag_reference(pipe, world: World, clip: Clip, start_frame: int) -> tuple[np.ndarray, object]:
+    """The drag set's reference row: the truth (the clip's own motion until `start_frame`, then the
+    stroke from where its sprite was) through the autoencoder only. Frames and the stroke."""
+    from streamer.trajectory import Trajectory
+
+    traj = clip.trajectory
+    stroke = drag_trajectory(world, clip, start_frame, traj.tracks[start_frame - 1, 0], traj.num_frames)
+    tracks = stroke.tracks.copy()
+    tracks[:start_frame] = traj.tracks[:start_frame]
+    truth = Trajectory(tracks, np.ones_like(stroke.visible), traj.fps, traj.width, traj.height)
+    rendered = Clip(world.render(clip.background, clip.scene.sprites, truth), truth, clip.prompt, clip.scene,
+                    clip.background)
+    return reference_frames(pipe, rendered), stroke
+
+
 def reference_frames(pipe, clip: Clip) -> np.ndarray:
     """Ground-truth frames through the autoencoder only (what a perfect DiT would give)."""
     from streamer.models.frames import video_to_uint8  # not models.vae: that imports diffusers
@@ -553,11 +674,15 @@ def reference_frames(pipe, clip: Clip) -> np.ndarray:
     return np.concatenate(frames)
 
 
+PARTS = {"text": "text_only", "two": "two_sprites", "drag": "drag", "colours": "colours"}  # set -> results key
+
+
 def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool = True,
              keep_frames: dict | None = None) -> dict:
     """Every row (the autoencoder reference, then each policy) on every scene set of `cfg.sets`:
-    "track" (results["policies"][row]), "text" (...["text_only"]), "two" (...["two_sprites"]) and
-    "colours" (...["colours"], with a "grid" {background: {colour: found rate}}).
+    "track" (results["policies"][row]), "text" (...["text_only"]), "two" (...["two_sprites"]),
+    "drag" (...["drag"], with "stroke_starts_s") and "colours" (...["colours"], with a "grid"
+    {background: {colour: found rate}}).
     keep_frames: a dict that receives the streamed frames, keyed (set, row, scene index)."""
     world = world or World()
     n_frames = stream_frames(cfg.seconds, pipe.fps)
@@ -566,6 +691,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
     clips = [world.clip(s, n_frames) for s in HELD_OUT_SEEDS[: cfg.scenes]] if "track" in cfg.sets else []
     text_clips = text_only_clips(world, cfg.scenes, n_frames) if "text" in cfg.sets else []
     two_clips = two_sprite_clips(world, cfg.scenes, n_frames) if "two" in cfg.sets else []
+    drag_clips = text_only_clips(world, cfg.scenes, n_frames) if "drag" in cfg.sets else []  # the text set's scenes
+    drag_at = drag_start_frame(pipe, cfg.seconds)
     colours = colour_clips(world, stream_frames(min(cfg.seconds, COLOUR_SECONDS), pipe.fps)) if "colours" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
                      "dtype": str(pipe.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
@@ -575,12 +702,25 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
             and hasattr(pipe.decoder.vae, "encode") else []) + [(p, p) for p in cfg.policies]
     for name, policy in rows:
         res: dict = {}
-        for set_name, set_clips in (("track", clips), ("text", text_clips), ("two", two_clips), ("colours", colours)):
+        for set_name, set_clips in (("track", clips), ("text", text_clips), ("two", two_clips), ("drag", drag_clips),
+                                    ("colours", colours)):
             if not set_clips:
                 continue
             scores, timing = [], []
             alone = set_name in ("text", "colours")  # a prompt alone: presence scored, not position
             for i, clip in enumerate(tqdm(set_clips, desc=f"{name} / {set_name}", disable=not progress)):
+                if set_name == "drag":
+                    if policy is None:
+                        frames, stroke = drag_reference(pipe, world, clip, drag_at)
+                    else:
+                        frames, t, stroke = stream_drag(pipe, world, clip, drag_at, policy,
+                                                        cfg.policy_args.get(policy, {}), cfg.steps, cfg.seed,
+                                                        guidance=cfg.guidance, hidden_chunks=cfg.hidden_chunks)
+                        timing.append(t)
+                    if keep_frames is not None:
+                        keep_frames[(set_name, name, i)] = frames
+                    scores.append(score_drag(frames, clip, stroke, drag_at))
+                    continue
                 if policy is None:
                     frames = reference_frames(pipe, clip)
                 else:
@@ -592,7 +732,7 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                 if keep_frames is not None:
                     keep_frames[(set_name, name, i)] = frames
                 scores.append(score_text_only(frames, clip) if alone else score_frames(frames, clip))
-            summ = summarize_text if alone else summarize
+            summ = summarize_text if alone else summarize_drag if set_name == "drag" else summarize
             part = summ(scores, pipe.fps)
             if timing:
                 part["summary"]["stream_fps"] = _f(np.mean([t["fps"] for t in timing]))
@@ -603,10 +743,12 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                 part["grid"] = {}
                 for clip, sc in zip(set_clips, part["scenes"]):
                     part["grid"].setdefault(clip.scene.background, {})[clip.scene.sprites[0].colour] = sc["found_rate"]
+            if set_name == "drag":
+                part["stroke_starts_s"] = _f(drag_at / pipe.fps)
             if set_name == "track":
                 res.update(part)
             else:
-                res[{"text": "text_only", "two": "two_sprites", "colours": "colours"}[set_name]] = part
+                res[PARTS[set_name]] = part
         results["policies"][name] = res
     return results
 
@@ -625,9 +767,17 @@ TWO_COLS = [("trajectory_error_px", "traj err px"), ("identity_kept", "identity 
             ("interior_change", "interior change"), ("motion_kept", "motion kept")]
 
 
+DRAG_COLS = [("grabbed", "grabbed"), ("found_before_stroke", "found before"),
+             ("trajectory_error_px", "traj err px"), ("trajectory_error_px_last10s", "err last 10 s"),
+             ("missing_rate", "missing"), ("phantom_rate", "phantom"), ("colour_drift_rgb", "colour drift"),
+             ("smear", "smear"), ("motion_kept", "motion kept")]
+
+
 def markdown_table(results: dict, part: str | None = None) -> str:
-    """One row per policy; part None: the track set, "text_only" / "two_sprites" / "colours": those sets."""
-    cols = {None: TRACK_COLS, "text_only": TEXT_COLS, "two_sprites": TWO_COLS, "colours": TEXT_COLS}[part]
+    """One row per policy; part None: the track set, "text_only" / "two_sprites" / "drag" / "colours":
+    those sets."""
+    cols = {None: TRACK_COLS, "text_only": TEXT_COLS, "two_sprites": TWO_COLS, "drag": DRAG_COLS,
+            "colours": TEXT_COLS}[part]
     lines = ["| policy | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, res in results["policies"].items():
         r = res if part is None else res.get(part)
@@ -688,6 +838,13 @@ def text_scene_table(results: dict) -> str:
                            [("found_rate", ".3f", "found"), ("second_blob_rate", ".3f", "second blob")])
 
 
+def drag_scene_table(results: dict) -> str:
+    """Grabbed / error after the stroke / phantom per drag-set prompt, a row each."""
+    return per_scene_table(results, "drag", "prompt", [("grabbed", ".0f", "grabbed"),
+                                                        ("trajectory_error_px", ".3g", "err px"),
+                                                        ("phantom_rate", ".3f", "phantom")])
+
+
 def write_markdown(results: dict, path: Path) -> None:
     cfg = results["config"]
     scenes = f"{cfg['scenes']} scene" + ("s" if cfg["scenes"] != 1 else "")
@@ -716,6 +873,8 @@ def write_markdown(results: dict, path: Path) -> None:
         text += f"\nText only, per prompt:\n\n{alone}"
     if cfg["scenes"] > 1 and (two := two_scene_table(results)):
         text += f"\nTwo sprites, per scene:\n\n{two}"
+    if cfg["scenes"] > 1 and (drag := drag_scene_table(results)):
+        text += f"\nA prompt alone, then a stroke, per prompt:\n\n{drag}"
     path.write_text(text + "\n![curves](eval.png)\n")
 
 
@@ -730,6 +889,10 @@ def set_tables(results: dict) -> list[tuple[str, str, str]]:
     if "two_sprites" in first:
         out.append(("Two sprites from their true first frame", "Two sprites from their true first frame, a track "
                     f"on each ({'; '.join(first['two_sprites']['prompts'])})", markdown_table(results, "two_sprites")))
+    if "drag" in first:
+        out.append(("A prompt alone, then a stroke", "A prompt alone, then a stroke from its sprite at "
+                    f"{first['drag']['stroke_starts_s']:g} s (scored from the stroke on; grabbed: the sprite was "
+                    f"there to draw on; {'; '.join(first['drag']['prompts'])})", markdown_table(results, "drag")))
     if "colours" in first:
         seconds = min(results.get("config", {}).get("seconds", COLOUR_SECONDS), COLOUR_SECONDS)
         out.append(("Colours", "Colours (a prompt alone, \"a <colour> circle on a <background> background\", every "
@@ -766,7 +929,9 @@ PANELS = [  # (part, curve, title): one panel per metric
     (None, "phantom", "phantom: a sprite far from every track"),
     ("text_only", "found", "text only: sprite found"),
     ("text_only", "second", "text only: its colour as a second blob"), ("two_sprites", "err", "two sprites: error (px)"),
-    ("two_sprites", "identity", "two sprites: identity kept"), ("colours", "found", "colours: sprite found (mean)"),
+    ("two_sprites", "identity", "two sprites: identity kept"),
+    ("drag", "err", "drag: error (px), s after the stroke"), ("drag", "phantom", "drag: phantom, s after the stroke"),
+    ("colours", "found", "colours: sprite found (mean)"),
 ]
 
 
@@ -925,7 +1090,7 @@ def cmd_eval(args) -> int:
         raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(ALL_SETS)}")
     if "track" in sets and args.scenes > len(HELD_OUT_SEEDS):
         raise InputError(f"--scenes {args.scenes}: the track set has {len(HELD_OUT_SEEDS)} held-out scenes; "
-                         f"up to {MAX_DRAWN_SCENES} for --sets text,two")
+                         f"up to {MAX_DRAWN_SCENES} for --sets text,two,drag")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
                      reference=not args.no_reference, policy_args=policy_args, sets=sets,
                      guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)),
@@ -988,8 +1153,9 @@ def register(subparsers) -> None:
                    help="chunks made before the first one shown (default: the model's own; none after an image start)")
     p.add_argument("--sets", default=",".join(SETS),
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
-                        "true first frame, a track on each), colours (every colour x background as a prompt "
-                        f"alone, {COLOUR_SECONDS:g} s each); default: track,text,two")
+                        "true first frame, a track on each), drag (a prompt alone, then a stroke from its sprite "
+                        f"at {DRAG_AT_S:g} s), colours (every colour x background as a prompt "
+                        f"alone, {COLOUR_SECONDS:g} s each); default: {','.join(SETS)}")
     p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0,
                    help="noise seed of every stream (default 0); the scenes are the held-out ones whatever the seed")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")

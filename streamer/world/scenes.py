@@ -258,6 +258,13 @@ class World:
         visible = (tracks[..., 0] >= 0) & (tracks[..., 0] < w) & (tracks[..., 1] >= 0) & (tracks[..., 1] < h)
         return Trajectory(tracks, visible, cfg.fps, w, h)
 
+    def drag_path(self, seed: int, start: np.ndarray, radius: float, num_frames: int) -> np.ndarray:
+        """float [num_frames, 2] (x, y pixels): a stroke a user draws from `start` (a sprite's centre),
+        the world's "smooth" motion (a wandering heading at a drawn speed, kept whole in the frame by
+        reflecting off the walls) with the seed's own draws, so a held-out scene's drag is fixed."""
+        return self._path(np.random.default_rng([seed, 6]), "smooth", radius, num_frames,
+                          start=np.asarray(start, np.float64))
+
     def _path(self, rng: np.random.Generator, motion: str, radius: float, n: int, start: np.ndarray | None = None,
               heading: float | None = None, speed: float | None = None) -> np.ndarray:
         """One sprite's centre per frame. Velocity integration with a smoothly wandering heading:
