@@ -426,6 +426,12 @@ def test_drag_scores_a_sprite_that_follows_the_stroke_and_one_left_behind():
     assert s["grabbed"] == 0.0 and s["found_before_stroke"] == 0.0 and s["missing_rate"] == 1.0
 
 
+def test_a_stream_too_short_for_a_stroke_is_refused_in_one_line(capsys):
+    assert main(["eval", "--seconds", "0.5", "--scenes", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--seconds 0.5 is one chunk" in err and "--sets track,text,two" in err and "Traceback" not in err
+
+
 def test_a_sprite_that_bounces_back_instead_of_leaving_is_a_phantom():
     """The held-out scene whose tracked sprite crosses the frame (scene 3, where v8 shows
     phantoms): the truth has none; the same video with the sprite turned back at the edge (it

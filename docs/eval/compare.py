@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.world.evaluate import CONTACT_ROWS, TEXT_COLS, TRACK_COLS, TWO_COLS, contact_sheet
+from streamer.world.evaluate import CONTACT_ROWS, DRAG_COLS, TEXT_COLS, TRACK_COLS, TWO_COLS, contact_sheet
 
 REF = "reference (autoencoder)"
 
@@ -30,7 +30,11 @@ def main(argv: list[str]) -> None:
         ("Text only", "text_only", TEXT_COLS, ["found_rate", "shape_right_rate", "first_found_s"]),
         ("Two sprites, image start, a track on each", "two_sprites", TWO_COLS,
          ["trajectory_error_px", "identity_kept", "missing_rate"]),
+        ("A prompt alone, then a stroke from its sprite", "drag", DRAG_COLS,
+         ["grabbed", "trajectory_error_px", "phantom_rate"]),
     ):
+        if part is not None and not all(part in next(iter(r.values())) for r in res.values()):
+            continue  # a set some run did not stream (the drag set is newer than most runs)
         pick = (lambda r: r) if part is None else (lambda r, p=part: r[p])
         # each run's own autoencoder reference, once per distinct autoencoder (runs may differ in it)
         refs: list = []

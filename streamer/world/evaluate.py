@@ -693,6 +693,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
     two_clips = two_sprite_clips(world, cfg.scenes, n_frames) if "two" in cfg.sets else []
     drag_clips = text_only_clips(world, cfg.scenes, n_frames) if "drag" in cfg.sets else []  # the text set's scenes
     drag_at = drag_start_frame(pipe, cfg.seconds)
+    if drag_clips and drag_at >= n_frames:
+        raise ValueError(f"a {cfg.seconds:g}-s stream is one chunk: the drag set's stroke needs a second one")
     colours = colour_clips(world, stream_frames(min(cfg.seconds, COLOUR_SECONDS), pipe.fps)) if "colours" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
                      "dtype": str(pipe.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
@@ -986,7 +988,8 @@ def plot(results: dict, path: Path, smooth_s: int | None = None) -> None:
     plt.close(fig)
 
 
-CONTACT_ROWS = (("text", "text only"), ("track", "one track"), ("two", "two tracks, image start"))
+CONTACT_ROWS = (("text", "text only"), ("track", "one track"), ("two", "two tracks, image start"),
+                ("drag", "text, then a stroke"))
 
 
 def contact_frames(keep: dict, row: str, fps: float, times: tuple[float, ...]) -> dict[str, list[np.ndarray]]:
@@ -1091,6 +1094,10 @@ def cmd_eval(args) -> int:
     if "track" in sets and args.scenes > len(HELD_OUT_SEEDS):
         raise InputError(f"--scenes {args.scenes}: the track set has {len(HELD_OUT_SEEDS)} held-out scenes; "
                          f"up to {MAX_DRAWN_SCENES} for --sets text,two,drag")
+    if "drag" in sets and drag_start_frame(pipe, args.seconds) >= stream_frames(args.seconds, pipe.fps):
+        raise InputError(f"--seconds {args.seconds:g} is one chunk: the drag set's stroke begins at the next chunk "
+                         f"boundary; give more than {drag_start_frame(pipe, args.seconds) / pipe.fps:.2f} s or leave "
+                         f"it out with --sets {','.join(x for x in sets if x != 'drag') or 'text'}")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
                      reference=not args.no_reference, policy_args=policy_args, sets=sets,
                      guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)),
