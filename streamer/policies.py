@@ -109,8 +109,8 @@ class SinkWindowPolicy(CachePolicy):
     same frames (eviction does not depend on positions), and keys are cached before temporal RoPE, so
     a stream can switch at any chunk. The shipped model streams with Deep Sink's slot positions and
     "absolute" here: Deep Sink keeps tracked sprites on their tracks, and a prompt alone's sprite is
-    kept more often when its sinks sit at their own, ever further back, positions (docs/model_history.md,
-    "After v13, part 6" and "part 7").
+    kept more often when its sinks sit at their own, ever further back, positions
+    (docs/model_history.md, "After v13, part 6" and "After v13, part 7").
     """
 
     name: ClassVar[str] = "window"

@@ -932,7 +932,7 @@ PANELS = [  # (part, curve, title): one panel per metric
     ("text_only", "found", "text only: sprite found"),
     ("text_only", "second", "text only: its colour as a second blob"), ("two_sprites", "err", "two sprites: error (px)"),
     ("two_sprites", "identity", "two sprites: identity kept"),
-    ("drag", "err", "drag: error (px), s after the stroke"), ("drag", "phantom", "drag: phantom, s after the stroke"),
+    ("drag", "err", "text, then a stroke: error (px)"), ("drag", "phantom", "text, then a stroke: phantom"),
     ("colours", "found", "colours: sprite found (mean)"),
 ]
 
@@ -973,7 +973,7 @@ def plot(results: dict, path: Path, smooth_s: int | None = None) -> None:
             ax.plot(x, moving_average(y, smooth_s or max(3, len(y) // 12)), color=c, lw=2.0,
                     ls="--" if name.startswith("reference") else "-", label=name)
         ax.set_title(title, fontsize=11)
-        ax.set_xlabel("stream time (s)", fontsize=9)
+        ax.set_xlabel("time after the stroke began (s)" if part == "drag" else "stream time (s)", fontsize=9)
         ax.tick_params(labelsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
