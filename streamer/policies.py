@@ -104,10 +104,11 @@ class SinkWindowPolicy(CachePolicy):
     positions already move the sinks ever further back, so the knob is refused there. Not the
     training recipe's `sink_gap` (video frames skipped in a training clip's Deep Sink layout).
 
-    untracked_positions ("absolute", "slot" or "": `positions`): the position mode of a chunk with no
-    track channel (a prompt alone, or every track out of view), chunk by chunk. Both modes hold the
-    same frames (eviction does not depend on positions), and keys are cached before temporal RoPE, so
-    a stream can switch at any chunk. The shipped model streams with Deep Sink's slot positions and
+    untracked_positions ("absolute", "slot" or "": `positions`): the position mode of a chunk whose
+    track channels are all zero (a prompt alone, or no track visible; a model encoding off-frame
+    points, `track_outside`, gives those non-zero channels), chunk by chunk. Both modes hold the same
+    frames (eviction does not depend on positions), and keys are cached before temporal RoPE, so a
+    stream can switch at any chunk. `sink_shift` applies to the slot-position chunks only. The shipped model streams with Deep Sink's slot positions and
     "absolute" here: Deep Sink keeps tracked sprites on their tracks, and a prompt alone's sprite is
     kept more often when its sinks sit at their own, ever further back, positions
     (docs/model_history.md, "After v13, part 6" and "After v13, part 7").

@@ -239,7 +239,10 @@ class Session:
 
     def _recache(self) -> None:
         """LongLive prompt switch: rebuild the self-attention cache under the new prompt by re-running
-        the retained frames' clean latents at t=0, chunk by chunk in temporal order."""
+        the retained frames' clean latents at t=0, chunk by chunk in temporal order. Their track
+        channels (and so whether the policy sees them as tracked) are read from the current
+        trajectory, as for any chunk: the same as when they were made unless the tracks were replaced
+        since by ones that differ over those frames (a browser stroke is invisible before it begins)."""
         held = [f for f, _ in self.cache.frames()]
         self.cache.reset()
         if held:

@@ -426,6 +426,36 @@ def test_drag_scores_a_sprite_that_follows_the_stroke_and_one_left_behind():
     assert s["grabbed"] == 0.0 and s["found_before_stroke"] == 0.0 and s["missing_rate"] == 1.0
 
 
+def test_the_drag_stroke_begins_at_a_chunk_boundary_from_the_last_frame_shown():
+    """stream_drag on the shipped model: the frames before the stroke are the prompt alone's, bit
+    for bit; the stroke is invisible before `drag_start_frame` (a chunk boundary) and begins where
+    `grab_point` puts the sprite in the last frame shown before it; the reference's truth goes on
+    from where its sprite was. `drag_start_frame` falls back to the last boundary before the end
+    and gives None for a one-chunk stream."""
+    import torch
+
+    from streamer.pipeline import Pipeline
+    from streamer.world.evaluate import (drag_reference, drag_start_frame, grab_point, stream_clip, stream_drag,
+                                         stream_frames, text_only_clips)
+
+    pipe = Pipeline.load(device="cpu", dtype=torch.float32)
+    world = World()
+    assert [drag_start_frame(pipe, t) for t in (0.5, 1.25, 1.5, 10.0)] == [None, 9, 21, 69]  # 69: 4.3 s
+    clip = text_only_clips(world, 1, stream_frames(1.5, FPS))[0]
+    start = drag_start_frame(pipe, 1.5)
+    frames, _, stroke = stream_drag(pipe, world, clip, start, "deep-sink", {}, None, 0)
+    alone, _ = stream_clip(pipe, clip, "deep-sink", {}, None, 0, tracks=False)
+    np.testing.assert_array_equal(frames[:start], alone[:start])
+    assert not np.array_equal(frames[start:], alone[start:])  # the stroke moved something
+    assert stroke.visible[:, 0].argmax() == start and stroke.visible[start:].all()
+    np.testing.assert_array_equal(stroke.tracks[start, 0], grab_point(frames[start - 1], clip.scene.sprites[0],
+                                                                      world.spawn_points(1)[0]))
+    with pytest.raises(ValueError, match="chunk boundary"):
+        stream_drag(pipe, world, clip, start - 1, "deep-sink", {}, None, 0)
+    _, ref_stroke = drag_reference(pipe, world, clip, start)
+    np.testing.assert_array_equal(ref_stroke.tracks[start, 0], clip.trajectory.tracks[start - 1, 0])
+
+
 def test_a_stream_too_short_for_a_stroke_is_refused_in_one_line(capsys):
     assert main(["eval", "--seconds", "0.5", "--scenes", "1", "--quiet"]) == 2
     err = capsys.readouterr().err

@@ -181,24 +181,33 @@ def test_bad_sink_shift_is_refused(knobs, match):
         make_policy("deep-sink", knobs)
 
 
-def test_untracked_positions_switch_the_layout_chunk_by_chunk():
-    """deep-sink 9/3 with untracked_positions=absolute holds deep-sink's frames in deep-sink's slots
-    at every chunk; a chunk without tracks is placed as frame-sink 9/3 places it (absolute positions,
-    the same frames), a tracked chunk as deep-sink does (slot positions), whatever came before."""
-    mixed = make_policy("deep-sink", {"window": 9, "sink": 3, "untracked_positions": "absolute"})
-    deep, absolute = make_policy("deep-sink", {"window": 9, "sink": 3}), make_policy("frame-sink", {"window": 9, "sink": 3})
-    caches = [_cache(p) for p in (mixed, deep, absolute)]
-    differ = 0
-    for c, tracked in enumerate([False, False, True, True, False, True, False, False, True]):
+@pytest.mark.parametrize("name,knobs", [("deep-sink", {"window": 9, "sink": 3}), ("deep-forcing", {}),
+                                        ("ema-sink", {})])
+def test_untracked_positions_switch_the_layout_chunk_by_chunk(name, knobs):
+    """untracked_positions=absolute holds the policy's frames in its slots at every chunk; a chunk
+    without tracks is placed as the same policy at absolute positions places it (for deep-sink 9/3,
+    `frame-sink` 9/3), a tracked chunk at the policy's slot positions, whatever came before. The
+    compressed path (deep-forcing) and the EMA sink (ema-sink) included."""
+    mixed = make_policy(name, {**knobs, "untracked_positions": "absolute"})
+    slot, absolute = make_policy(name, knobs), make_policy(name, {**knobs, "positions": "absolute"})
+    caches = [_cache(p) for p in (mixed, slot, absolute)]
+    differ = compressed = 0
+    flags = [False, False, True, True, False, True, False, False, True, False, True, True, False]
+    for c, tracked in enumerate(flags):
         frames = list(range(3 * c, 3 * c + 3))
         got = mixed.plan(caches[0], frames, tracked)
-        want_deep, want_abs = deep.plan(caches[1], frames, tracked), absolute.plan(caches[2], frames, tracked)
-        want = want_deep if tracked else want_abs
-        for key in ("frames", "positions", "history_slots", "history_positions", "write_slots", "history_kinds"):
+        want_slot, want_abs = slot.plan(caches[1], frames, tracked), absolute.plan(caches[2], frames, tracked)
+        want = want_slot if tracked else want_abs
+        for key in ("frames", "positions", "history_slots", "history_positions", "write_slots", "history_kinds",
+                    "compressed_start", "compressed_span"):
             assert getattr(got, key) == getattr(want, key), (c, key)
-        assert _seen(caches[0], got) == _seen(caches[1], want_deep) == _seen(caches[2], want_abs)
-        differ += want_deep.history_positions != want_abs.history_positions
+        assert _seen(caches[0], got) == _seen(caches[1], want_slot) == _seen(caches[2], want_abs)
+        for policy, cache, plan in zip((mixed, slot, absolute), caches, (got, want_slot, want_abs)):
+            policy.after_commit(cache, plan)
+        differ += want_slot.history_positions != want_abs.history_positions
+        compressed += got.compression is not None
     assert differ >= 4  # past the first evictions the two layouts place the history apart: the test can tell
+    assert (compressed > 0) == (name == "deep-forcing")
 
 
 def test_tracked_flag_changes_nothing_without_untracked_positions():

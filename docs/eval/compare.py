@@ -33,8 +33,8 @@ def main(argv: list[str]) -> None:
         ("A prompt alone, then a stroke from its sprite", "drag", DRAG_COLS,
          ["grabbed", "trajectory_error_px", "phantom_rate"]),
     ):
-        if part is not None and not all(part in next(iter(r.values())) for r in res.values()):
-            continue  # a set some run did not stream (the drag set is newer than most runs)
+        if not all((part or "summary") in next(iter(r.values())) for r in res.values()):
+            continue  # a set some run did not stream (`--sets`; the drag set is newer than most runs)
         pick = (lambda r: r) if part is None else (lambda r, p=part: r[p])
         # each run's own autoencoder reference, once per distinct autoencoder (runs may differ in it)
         refs: list = []

@@ -393,25 +393,30 @@ def summarize_text(scores: list[TextScores], fps: float) -> dict:
     return {"summary": summary, "curves": curves}
 
 
-def grab_point(frame: np.ndarray, sprite, fallback: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Where a user starts a stroke on a prompt alone's sprite in `frame` (uint8 [H, W, 3]): the
-    centroid (x, y px) of its colour's largest blob, and whether that blob is the sprite
-    (`is_sprite_blob`). With fewer than MIN_PIXELS of the colour, `fallback` (the spawn point, where
-    the world puts a prompt's sprite) and False."""
+def grab_point(frame: np.ndarray, sprite, fallback: np.ndarray) -> np.ndarray:
+    """float [2] (x, y px): where a user starts a stroke on a prompt alone's sprite in `frame`
+    (uint8 [H, W, 3]), the centroid of its colour's largest blob; `fallback` (the spawn point, where
+    the world puts a prompt's sprite) when fewer than MIN_PIXELS have the colour."""
     blob = largest_blob(frame, sprite.rgb)
     if blob.sum() < MIN_PIXELS:
-        return np.asarray(fallback, np.float32), False
+        return np.asarray(fallback, np.float32)
     ys, xs = np.nonzero(blob)
-    return np.array([xs.mean(), ys.mean()], np.float32), is_sprite_blob(blob, sprite)[0]
+    return np.array([xs.mean(), ys.mean()], np.float32)
 
 
-def drag_start_frame(pipe, seconds: float, chunk_frames: int = 3) -> int:
-    """Video frame at which the drag set's stroke begins: the first chunk boundary at or after
-    DRAG_AT_S (at most half the stream), as frames shown so far (the causal VAE's frame rule)."""
-    target, latents = min(DRAG_AT_S, seconds / 2) * pipe.fps, chunk_frames
-    while pipe.decoder.frames.video_frames(latents) < target:
-        latents += chunk_frames
-    return pipe.decoder.frames.video_frames(latents)
+def drag_start_frame(pipe, seconds: float) -> int | None:
+    """Video frame at which the drag set's stroke begins in a `seconds` stream: the first chunk
+    boundary (frames shown so far, the causal VAE's frame rule) at or after DRAG_AT_S, or after half
+    the stream if that is sooner; the last boundary before the stream's end if none is left after
+    that; None when the stream is a single chunk."""
+    chunk, rule = pipe.stream_config().chunk_frames, pipe.decoder.frames
+    n_frames, target = stream_frames(seconds, pipe.fps), min(DRAG_AT_S, seconds / 2) * pipe.fps
+    bounds = []
+    latents = chunk
+    while rule.video_frames(latents) < n_frames:
+        bounds.append(rule.video_frames(latents))
+        latents += chunk
+    return next((b for b in bounds if b >= target), bounds[-1] if bounds else None)
 
 
 def drag_trajectory(world: World, clip: Clip, start_frame: int, grab: np.ndarray, num_frames: int):
@@ -430,13 +435,17 @@ def drag_trajectory(world: World, clip: Clip, start_frame: int, grab: np.ndarray
 
 @dataclass
 class DragScores:
-    """A drag-set stream: `before` (a prompt alone's scores up to the stroke), `after` (the track
-    scores from the stroke's first frame on, against the stroke), and `grabbed` (the sprite was
-    there at the stroke's first frame: `grab_point`)."""
+    """A drag-set stream: `before` (a prompt alone's scores up to the stroke) and `after` (the
+    track scores from the stroke's first frame on, against the stroke)."""
 
     before: TextScores
     after: FrameScores
-    grabbed: bool
+
+    @property
+    def grabbed(self) -> bool:
+        """The sprite was there to draw on: found (`is_sprite_blob`) in the last frame before the
+        stroke, the frame `grab_point` reads."""
+        return bool(self.before.found[-1] >= 1.0)
 
 
 def score_drag(frames: np.ndarray, clip: Clip, stroke, start_frame: int) -> DragScores:
@@ -447,8 +456,7 @@ def score_drag(frames: np.ndarray, clip: Clip, stroke, start_frame: int) -> Drag
     after = Trajectory(stroke.tracks[start_frame:], stroke.visible[start_frame:], stroke.fps, stroke.width,
                        stroke.height)
     tail = Clip(frames[start_frame:], after, clip.prompt, clip.scene, clip.background)
-    _, grabbed = grab_point(frames[start_frame - 1], clip.scene.sprites[0], stroke.tracks[0, 0])
-    return DragScores(score_text_only(frames[:start_frame], clip), score_frames(frames[start_frame:], tail), grabbed)
+    return DragScores(score_text_only(frames[:start_frame], clip), score_frames(frames[start_frame:], tail))
 
 
 def summarize_drag(scores: list[DragScores], fps: float) -> dict:
@@ -602,46 +610,56 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | N
     w, h = traj.width, traj.height
     cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
                              guidance=guidance, hidden_chunks=hidden_chunks)
-    out, dit, dec = [], 0.0, 0.0
     start = encode_first_frame(pipe, clip) if image_start else None
     session = Session(pipe, clip.prompt, cfg, tracks=traj if tracks else None, start_latents=start)
-    n = 0
-    while n < traj.num_frames:
+    return _stream(session, traj.num_frames)
+
+
+def _stream(session, num_frames: int, before_chunk=None) -> tuple[np.ndarray, dict]:
+    """Step `session` until `num_frames` video frames are made; `before_chunk(n, shown)` runs before
+    each step with the video frames made so far (n, and the chunks' frame arrays), so a control
+    change lands at that chunk boundary. Frames [T, H, W, 3] and timing."""
+    out, n, dit, dec = [], 0, 0.0, 0.0
+    while n < num_frames:
+        if before_chunk is not None:
+            before_chunk(n, out)
         chunk = session.step()
         out.append(chunk.frames)
         n += len(chunk.frames)
         dit += chunk.dit_seconds
         dec += chunk.decode_seconds
-    frames = np.concatenate(out)[: traj.num_frames]
+    frames = np.concatenate(out)[:num_frames]
     return frames, {"dit_s": dit, "decode_s": dec, "fps": len(frames) / max(dit + dec, 1e-9)}
 
 
 def stream_drag(pipe, world: World, clip: Clip, start_frame: int, policy: str, policy_args: dict,
                 steps: int | None, seed: int, guidance: float | None = None,
                 hidden_chunks: int | None = None) -> tuple[np.ndarray, dict, object]:
-    """The drag set's stream: `clip`'s prompt alone until video frame `start_frame`, then the stroke
-    (`drag_trajectory`) from where its sprite is in the last frame shown (`grab_point`), set between
-    chunks as the browser does (`Session.set_tracks`). Frames [T, H, W, 3], timing, the stroke."""
+    """The drag set's stream: `clip`'s prompt alone until video frame `start_frame` (a chunk
+    boundary: `drag_start_frame`), then the stroke (`drag_trajectory`) from where its sprite is in
+    the last frame shown (`grab_point`), set between chunks as the browser does
+    (`Session.set_tracks`). Frames [T, H, W, 3], timing, the stroke. Raises ValueError when
+    `start_frame` is not a chunk boundary of this stream."""
     from streamer.session import Session
 
     traj = clip.trajectory
     cfg = pipe.stream_config(size=(traj.width, traj.height), policy=policy, policy_args=policy_args, steps=steps,
                              seed=seed, guidance=guidance, hidden_chunks=hidden_chunks)
     session = Session(pipe, clip.prompt, cfg)
-    out, n, dit, dec, stroke = [], 0, 0.0, 0.0, None
-    while n < traj.num_frames:
-        if stroke is None and n >= start_frame:
-            assert n == start_frame, f"the stroke must begin at a chunk boundary, not video frame {n}"
-            grab, _ = grab_point(out[-1][-1], clip.scene.sprites[0], world.spawn_points(1)[0])
-            stroke = drag_trajectory(world, clip, start_frame, grab, traj.num_frames)
-            session.set_tracks(stroke)
-        chunk = session.step()
-        out.append(chunk.frames)
-        n += len(chunk.frames)
-        dit += chunk.dit_seconds
-        dec += chunk.decode_seconds
-    frames = np.concatenate(out)[: traj.num_frames]
-    return frames, {"dit_s": dit, "decode_s": dec, "fps": len(frames) / max(dit + dec, 1e-9)}, stroke
+    strokes = []
+
+    def stroke_at_start(n: int, shown: list[np.ndarray]) -> None:
+        if strokes or n < start_frame:
+            return
+        if n != start_frame:
+            raise ValueError(f"the stroke must begin at a chunk boundary: video frame {start_frame} is not one "
+                             f"(the chunk boundary reached is {n})")
+        grab = grab_point(shown[-1][-1], clip.scene.sprites[0], world.spawn_points(1)[0])
+        strokes.append(drag_trajectory(world, clip, start_frame, grab, traj.num_frames))
+        session.set_tracks(strokes[0])
+
+    frames, timing = _stream(session, traj.num_frames, stroke_at_start)
+    return frames, timing, strokes[0]
 
 
 def drag_reference(pipe, world: World, clip: Clip, start_frame: int) -> tuple[np.ndarray, object]:
@@ -692,8 +710,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
     text_clips = text_only_clips(world, cfg.scenes, n_frames) if "text" in cfg.sets else []
     two_clips = two_sprite_clips(world, cfg.scenes, n_frames) if "two" in cfg.sets else []
     drag_clips = text_only_clips(world, cfg.scenes, n_frames) if "drag" in cfg.sets else []  # the text set's scenes
-    drag_at = drag_start_frame(pipe, cfg.seconds)
-    if drag_clips and drag_at >= n_frames:
+    drag_at = drag_start_frame(pipe, cfg.seconds) if drag_clips else None
+    if drag_clips and drag_at is None:
         raise ValueError(f"a {cfg.seconds:g}-s stream is one chunk: the drag set's stroke needs a second one")
     colours = colour_clips(world, stream_frames(min(cfg.seconds, COLOUR_SECONDS), pipe.fps)) if "colours" in cfg.sets else []
     results: dict = {"config": asdict(cfg), "model": pipe.description, "fps": pipe.fps,
@@ -1094,10 +1112,11 @@ def cmd_eval(args) -> int:
     if "track" in sets and args.scenes > len(HELD_OUT_SEEDS):
         raise InputError(f"--scenes {args.scenes}: the track set has {len(HELD_OUT_SEEDS)} held-out scenes; "
                          f"up to {MAX_DRAWN_SCENES} for --sets text,two,drag")
-    if "drag" in sets and drag_start_frame(pipe, args.seconds) >= stream_frames(args.seconds, pipe.fps):
-        raise InputError(f"--seconds {args.seconds:g} is one chunk: the drag set's stroke begins at the next chunk "
-                         f"boundary; give more than {drag_start_frame(pipe, args.seconds) / pipe.fps:.2f} s or leave "
-                         f"it out with --sets {','.join(x for x in sets if x != 'drag') or 'text'}")
+    if "drag" in sets and drag_start_frame(pipe, args.seconds) is None:
+        first = pipe.decoder.frames.video_frames(pipe.stream_config().chunk_frames) / pipe.fps
+        raise InputError(f"--seconds {args.seconds:g} is one chunk: the drag set's stroke begins at a chunk boundary; "
+                         f"give more than {first:.2f} s or leave it out with "
+                         f"--sets {','.join(x for x in sets if x != 'drag') or 'text'}")
     cfg = EvalConfig(seconds=args.seconds, policies=policies, scenes=args.scenes, steps=args.steps, seed=args.seed,
                      reference=not args.no_reference, policy_args=policy_args, sets=sets,
                      guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)),
