@@ -4,7 +4,7 @@ A policy is a small object doing host-side bookkeeping over `KVCache` slots:
 - `num_slots(chunk)`, `compressed_tokens(tpf)`, `needs_queries`: what the cache must preallocate;
 - `plan(cache, frames, tracked)`: at a chunk's first step, evict (or merge), choose the visible
   history and its temporal positions, reserve slots for the chunk: a `ChunkPlan` (`tracked`: whether
-  the chunk has any track channel, for policies that lay out a prompt alone's chunks apart);
+  any of the chunk's track channels is non-zero, for policies that lay out a prompt alone apart);
 - `after_commit(cache, plan)`: run after the chunk's clean K/V were written.
 
 Position modes: "absolute" gives every frame its frame index (what Self-Forcing and LongLive do,
@@ -81,7 +81,7 @@ class CachePolicy:
 
     def plan(self, cache: KVCache, frames: list[int], tracked: bool = True) -> ChunkPlan:
         """The chunk `frames` (latent frame indices)'s plan; `tracked`: whether any of its track
-        channels is non-zero (False: a prompt alone, or every track out of view)."""
+        channels is non-zero (False: a prompt alone, or no track visible)."""
         raise NotImplementedError
 
     def after_commit(self, cache: KVCache, plan: ChunkPlan) -> None:
@@ -108,10 +108,11 @@ class SinkWindowPolicy(CachePolicy):
     track channels are all zero (a prompt alone, or no track visible; a model encoding off-frame
     points, `track_outside`, gives those non-zero channels), chunk by chunk. Both modes hold the same
     frames (eviction does not depend on positions), and keys are cached before temporal RoPE, so a
-    stream can switch at any chunk. `sink_shift` applies to the slot-position chunks only. The shipped model streams with Deep Sink's slot positions and
-    "absolute" here: Deep Sink keeps tracked sprites on their tracks, and a prompt alone's sprite is
-    kept more often when its sinks sit at their own, ever further back, positions
-    (docs/model_history.md, "After v13, part 6" and "After v13, part 7").
+    stream can switch at any chunk; `sink_shift` applies to the slot-position chunks only. The
+    shipped model streams with Deep Sink's slot positions and "absolute" here: Deep Sink keeps
+    tracked sprites on their tracks, and a prompt alone's sprite is kept more often when its sinks
+    sit at their own, ever further back, positions (docs/model_history.md, "After v13, part 6" and
+    "After v13, part 7").
     """
 
     name: ClassVar[str] = "window"
