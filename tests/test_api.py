@@ -347,3 +347,32 @@ def test_steps_field_or_the_models_own(api, monkeypatch):
     Client().create("a")
     Client().create("a", steps=3)
     assert "steps" not in sent[0] and sent[1]["steps"] == 3
+
+
+def test_mid_stream_tracks_are_in_the_streams_frame_numbering():
+    """Tracks sent while streaming count video frames from the stream's first frame: the reply
+    says from which frame they apply (`applies_from_frame`, the next chunk's first frame), and
+    tracks with no visible point from there on (drawn as if frame 0 were now) are a 400 with one
+    line, not silently nothing."""
+    app = App({"default": {"device": "cpu"}}, size=(64, 64))
+    api = Api(app)
+    server = FastAPI()
+    server.include_router(api.router())
+    with TestClient(server) as client:
+        s = _create(client)
+        url = f"/api/sessions/{s['id']}/control"
+        assert client.post(url, json={}).json()["applies_from_frame"] == 0  # nothing made yet
+        with client.websocket_connect(f"/api/sessions/{s['id']}/frames") as ws:
+            seen = sum(len(_chunk(ws)[1]) for _ in range(2))
+            # the server may be a chunk ahead of the reader: the next chunk starts at `seen` or later
+            past = {"tracks": [[[20 + i, 30] for i in range(seen)]], "width": 64, "height": 64, "fps": 16}
+            r = client.post(url, json={"tracks": past})
+            assert r.status_code == 400 and "no point is visible from video frame" in r.json()["detail"], r.text
+            assert "frame 0 is the stream's first frame" in r.json()["detail"]
+            on = {"tracks": [[[20 + i / 8, 30] for i in range(seen + 200)]], "width": 64, "height": 64, "fps": 16}
+            r = client.post(url, json={"tracks": on})
+            assert r.status_code == 200 and seen <= r.json()["applies_from_frame"] < seen + 200, r.text
+            _chunk(ws)
+        client.delete(f"/api/sessions/{s['id']}")
+    api.close()
+    app.placer.close()
