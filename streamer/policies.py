@@ -49,6 +49,7 @@ class ChunkPlan:
     compressed_start: float = 0.0         # compressed tokens take the positions just before this one,
     compressed_span: float = 0.0          # this many of them (one frame's worth of tokens per position)
     compression: Compression | None = None
+    position_mode: str = ""               # "absolute" / "slot" positions this chunk took ("": not said)
 
     @property
     def labels(self) -> list[str]:
@@ -207,6 +208,7 @@ class SinkWindowPolicy(CachePolicy):
             history_positions=hist_pos, write_slots=write_slots,
             history_kinds=["sink"] * len(sinks) + ["window"] * len(rest),
             compressed_start=compressed_start, compressed_span=float(compressed), compression=compression,
+            position_mode=positions,
         )
 
     def after_commit(self, cache: KVCache, plan: ChunkPlan) -> None:
@@ -321,6 +323,7 @@ class RollingSinkPolicy(CachePolicy):
         return ChunkPlan(
             frames=list(frames), positions=positions[len(visible):], history_slots=[s for _, s in visible],
             history_positions=positions[: len(visible)], write_slots=write_slots, history_kinds=kinds,
+            position_mode="slot",
         )
 
 
@@ -351,7 +354,7 @@ class GlobalPolicy(CachePolicy):
         return ChunkPlan(
             frames=list(frames), positions=[float(f) for f in frames], history_slots=[s for _, s in held],
             history_positions=[float(f) for f, _ in held], write_slots=write_slots,
-            history_kinds=["window"] * len(held),
+            history_kinds=["window"] * len(held), position_mode="absolute",
         )
 
 

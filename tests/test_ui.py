@@ -284,4 +284,7 @@ def test_cache_panel_numbers_latent_frames_from_the_first_shown_chunk():
     chunk = Session(pipe, "p", cfg).step()
     assert list(chunk.plan.frames) == [3, 4, 5] and chunk.latent_frames == [0, 1, 2]
     html = cache_html(chunk)
-    assert "chunk 0 (latent frames 0..2)" in html and ">0,1,2</td>" in html
+    assert "chunk 0 (latent frames 0..2, slot positions)" in html and ">0,1,2</td>" in html
+    # a chunk without tracks under untracked_positions=absolute says so (the tiny model has no tracks)
+    cfg.policy_args = {"window": 9, "sink": 3, "untracked_positions": "absolute"}
+    assert "(latent frames 0..2, absolute positions)" in cache_html(Session(pipe, "p", cfg).step())

@@ -212,8 +212,10 @@ def cache_html(chunk: StreamChunk) -> str:
     legend = " ".join(f'<span class="k-{k}">&nbsp;{k}&nbsp;</span>' for k in ("sink", "window", "compressed", "chunk"))
     legend += (' · attention share <span class="sc-scale" title="0 = none; full = the most attended cached frame">'
                '0<i></i>max</span>')
+    # which position mode the chunk took: a policy with `untracked_positions` switches chunk by chunk
+    mode = f", {plan.position_mode} positions" if plan.position_mode else ""
     return (f'<div class="sc-cache">chunk {chunk.index} (latent frames {chunk.latent_frames[0]}..'
-            f'{chunk.latent_frames[-1]}): '
+            f'{chunk.latent_frames[-1]}{mode}): '
             f'{legend}<table>{"".join(rows)}</table></div>')
 
 
