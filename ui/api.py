@@ -309,8 +309,9 @@ class Api:
             if "tracks" in body:
                 cfg = st.session.config
                 tracks = self._tracks(body["tracks"], (cfg.width, cfg.height), st.session.pipe.fps)
-                if tracks is not None and not tracks.loop and not tracks.visible[_next_frame(st.session):].any():
-                    _fail(400, f"tracks: no point is visible from video frame {_next_frame(st.session)} on, where "
+                start = _next_frame(st.session)
+                if tracks is not None and not tracks.loop and not tracks.visible[start:].any():
+                    _fail(400, f"tracks: no point is visible from video frame {start} on, where "
                                "they would apply: a track's frame 0 is the stream's first frame (the reply's "
                                "applies_from_frame)")
                 st.session.set_tracks(tracks)

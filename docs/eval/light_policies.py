@@ -26,10 +26,6 @@ from streamer.policies import make_policy, parse_policy_args
 from streamer.world.evaluate import score_text_only, stream_clip, stream_frames, text_only_clips
 from streamer.world.scenes import World
 
-CHUNK_FRAMES = 12  # video frames per chunk of 3 latent frames
-FIRST_CHUNK_FRAMES = 9  # the first shown chunk: its first latent frame decodes to one video frame
-
-
 def parse_spec(spec: str, defaults: dict) -> tuple[str, dict, float | None]:
     """'deep-sink:window=21,sink_shift=6' -> ('deep-sink', knobs, guidance), the knobs starting from
     the shipped ones when the policy is the shipped one. Knob values are strings; make_policy coerces
@@ -48,14 +44,17 @@ def main() -> None:
     torch.set_num_threads(1)
     defaults = dict(pipe.stream_defaults or {})
     clips = text_only_clips(World(), 16, stream_frames(seconds, pipe.fps))
+    # video frames per shown chunk (the causal VAE's rule): the first one's first latent frame decodes to one
+    chunk, rule = pipe.stream_config().chunk_frames, pipe.decoder.frames
+    first, every = rule.video_frames(chunk), rule.video_frames(chunk, first=False)
     for spec in specs:
         policy, knobs, guidance = parse_spec(spec, defaults)
         found = []
         for i in prompts:
             frames, _ = stream_clip(pipe, clips[i], policy, knobs, None, 0, tracks=False, guidance=guidance)
             f = score_text_only(frames, clips[i]).found
-            starts = range(FIRST_CHUNK_FRAMES, len(f) - CHUNK_FRAMES + 1, CHUNK_FRAMES)
-            per_chunk = [f[:FIRST_CHUNK_FRAMES].mean()] + [f[a : a + CHUNK_FRAMES].mean() for a in starts]
+            starts = range(first, len(f) - every + 1, every)
+            per_chunk = [f[:first].mean()] + [f[a : a + every].mean() for a in starts]
             found.append(float(f.mean()))
             print(f"{spec:34s} {clips[i].prompt:42s} {f.mean():.2f}  per chunk:",
                   " ".join(f"{x:.1f}" for x in per_chunk[:12]), flush=True)

@@ -598,11 +598,13 @@ def encode_first_frame(pipe, clip: Clip) -> torch.Tensor:
 
 
 def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | None, seed: int,
-                tracks: bool = True, image_start: bool = False,
-                guidance: float | None = None, hidden_chunks: int | None = None) -> tuple[np.ndarray, dict]:
+                tracks: bool = True, image_start: bool = False, guidance: float | None = None,
+                hidden_chunks: int | None = None, before_chunk=None) -> tuple[np.ndarray, dict]:
     """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
     `image_start`; text guidance `guidance` and hidden chunks `hidden_chunks`, None: the model's
-    own); frames [T, H, W, 3] and timing."""
+    own); frames [T, H, W, 3] and timing. `before_chunk(session, n, shown)` runs before each step
+    with the video frames made so far (n, and the chunks' frame arrays), so a control it sets lands
+    at that chunk boundary."""
 
     from streamer.session import Session
 
@@ -612,23 +614,16 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | N
                              guidance=guidance, hidden_chunks=hidden_chunks)
     start = encode_first_frame(pipe, clip) if image_start else None
     session = Session(pipe, clip.prompt, cfg, tracks=traj if tracks else None, start_latents=start)
-    return _stream(session, traj.num_frames)
-
-
-def _stream(session, num_frames: int, before_chunk=None) -> tuple[np.ndarray, dict]:
-    """Step `session` until `num_frames` video frames are made; `before_chunk(n, shown)` runs before
-    each step with the video frames made so far (n, and the chunks' frame arrays), so a control
-    change lands at that chunk boundary. Frames [T, H, W, 3] and timing."""
     out, n, dit, dec = [], 0, 0.0, 0.0
-    while n < num_frames:
+    while n < traj.num_frames:
         if before_chunk is not None:
-            before_chunk(n, out)
+            before_chunk(session, n, out)
         chunk = session.step()
         out.append(chunk.frames)
         n += len(chunk.frames)
         dit += chunk.dit_seconds
         dec += chunk.decode_seconds
-    frames = np.concatenate(out)[:num_frames]
+    frames = np.concatenate(out)[: traj.num_frames]
     return frames, {"dit_s": dit, "decode_s": dec, "fps": len(frames) / max(dit + dec, 1e-9)}
 
 
@@ -640,25 +635,20 @@ def stream_drag(pipe, world: World, clip: Clip, start_frame: int, policy: str, p
     the last frame shown (`grab_point`), set between chunks as the browser does
     (`Session.set_tracks`). Frames [T, H, W, 3], timing, the stroke. Raises ValueError when
     `start_frame` is not a chunk boundary of this stream."""
-    from streamer.session import Session
-
-    traj = clip.trajectory
-    cfg = pipe.stream_config(size=(traj.width, traj.height), policy=policy, policy_args=policy_args, steps=steps,
-                             seed=seed, guidance=guidance, hidden_chunks=hidden_chunks)
-    session = Session(pipe, clip.prompt, cfg)
     strokes = []
 
-    def stroke_at_start(n: int, shown: list[np.ndarray]) -> None:
+    def stroke_at_start(session, n: int, shown: list[np.ndarray]) -> None:
         if strokes or n < start_frame:
             return
         if n != start_frame:
             raise ValueError(f"the stroke must begin at a chunk boundary: video frame {start_frame} is not one "
                              f"(the chunk boundary reached is {n})")
         grab = grab_point(shown[-1][-1], clip.scene.sprites[0], world.spawn_points(1)[0])
-        strokes.append(drag_trajectory(world, clip, start_frame, grab, traj.num_frames))
+        strokes.append(drag_trajectory(world, clip, start_frame, grab, clip.trajectory.num_frames))
         session.set_tracks(strokes[0])
 
-    frames, timing = _stream(session, traj.num_frames, stroke_at_start)
+    frames, timing = stream_clip(pipe, clip, policy, policy_args, steps, seed, tracks=False, guidance=guidance,
+                                 hidden_chunks=hidden_chunks, before_chunk=stroke_at_start)
     return frames, timing, strokes[0]
 
 
