@@ -30,6 +30,14 @@ def hidden_chunks(value: object) -> int:
     raise ValueError(f"hidden_chunks must be a whole number from 0 to {HIDDEN_CHUNKS_MAX}; got {value!r}")
 
 
+def drift_anchor(value: object) -> bool:
+    """A model's or recipe's drift anchor setting (`StreamConfig.drift_anchor`), checked: true or
+    false. Raises ValueError naming what it got otherwise (a string "false" would read as on)."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"drift_anchor must be true or false; got {value!r}")
+
+
 def int_in(low: int, high: int | None = None, what: str = "a whole number") -> callable:
     """argparse type: an int in [low, high] (high None: no upper bound)."""
     def parse(text: str) -> int:

@@ -71,6 +71,11 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
                    help=f"chunks made from noise before the first one shown (0-{checks.HIDDEN_CHUNKS_MAX}), so the video "
                         "starts on the background the model settles on; each delays the first frame by one chunk "
                         "(default: the model's own, 1 for the shipped model, else 0; none after an image or video start)")
+    g.add_argument("--drift-anchor", choices=("on", "off"),
+                   help="hold each chunk's latent level (its median cell, per channel) at the stream's first chunk's, "
+                        "so a still background keeps its brightness for hours; after a prompt switch it re-takes "
+                        "its reference once the new scene has settled. For still cameras only (default: the model's "
+                        "own, on for the shipped world model, else off)")
     g.add_argument("--guidance", type=checks.non_negative_float,
                    help="text classifier-free guidance scale: 1 = off, 0 = the empty prompt alone, above 1 the prompt "
                         "weighs more; each guided step runs the DiT twice "
@@ -205,7 +210,8 @@ def checkpoint_companions(args) -> tuple[str | None, str | None]:
 def _stream_config(args, pipe):
     return pipe.stream_config(size=args.size, policy=args.policy, policy_args=parse_policy_args(args.policy_arg),
                               steps=args.steps, chunk_frames=args.chunk, seed=args.seed, guidance=args.guidance,
-                              hidden_chunks=args.hidden_chunks)
+                              hidden_chunks=args.hidden_chunks,
+                              drift_anchor=None if args.drift_anchor is None else args.drift_anchor == "on")
 
 
 @dataclass

@@ -103,7 +103,7 @@ class Pipeline:
     def stream_config(self, *, size: tuple[int, int] | None = None, policy: str | None = None,
                       policy_args: dict | None = None, steps: int | None = None, chunk_frames: int = 3,
                       seed: int = 0, noise=None, guidance: float | None = None,
-                      hidden_chunks: int | None = None):
+                      hidden_chunks: int | None = None, drift_anchor: bool | None = None):
         """A `StreamConfig` with this model's defaults under the given overrides: the one place stream
         defaults are decided (CLI, UI, eval and bench all come here). size (width, height) in pixels,
         default the model's native size; policy default the model's trained one, else "window"; knobs
@@ -114,7 +114,8 @@ class Pipeline:
         metadata's, with its timestep interval), else 1. Raises ValueError for a guidance below 0 or
         a model whose "steps" is not a count or a list of timesteps in (0, 1000]. hidden_chunks (chunks made
         before the first shown one, `StreamConfig.hidden_chunks`) default the model's own (its
-        metadata's "hidden_chunks"), else 0."""
+        metadata's "hidden_chunks"), else 0. drift_anchor (`StreamConfig.drift_anchor`, `streamer.anchor`)
+        defaults the model's own (its metadata's "drift_anchor"), else off."""
         import dataclasses
 
         from streamer.sampler import SamplerConfig, own_sampler, sampler_for_steps
@@ -137,8 +138,10 @@ class Pipeline:
             guide["guidance_interval"] = tuple(float(t) for t in trained["guidance_interval"])
         sampler = dataclasses.replace(sampler, **guide)
         hidden = int(trained.get("hidden_chunks", 0)) if hidden_chunks is None else hidden_chunks
+        anchor = bool(trained.get("drift_anchor", False)) if drift_anchor is None else drift_anchor
         return StreamConfig(width=width, height=height, chunk_frames=chunk_frames, sampler=sampler, policy=policy,
-                            policy_args=dict(policy_args or {}), seed=seed, noise=noise, hidden_chunks=hidden)
+                            policy_args=dict(policy_args or {}), seed=seed, noise=noise, hidden_chunks=hidden,
+                            drift_anchor=anchor)
 
     def track_condition(self, trajectory, width: int, height: int):
         """latent frame indices -> track channels [1, C, n, h, w] for a trajectory drawn at any size,
@@ -297,6 +300,7 @@ class Pipeline:
 
                 own_sampler(stream_defaults["steps"])
             checks.hidden_chunks((stream_defaults or {}).get("hidden_chunks", 0))
+            checks.drift_anchor((stream_defaults or {}).get("drift_anchor", False))
         except ValueError as e:
             from streamer.models.loader import CheckpointError
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from streamer import checks
+from streamer.anchor import DriftAnchor
 from streamer.cache import CacheView, KVCache
 from streamer.memory import admit_stream
 from streamer.models.frames import video_to_uint8
@@ -52,6 +53,10 @@ class StreamConfig:
     # chunks settle on (darker, or grainier); the shown stream then starts on the settled one.
     # Tracks are held at their first point meanwhile. Each costs one chunk's time before the first frame.
     hidden_chunks: int = 0
+    # Shift each chunk's clean latents so that their median cell, per channel, stays at the stream's
+    # first chunk's (`streamer.anchor`): holds a still background's level over hours. For models whose
+    # scenes keep a still camera (the shipped world model turns it on); wrong for camera motion.
+    drift_anchor: bool = False
 
 
 @dataclass
@@ -157,6 +162,7 @@ class Session:
         self._video_frames = 0
         self._track_fn: Callable[[list[int]], torch.Tensor | None] | None = None
         self._start: torch.Tensor | None = None
+        self._anchor = DriftAnchor() if cfg.drift_anchor else None
         self._set_text(prompt)
         self.set_tracks(tracks)
         if start_latents is not None:
@@ -282,6 +288,8 @@ class Session:
             self._set_text(self._pending_prompt)
             self._pending_prompt = None
             self._recache()
+            if self._anchor is not None:  # a new scene: the anchor lets go until it has settled
+                self._anchor.release()
         plan, mass = None, None
         if self._start is not None:
             x0, self._start = self._start, None
@@ -309,6 +317,8 @@ class Session:
                 return v_null + sampler.guidance * (v - v_null)
 
             x0 = denoise(flow, noise, self.timesteps, self.noise, self.config.sampler.num_train_timesteps)
+            if self._anchor is not None:  # before the clean pass: the cache and decoder see what is kept
+                x0 = self._anchor.apply(x0)
             self._commit(view, x0, tracks)
             plan = view.plan
             mass = torch.stack([view.mass[i] for i in sorted(view.mass)]) if view.mass else None

@@ -239,7 +239,7 @@ def test_a_world_model_with_bad_steps_does_not_load(tmp_path):
     with safe_open(str(tmp_path / "dit.safetensors"), "pt") as f:
         meta = f.metadata()
     for key, value, ok in (("steps", 7, True), ("steps", [1000, 250, 500], False), ("hidden_chunks", -1, False),
-                           ("hidden_chunks", "1", False)):
+                           ("hidden_chunks", "1", False), ("drift_anchor", "false", False)):
         stream = {**json.loads(meta["stream"]), key: value}
         save_file(load_file(str(tmp_path / "dit.safetensors")), str(tmp_path / "dit.safetensors"),
                   metadata={**meta, "stream": json.dumps(stream)})

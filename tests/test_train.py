@@ -735,6 +735,11 @@ def test_stream_metadata_keeps_guidance_apart_from_the_policy_knobs():
     for bad in (-1, 9, 1.5, True):
         with pytest.raises(ValueError, match="hidden_chunks"):
             stream_metadata({"stream": {"hidden_chunks": bad}})
+    assert stream_metadata({"stream": {"drift_anchor": True}}) == {
+        "policy": "window", "drift_anchor": True, "policy_args": {}}
+    for bad in ("true", 1):  # not a policy knob either: it must not fall through to policy_args
+        with pytest.raises(ValueError, match="drift_anchor must be true or false"):
+            stream_metadata({"stream": {"drift_anchor": bad}})
 
 
 def test_shipped_weights_stream_as_their_recipe_says():

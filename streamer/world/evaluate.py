@@ -100,6 +100,7 @@ class EvalConfig:
     sets: tuple[str, ...] = SETS
     guidance: float | None = None  # text CFG scale; None: the model's own (`Pipeline.stream_config`)
     hidden_chunks: int | None = None  # chunks made before the first shown; None: the model's own
+    drift_anchor: bool | None = None  # `streamer.anchor`; None: the model's own
 
 
 @dataclass
@@ -599,10 +600,11 @@ def encode_first_frame(pipe, clip: Clip) -> torch.Tensor:
 
 def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | None, seed: int,
                 tracks: bool = True, image_start: bool = False, guidance: float | None = None,
-                hidden_chunks: int | None = None, before_chunk=None) -> tuple[np.ndarray, dict]:
+                hidden_chunks: int | None = None, before_chunk=None,
+                drift_anchor: bool | None = None) -> tuple[np.ndarray, dict]:
     """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
-    `image_start`; text guidance `guidance` and hidden chunks `hidden_chunks`, None: the model's
-    own); frames [T, H, W, 3] and timing. `before_chunk(session, n, shown)` runs before each step
+    `image_start`; text guidance `guidance`, hidden chunks `hidden_chunks` and the drift anchor
+    `drift_anchor`, None: the model's own); frames [T, H, W, 3] and timing. `before_chunk(session, n, shown)` runs before each step
     with the video frames made so far (n, and the chunks' frame arrays), so a control it sets lands
     at that chunk boundary."""
 
@@ -611,7 +613,7 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | N
     traj = clip.trajectory
     w, h = traj.width, traj.height
     cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
-                             guidance=guidance, hidden_chunks=hidden_chunks)
+                             guidance=guidance, hidden_chunks=hidden_chunks, drift_anchor=drift_anchor)
     start = encode_first_frame(pipe, clip) if image_start else None
     session = Session(pipe, clip.prompt, cfg, tracks=traj if tracks else None, start_latents=start)
     out, n, dit, dec = [], 0, 0.0, 0.0
@@ -629,7 +631,7 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | N
 
 def stream_drag(pipe, world: World, clip: Clip, start_frame: int, policy: str, policy_args: dict,
                 steps: int | None, seed: int, guidance: float | None = None,
-                hidden_chunks: int | None = None) -> tuple[np.ndarray, dict, object]:
+                hidden_chunks: int | None = None, drift_anchor: bool | None = None) -> tuple[np.ndarray, dict, object]:
     """The drag set's stream: `clip`'s prompt alone until video frame `start_frame` (a chunk
     boundary: `drag_start_frame`), then the stroke (`drag_trajectory`) from where its sprite is in
     the last frame shown (`grab_point`), set between chunks as the browser does
@@ -648,7 +650,7 @@ def stream_drag(pipe, world: World, clip: Clip, start_frame: int, policy: str, p
         session.set_tracks(strokes[0])
 
     frames, timing = stream_clip(pipe, clip, policy, policy_args, steps, seed, tracks=False, guidance=guidance,
-                                 hidden_chunks=hidden_chunks, before_chunk=stroke_at_start)
+                                 hidden_chunks=hidden_chunks, before_chunk=stroke_at_start, drift_anchor=drift_anchor)
     return frames, timing, strokes[0]
 
 
@@ -725,7 +727,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                     else:
                         frames, t, stroke = stream_drag(pipe, world, clip, drag_at, policy,
                                                         cfg.policy_args.get(policy, {}), cfg.steps, cfg.seed,
-                                                        guidance=cfg.guidance, hidden_chunks=cfg.hidden_chunks)
+                                                        guidance=cfg.guidance, hidden_chunks=cfg.hidden_chunks,
+                                                        drift_anchor=cfg.drift_anchor)
                         timing.append(t)
                     if keep_frames is not None:
                         keep_frames[(set_name, name, i)] = frames
@@ -737,7 +740,8 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                     args = cfg.policy_args.get(policy, {})
                     frames, t = stream_clip(pipe, clip, policy, args, cfg.steps, cfg.seed,
                                             tracks=not alone, image_start=set_name == "two",
-                                            guidance=cfg.guidance, hidden_chunks=cfg.hidden_chunks)
+                                            guidance=cfg.guidance, hidden_chunks=cfg.hidden_chunks,
+                                            drift_anchor=cfg.drift_anchor)
                     timing.append(t)
                 if keep_frames is not None:
                     keep_frames[(set_name, name, i)] = frames
@@ -871,6 +875,9 @@ def write_markdown(results: dict, path: Path) -> None:
     if cfg.get("hidden_chunks"):
         text += (f"Hidden chunks: {cfg['hidden_chunks']} (made before the first frame shown, and not scored; "
                  "none after an image start)\n\n")
+    if cfg.get("drift_anchor"):
+        text += ("Drift anchor: on (each chunk's median latent cell held at the first chunk's, per channel; "
+                 "`streamer.anchor`)\n\n")
     if results.get("dtype"):
         text += f"DiT dtype: {results['dtype']}, {results.get('threads', '?')} CPU thread(s)\n\n"
     if "track" in cfg.get("sets", SETS):  # (--sets text,two: no empty table)
@@ -1111,7 +1118,9 @@ def cmd_eval(args) -> int:
                      reference=not args.no_reference, policy_args=policy_args, sets=sets,
                      guidance=args.guidance if args.guidance is not None else float(defaults.get("guidance", 1.0)),
                      hidden_chunks=(args.hidden_chunks if args.hidden_chunks is not None
-                                    else int(defaults.get("hidden_chunks", 0))))
+                                    else int(defaults.get("hidden_chunks", 0))),
+                     drift_anchor=(args.drift_anchor == "on" if args.drift_anchor is not None
+                                   else bool(defaults.get("drift_anchor", False))))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -1167,6 +1176,8 @@ def register(subparsers) -> None:
                    help="text classifier-free guidance scale, 1 = off (default: the model's own)")
     p.add_argument("--hidden-chunks", type=checks.int_in(0, checks.HIDDEN_CHUNKS_MAX), metavar="N",
                    help="chunks made before the first one shown (default: the model's own; none after an image start)")
+    p.add_argument("--drift-anchor", choices=("on", "off"),
+                   help="hold each chunk's latent level at the first chunk's (streamer.anchor; default: the model's own)")
     p.add_argument("--sets", default=",".join(SETS),
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
                         "true first frame, a track on each), drag (a prompt alone, then a stroke from its sprite "

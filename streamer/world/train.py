@@ -755,20 +755,23 @@ def world_config(recipe: dict):
 def stream_metadata(recipe: dict) -> dict:
     """The recipe's [stream] as the weights' "stream" metadata (`Pipeline.stream_defaults`): the
     cache policy, its knobs, and when given the text guidance (with its timestep interval) and the
-    denoising steps (a count or the timesteps: `sampler.own_sampler`, whose ValueError it raises)
-    and the hidden chunks (`StreamConfig.hidden_chunks`; `checks.hidden_chunks`'s ValueError)."""
-    from streamer.checks import hidden_chunks
+    denoising steps (a count or the timesteps: `sampler.own_sampler`, whose ValueError it raises),
+    the hidden chunks (`StreamConfig.hidden_chunks`; `checks.hidden_chunks`'s ValueError) and the
+    drift anchor (`StreamConfig.drift_anchor`; `checks.drift_anchor`'s ValueError)."""
+    from streamer.checks import drift_anchor, hidden_chunks
     from streamer.sampler import own_sampler
 
     stream = dict(recipe.get("stream", {}))
     out = {"policy": stream.pop("policy", "window")}
-    for key in ("guidance", "guidance_interval", "steps", "hidden_chunks"):
+    for key in ("guidance", "guidance_interval", "steps", "hidden_chunks", "drift_anchor"):
         if key in stream:
             out[key] = stream.pop(key)
     if "steps" in out:
         own_sampler(out["steps"])
     if "hidden_chunks" in out:
         hidden_chunks(out["hidden_chunks"])
+    if "drift_anchor" in out:
+        drift_anchor(out["drift_anchor"])
     return {**out, "policy_args": stream}
 
 

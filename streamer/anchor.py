@@ -1,0 +1,79 @@
+"""Drift anchor: hold a stream's latent level at the level of its first chunk.
+
+A causal video model rolled out on its own outputs drifts: each chunk continues a history that is
+a little off, and the offset builds up. On the shipped world model the latents' mean moves away
+from the true clip's by 0.02-0.09 (of a spread of 1) in several channels over the first five
+chunks and then stays there: the night background settles about one grey level brighter than its
+first frame, which is most of the ten-minute background change and almost all of the smear far
+behind the sprite (docs/model_history.md, "After v13, part 3"). Training rounds against it took a
+tenth off (parts 3-5 there).
+
+The anchor corrects it at stream time. The last latent frame of the first chunk a stream makes is
+its reference. Every later chunk's clean latents are shifted, per channel and latent frame, by the
+median over the frame's cells of their difference from the reference. The shift is applied before
+the clean pass, so the KV cache, the decoder and the next chunk all see the corrected latents, and
+the drift cannot build up.
+
+Where the background stands still (the world model's scenes: a fixed camera over a static
+texture), the median cell is background: a sprite covers far less than half the cells, so it moves
+neither the median nor itself apart from the background. A video with camera motion or lighting
+changes has no such reference, so the anchor is off unless a model's own stream settings turn it
+on (`StreamConfig.drift_anchor`; the shipped world model's do).
+
+A prompt switch asks for a new scene: the world model changes its background over two to three
+chunks after one (grass to sand, night to snow). So after a switch the anchor lets go, and
+`SETTLE_CHUNKS` chunks later it takes that chunk's last latent frame as the new reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Chunks made after a prompt switch before the anchor takes its new reference: the last of them
+# gives it. The world model's background reaches the new prompt's within 2-3 chunks of 3 latent
+# frames (grass -> sand, night -> snow: frame means within 2 grey levels of where they settle).
+SETTLE_CHUNKS = 3
+
+
+def median_offset(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per channel and latent frame, the median over the frame's cells of `latents - reference`.
+
+    latents: [B, C, n, h, w]; reference: [B, C, 1, h, w] (one latent frame, broadcast over n).
+    Returns float32 [B, C, n, 1, 1]. Raises ValueError for shapes that do not match."""
+    if latents.ndim != 5 or reference.ndim != 5 or reference.shape[2] != 1 or \
+            latents.shape[:2] != reference.shape[:2] or latents.shape[3:] != reference.shape[3:]:
+        raise ValueError(f"drift anchor: latents {tuple(latents.shape)} and reference {tuple(reference.shape)} "
+                         "must be [B, C, n, h, w] and [B, C, 1, h, w]")
+    diff = latents.float() - reference.float()
+    return diff.flatten(3).median(dim=3).values[..., None, None]
+
+
+def anchor_latents(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`latents` [B, C, n, h, w] shifted so that each latent frame's median cell, per channel, equals
+    the reference's ([B, C, 1, h, w]); the same dtype and device. Raises as `median_offset`."""
+    return (latents.float() - median_offset(latents, reference)).to(latents.dtype)
+
+
+class DriftAnchor:
+    """One stream's anchor state: its reference latent frame and how many chunks until it is taken.
+
+    `apply(latents)` is called with each chunk's clean latents [1, C, n, h, w] in stream order and
+    returns what the stream keeps: the chunk itself while no reference is held (the chunk that
+    becomes the reference included), else `anchor_latents(latents, reference)`. `release()` (at a
+    prompt switch) drops the reference; the `SETTLE_CHUNKS`-th chunk after it is the new one."""
+
+    def __init__(self) -> None:
+        self.reference: torch.Tensor | None = None
+        self._wait = 1  # chunks until the reference is taken: a stream's first chunk gives it
+
+    def release(self) -> None:
+        self.reference = None
+        self._wait = SETTLE_CHUNKS
+
+    def apply(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.reference is not None:
+            return anchor_latents(latents, self.reference)
+        self._wait -= 1
+        if self._wait == 0:
+            self.reference = latents[:, :, -1:].clone()
+        return latents

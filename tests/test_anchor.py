@@ -1,0 +1,100 @@
+"""The drift anchor (`streamer.anchor`): each chunk's median latent cell, per channel, held at the
+stream's first chunk's, applied before the clean pass; a prompt switch lets go until it settles."""
+
+import pytest
+import torch
+
+from streamer.anchor import SETTLE_CHUNKS, DriftAnchor, anchor_latents, median_offset
+from streamer.pipeline import Pipeline
+from streamer.sampler import SamplerConfig
+from streamer.session import Session, StreamConfig
+
+STEPS = SamplerConfig(steps=(1000, 500))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.load(preset="tiny", device="cpu", dtype=torch.float32)
+
+
+def _config(**kw):
+    return StreamConfig(**{"width": 32, "height": 32, "sampler": STEPS, "policy": "deep-sink",
+                           "policy_args": {"window": 9, "sink": 3}, "seed": 5, **kw})
+
+
+def test_a_drifted_still_background_is_put_back_and_a_sprite_moves_with_it():
+    """A still background drifted by an offset per channel and frame, with a sprite over 30% of the
+    cells: the anchor takes the offset off everywhere; the background equals the reference and the
+    sprite keeps its difference from it."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(1, 4, 1, 10, 10, generator=g)
+    drift = torch.randn(1, 4, 3, 1, 1, generator=g) * 0.1
+    sprite = torch.zeros(1, 1, 1, 10, 10, dtype=torch.bool)
+    sprite[..., :3, :] = True  # 30 of 100 cells
+    x = ref + drift + 5.0 * sprite
+    assert torch.allclose(median_offset(x, ref), drift, atol=1e-6)
+    fixed = anchor_latents(x, ref)
+    assert torch.allclose(fixed, ref + 5.0 * sprite, atol=1e-6)
+    assert fixed.dtype == x.dtype and anchor_latents(x.bfloat16(), ref).dtype == torch.bfloat16
+    for a, b in ((x, ref[:, :, :, :5]), (x, ref.expand(1, 4, 2, 10, 10)), (x[0], ref)):
+        with pytest.raises(ValueError, match="drift anchor"):
+            median_offset(a, b)
+
+
+def test_the_anchor_takes_its_reference_then_lets_go_at_a_switch():
+    anchor = DriftAnchor()
+    chunks = [torch.full((1, 2, 3, 4, 4), float(k)) for k in range(8)]
+    assert anchor.apply(chunks[0]) is chunks[0]  # the first chunk is the reference, unchanged
+    assert torch.equal(anchor.reference, chunks[0][:, :, -1:])
+    assert torch.equal(anchor.apply(chunks[3]), chunks[0])
+    anchor.release()
+    for k in range(1, SETTLE_CHUNKS + 1):  # the settling chunks pass unchanged; the last is the new reference
+        assert anchor.apply(chunks[k + 3]) is chunks[k + 3]
+        assert (anchor.reference is None) == (k < SETTLE_CHUNKS)
+    assert torch.equal(anchor.apply(chunks[7]), chunks[3 + SETTLE_CHUNKS])
+
+
+def test_a_stream_with_the_anchor_commits_the_anchored_latents(pipe, monkeypatch):
+    """On the tiny model: the first chunk is the stream's without the anchor, bit for bit (so is the
+    second one's raw sample, which sees the same history), the second is that sample anchored to the
+    first chunk's last frame, and the clean pass writes the anchored latents into the cache, so
+    later chunks continue them. Off (the default), nothing changes."""
+    plain = [c.latents for c in Session(pipe, "p", _config()).stream(9)]
+    committed = []
+    forward = pipe.model.forward_chunk
+
+    def record(x, t, text, view, tracks=None):
+        if view.commit:
+            committed.append(x.clone())
+        return forward(x, t, text, view, tracks)
+
+    monkeypatch.setattr(pipe.model, "forward_chunk", record)
+    anchored = [c.latents for c in Session(pipe, "p", _config(drift_anchor=True)).stream(9)]
+    assert torch.equal(anchored[0], plain[0])
+    assert torch.equal(anchored[1], anchor_latents(plain[1], plain[0][:, :, -1:]))
+    assert not torch.equal(anchored[1], plain[1])
+    assert all(torch.equal(c, x) for c, x in zip(committed, anchored))  # the cache holds what was kept
+    ref = anchored[0][:, :, -1:]
+    for x in anchored[1:]:
+        assert median_offset(x, ref).abs().max() < 1e-6
+    assert not torch.equal(anchored[2], anchor_latents(plain[2], ref))  # it continued the anchored history
+
+
+def test_a_prompt_switch_re_anchors_once_the_new_scene_has_settled(pipe):
+    session = Session(pipe, "p", _config(drift_anchor=True))
+    first = session.step().latents
+    session.step()
+    session.set_prompt("another prompt")
+    settling = [session.step().latents for _ in range(SETTLE_CHUNKS)]
+    assert torch.equal(session._anchor.reference, settling[-1][:, :, -1:])
+    assert median_offset(settling[0], first[:, :, -1:]).abs().max() > 1e-3  # let go: not held at the old level
+    after = session.step().latents
+    assert median_offset(after, settling[-1][:, :, -1:]).abs().max() < 1e-6
+
+
+def test_stream_config_takes_the_models_drift_anchor(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "stream_defaults", {"policy": "window", "drift_anchor": True})
+    assert pipe.stream_config().drift_anchor
+    assert not pipe.stream_config(drift_anchor=False).drift_anchor
+    monkeypatch.setattr(pipe, "stream_defaults", None)
+    assert not pipe.stream_config().drift_anchor  # checkpoints without one: off
