@@ -56,6 +56,7 @@ def test_bench_command_writes_json_markdown_and_plots(tmp_path):
     assert doc["machine"]["torch"] == torch.__version__
     assert len(doc["results"]) == 2 and set(doc["length_scaling"]) == {"window", "ema-sink"}
     # the resolved settings: a random model names no steps or hidden chunks, so Self-Forcing's 4 and none
-    assert all(r["steps"] == [1000, 750, 500, 250] and r["hidden_chunks"] == 0 for r in doc["results"])
+    assert all(r["steps"] == [1000, 750, 500, 250] and r["hidden_chunks"] == 0 and not r["drift_anchor"]
+               for r in doc["results"])
     assert "| cell |" in (out / "results.md").read_text()
     assert (out / "fps.png").stat().st_size > 0 and (out / "length_scaling.png").stat().st_size > 0

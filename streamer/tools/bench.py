@@ -297,9 +297,10 @@ def run_cell(cell: Cell, device: torch.device, chunks: int, warmup: int, repeats
     config = stream_config(cell, pipe)
     ours = _median_stats([time_session(pipe, config, chunks, warmup) for _ in range(repeats)])
     ours.fps_generate = statistics.median(time_generate(pipe, config, warmup + chunks) for _ in range(repeats))
-    # the settings the cell resolved to (a model's own steps and hidden chunks are not in its label)
+    # the settings the cell resolved to (a model's own steps, hidden chunks and anchor are not in its label)
     result = {"cell": asdict(cell), "label": cell.label(), "size": [config.width, config.height],
-              "steps": list(config.sampler.steps), "hidden_chunks": config.hidden_chunks, "ours": _public(ours)}
+              "steps": list(config.sampler.steps), "hidden_chunks": config.hidden_chunks,
+              "drift_anchor": config.drift_anchor, "ours": _public(ours)}
     for name in baselines:
         fn = {"recompute": time_recompute, "diffusers": time_diffusers}[name]
         if name == "recompute" and cell.compile != "off":
