@@ -82,7 +82,9 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
                         "(default: the model's own, stored with its weights; 1 for checkpoints without one, "
                         "such as the distilled Self-Forcing ones)")
     g.add_argument("--policy", help=f"KV cache policy: {', '.join(POLICIES)} (default: the model's own, else window)")
-    g.add_argument("--policy-arg", action="append", default=[], metavar="K=V", help="policy knob, repeatable")
+    g.add_argument("--policy-arg", action="append", default=[], metavar="K=V",
+                   help="policy knob, repeatable; with the model's own policy it changes that knob and keeps the "
+                        "model's others (another policy starts from its paper's defaults)")
 
 
 # Subcommands that live in their own modules, each adding its parser with `register(subparsers)`
@@ -208,7 +210,12 @@ def checkpoint_companions(args) -> tuple[str | None, str | None]:
 
 
 def _stream_config(args, pipe):
-    return pipe.stream_config(size=args.size, policy=args.policy, policy_args=parse_policy_args(args.policy_arg),
+    knobs = parse_policy_args(args.policy_arg)
+    trained = pipe.stream_defaults or {}
+    if knobs and (args.policy or trained.get("policy")) == trained.get("policy"):
+        # the model's own policy: a knob given changes that knob, the others stay the model's (as eval)
+        knobs = {**trained.get("policy_args", {}), **knobs}
+    return pipe.stream_config(size=args.size, policy=args.policy, policy_args=knobs,
                               steps=args.steps, chunk_frames=args.chunk, seed=args.seed, guidance=args.guidance,
                               hidden_chunks=args.hidden_chunks,
                               drift_anchor=None if args.drift_anchor is None else args.drift_anchor == "on")

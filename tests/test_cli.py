@@ -270,3 +270,25 @@ def test_argument_errors_are_one_line_and_exit_2(argv, capsys, tmp_path, monkeyp
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and "usage:" not in err[0]
+
+
+def test_a_policy_knob_changes_that_knob_of_the_models_own_policy():
+    """`--policy-arg` on the model's own policy keeps its other trained knobs (as `streamer eval`
+    does); on another policy the knobs start from that policy's paper defaults. (Knobs given are
+    text until the policy reads them.)"""
+    import torch
+
+    from streamer.cli import _stream_config, build_parser
+    from streamer.pipeline import Pipeline
+
+    own = {"policy": "deep-sink", "policy_args": {"window": 9, "sink": 3, "untracked_positions": "absolute"}}
+    pipe = Pipeline.load(preset="tiny", device="cpu", dtype=torch.float32)
+    pipe.stream_defaults = own
+    parse = build_parser().parse_args
+    for argv, want in (([], own["policy_args"]),
+                       (["--policy-arg", "window=12"], {"window": "12", "sink": 3, "untracked_positions": "absolute"}),
+                       (["--policy", "deep-sink", "--policy-arg", "sink=4"],
+                        {"window": 9, "sink": "4", "untracked_positions": "absolute"}),
+                       (["--policy", "frame-sink", "--policy-arg", "sink=2"], {"sink": "2"})):
+        args = parse(["generate", "--prompt", "p", "--out", "x.mp4", *argv])
+        assert _stream_config(args, pipe).policy_args == want, argv
