@@ -53,9 +53,9 @@ class StreamConfig:
     # chunks settle on (darker, or grainier); the shown stream then starts on the settled one.
     # Tracks are held at their first point meanwhile. Each costs one chunk's time before the first frame.
     hidden_chunks: int = 0
-    # Shift each chunk's clean latents so that their median cell, per channel, stays at the stream's
-    # first chunk's (`streamer.anchor`): holds a still background's level over hours. For models whose
-    # scenes keep a still camera (the shipped world model turns it on); wrong for camera motion.
+    # Shift each chunk's background cells back by the median, per channel, of its latents' difference
+    # from the stream's first chunk (`streamer.anchor`): holds a still background's level over hours.
+    # For models whose scenes keep a still camera (the shipped world model turns it on), not camera motion.
     drift_anchor: bool = False
 
 

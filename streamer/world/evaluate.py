@@ -876,8 +876,8 @@ def write_markdown(results: dict, path: Path) -> None:
         text += (f"Hidden chunks: {cfg['hidden_chunks']} (made before the first frame shown, and not scored; "
                  "none after an image start)\n\n")
     if cfg.get("drift_anchor"):
-        text += ("Drift anchor: on (each chunk's median latent cell held at the first chunk's, per channel; "
-                 "`streamer.anchor`)\n\n")
+        text += ("Drift anchor: on (each chunk's background cells shifted back by the median of its latents' "
+                 "difference from the first chunk's, per channel; `streamer.anchor`)\n\n")
     if results.get("dtype"):
         text += f"DiT dtype: {results['dtype']}, {results.get('threads', '?')} CPU thread(s)\n\n"
     if "track" in cfg.get("sets", SETS):  # (--sets text,two: no empty table)
@@ -1177,7 +1177,7 @@ def register(subparsers) -> None:
     p.add_argument("--hidden-chunks", type=checks.int_in(0, checks.HIDDEN_CHUNKS_MAX), metavar="N",
                    help="chunks made before the first one shown (default: the model's own; none after an image start)")
     p.add_argument("--drift-anchor", choices=("on", "off"),
-                   help="hold each chunk's latent level at the first chunk's (streamer.anchor; default: the model's own)")
+                   help="hold a still background's level at the first chunk's (streamer.anchor; default: the model's own)")
     p.add_argument("--sets", default=",".join(SETS),
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
                         "true first frame, a track on each), drag (a prompt alone, then a stroke from its sprite "
