@@ -11,8 +11,7 @@ frames in which `streamer eval` finds the sprite (`score_text_only`):
   off is under `BACKGROUND_RMS`.
 
 Then the quantiles of that difference (RMS over channels) over every anchored cell: where a still
-background's cells sit, and where a sprite's do (docs/model_history.md, "After v14: the drift
-anchor (v15)").
+background's cells sit, and where a sprite's do (docs/model_history.md, "After v14").
 
     python docs/eval/anchor_cells.py SECONDS PROMPTS      # e.g. 20 5,14 (a yellow square on stone,
                                                           # an orange diamond on night)

@@ -11,7 +11,7 @@ smear again with each frame's far-pixel mean change taken off first (shift-free)
 
     python docs/eval/smear_shift.py SECONDS SCENES       # e.g. 60 2,3 (a white diamond on stone,
                                                          # a purple diamond on grass)
-1 thread, bf16 (docs/model_history.md, "After v14: the drift anchor (v15)")."""
+1 thread, bf16 (docs/model_history.md, "After v14")."""
 
 import sys
 
