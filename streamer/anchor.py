@@ -74,17 +74,28 @@ class DriftAnchor:
     `apply(latents)` is called with each chunk's clean latents [1, C, n, h, w] in stream order and
     returns what the stream keeps: the chunk itself while no reference is held (the chunk that
     becomes the reference included), else `anchor_latents(latents, reference)`. `release()` (at a
-    prompt switch) drops the reference; the `SETTLE_CHUNKS`-th chunk after it is the new one."""
+    prompt switch) drops the reference; the `SETTLE_CHUNKS`-th chunk after it is the new one (a
+    switch before any chunk changes nothing).
+
+    In a `Session` the chunks are those the model makes: with hidden chunks the first of them gives
+    the reference (Deep Sink's sink, the chunk every later one attends to), so the first chunk shown
+    is already anchored; after start latents (an image or a video's last frames) the first chunk made
+    from them does, not the encoded start, whose first latent frame the autoencoder encodes from a
+    single video frame."""
 
     def __init__(self) -> None:
         self.reference: torch.Tensor | None = None
         self._wait = 1  # chunks until the reference is taken: a stream's first chunk gives it
+        self._made = 0  # chunks seen
 
     def release(self) -> None:
+        if self._made == 0:  # a switch before the first chunk: there is no earlier scene to settle from
+            return
         self.reference = None
         self._wait = SETTLE_CHUNKS
 
     def apply(self, latents: torch.Tensor) -> torch.Tensor:
+        self._made += 1
         if self.reference is not None:
             return anchor_latents(latents, self.reference)
         self._wait -= 1

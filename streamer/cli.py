@@ -73,7 +73,7 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
                         "(default: the model's own, 1 for the shipped model, else 0; none after an image or video start)")
     g.add_argument("--drift-anchor", choices=("on", "off"),
                    help="hold each chunk's latent level (its median cell, per channel) at the stream's first chunk's, "
-                        "so a still background keeps its brightness for hours; after a prompt switch it re-takes "
+                        "so a still background keeps its brightness however long the stream runs; after a prompt switch it re-takes "
                         "its reference once the new scene has settled. For still cameras only (default: the model's "
                         "own, on for the shipped world model, else off)")
     g.add_argument("--guidance", type=checks.non_negative_float,
@@ -210,11 +210,8 @@ def checkpoint_companions(args) -> tuple[str | None, str | None]:
 
 
 def _stream_config(args, pipe):
-    knobs = parse_policy_args(args.policy_arg)
-    trained = pipe.stream_defaults or {}
-    if knobs and (args.policy or trained.get("policy")) == trained.get("policy"):
-        # the model's own policy: a knob given changes that knob, the others stay the model's (as eval)
-        knobs = {**trained.get("policy_args", {}), **knobs}
+    # the model's own policy: a knob given changes that knob, the others stay the model's (as eval)
+    knobs = pipe.knobs_over_own(args.policy, parse_policy_args(args.policy_arg))
     return pipe.stream_config(size=args.size, policy=args.policy, policy_args=knobs,
                               steps=args.steps, chunk_frames=args.chunk, seed=args.seed, guidance=args.guidance,
                               hidden_chunks=args.hidden_chunks,

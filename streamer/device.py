@@ -93,7 +93,8 @@ def _probe_bf16_speedup(timed_chunks: int = 6) -> float:
     from streamer.pipeline import Pipeline
     from streamer.session import Session, StreamConfig
 
-    config = StreamConfig(width=128, height=128, policy="deep-sink", policy_args={"window": 9, "sink": 3})
+    config = StreamConfig(width=128, height=128, policy="deep-sink", policy_args={"window": 9, "sink": 3},
+                          drift_anchor=True)
     streams = {}
     for dtype in (torch.float32, torch.bfloat16):
         pipe = Pipeline.load(preset="world-128", device="cpu", dtype=dtype)

@@ -143,6 +143,16 @@ class Pipeline:
                             policy_args=dict(policy_args or {}), seed=seed, noise=noise, hidden_chunks=hidden,
                             drift_anchor=anchor)
 
+    def knobs_over_own(self, policy: str | None, knobs: dict | None) -> dict | None:
+        """`knobs` laid over this model's trained knobs when `policy` is its own policy (None: the
+        model's), so a caller who names one knob keeps the others (`streamer generate --policy-arg`,
+        the API's policy_args, `streamer eval`); for another policy, or no knobs, `knobs` as given
+        (`stream_config` then starts from the model's knobs or the policy's paper defaults)."""
+        trained = self.stream_defaults or {}
+        if knobs and (policy or trained.get("policy")) == trained.get("policy"):
+            return {**trained.get("policy_args", {}), **knobs}
+        return knobs
+
     def track_condition(self, trajectory, width: int, height: int):
         """latent frame indices -> track channels [1, C, n, h, w] for a trajectory drawn at any size,
         used at a width x height stream (None: the model has no trajectory channels). Stateless."""
@@ -295,6 +305,8 @@ class Pipeline:
             meta = f.metadata() or {}
         stream_defaults = json.loads(meta["stream"]) if "stream" in meta else None
         try:  # the stream settings the model names, checked as it loads, not at a stream's first chunk
+            if stream_defaults is not None and not isinstance(stream_defaults, dict):
+                raise ValueError(f'its "stream" metadata must be an object of settings; got {meta["stream"][:60]!r}')
             if stream_defaults and "steps" in stream_defaults:
                 from streamer.sampler import own_sampler
 

@@ -132,6 +132,7 @@ class Session:
         if cfg.chunk_frames < 1:
             raise ValueError(f"chunk_frames={cfg.chunk_frames} must be >= 1")
         checks.hidden_chunks(cfg.hidden_chunks)  # ValueError for anything but a whole number in 0..8
+        checks.drift_anchor(cfg.drift_anchor)  # ValueError for anything but True or False
         self.policy = policy or make_policy(cfg.policy, cfg.policy_args, chunk=cfg.chunk_frames)
         self.policy.validate(cfg.chunk_frames)
         mcfg = pipe.model.config

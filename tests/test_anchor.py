@@ -30,6 +30,7 @@ def test_a_drifted_still_background_is_put_back_and_a_sprite_is_left_as_drawn():
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(1, 4, 1, 10, 10, generator=g)
     drift = torch.randn(1, 4, 3, 1, 1, generator=g) * 0.1
+    drift[:, 0] += 1.0  # above BACKGROUND_RMS: cells are judged once the drift is off, not before
     sprite = torch.zeros(1, 1, 1, 10, 10, dtype=torch.bool)
     sprite[..., :3, :] = True  # 30 of 100 cells
     noise = torch.randn(1, 4, 3, 10, 10, generator=g) * 0.05  # a background cell's own change
@@ -97,22 +98,64 @@ def test_a_stream_with_the_anchor_commits_the_anchored_latents(pipe, monkeypatch
     assert len(calls.calls) == len(anchored) - 1
     for (raw, ref, out), kept in zip(calls.calls, anchored[1:]):
         assert torch.equal(ref, anchored[0][:, :, -1:]) and torch.equal(out, kept)
+    assert len(committed) == len(anchored)
     assert all(torch.equal(c, x) for c, x in zip(committed, anchored))  # the cache holds what was kept
     assert not torch.equal(calls.calls[1][0], plain[2])  # chunk 2 continued the anchored history
 
 
 def test_a_prompt_switch_re_anchors_once_the_new_scene_has_settled(pipe, monkeypatch):
+    """The switch lets go, the settling chunks pass as made, the last of them is the new reference;
+    the re-cache at the switch replays the anchored latents the cache held."""
+    monkeypatch.setattr(anchor_mod, "BACKGROUND_RMS", float("inf"))
     calls = _Calls(monkeypatch)
+    committed = []
+    forward = pipe.model.forward_chunk
+
+    def record(x, t, text, view, tracks=None):
+        if view.commit:
+            committed.append(x.clone())
+        return forward(x, t, text, view, tracks)
+
+    monkeypatch.setattr(pipe.model, "forward_chunk", record)
     session = Session(pipe, "p", _config(drift_anchor=True))
     first = session.step().latents
-    session.step()
+    second = session.step().latents
     session.set_prompt("another prompt")
     settling = [session.step().latents for _ in range(SETTLE_CHUNKS)]
+    assert torch.equal(committed[2], torch.cat([first, second], 2)[:, :, :3])  # the re-cache, chunk by chunk
+    assert torch.equal(committed[3], second) and not torch.equal(second, calls.calls[0][0])
     assert len(calls.calls) == 1  # the chunk before the switch only: the settling chunks pass as made
     assert torch.equal(calls.calls[0][1], first[:, :, -1:])
     assert torch.equal(session._anchor.reference, settling[-1][:, :, -1:])
     after = session.step().latents
     assert torch.equal(calls.calls[1][1], settling[-1][:, :, -1:]) and torch.equal(calls.calls[1][2], after)
+
+
+def test_with_a_hidden_chunk_or_start_latents_the_first_chunk_made_is_the_reference(pipe, monkeypatch):
+    """Hidden chunks: the hidden one gives the reference (the sink), so the first chunk shown is
+    anchored. Start latents: the first chunk made after them does; the start is committed as given.
+    A switch before the first chunk changes nothing."""
+    monkeypatch.setattr(anchor_mod, "BACKGROUND_RMS", float("inf"))
+    calls = _Calls(monkeypatch)
+    session = Session(pipe, "p", _config(drift_anchor=True, hidden_chunks=1))
+    shown = session.step().latents
+    assert len(calls.calls) == 1 and torch.equal(calls.calls[0][2], shown)
+    assert torch.equal(session._anchor.reference, calls.calls[0][1])
+
+    calls.calls.clear()
+    start = torch.randn(1, pipe.model.config.out_channels, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    session = Session(pipe, "p", _config(drift_anchor=True), start_latents=start)
+    session.set_prompt("another prompt")  # before any chunk: the anchor still takes the first one made
+    assert torch.equal(session.step().latents, start)
+    made = session.step().latents
+    assert not calls.calls and torch.equal(session._anchor.reference, made[:, :, -1:])
+    session.step()
+    assert torch.equal(calls.calls[0][1], made[:, :, -1:])
+
+
+def test_a_setting_that_is_not_true_or_false_is_refused(pipe):
+    with pytest.raises(ValueError, match="drift_anchor must be true or false; got 'false'"):
+        Session(pipe, "p", _config(drift_anchor="false"))
 
 
 def test_stream_config_takes_the_models_drift_anchor(pipe, monkeypatch):

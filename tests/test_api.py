@@ -376,3 +376,17 @@ def test_mid_stream_tracks_are_in_the_streams_frame_numbering():
         client.delete(f"/api/sessions/{s['id']}")
     api.close()
     app.placer.close()
+
+
+def test_policy_args_for_the_models_own_policy_keep_its_other_knobs(api, monkeypatch):
+    """A knob sent for the model's own policy changes that knob; its other trained knobs stay (as
+    `streamer generate --policy-arg` and `streamer eval`). For another policy, its paper defaults."""
+    client, app_api = api
+    client.delete(f"/api/sessions/{_create(client)['id']}")  # the model loads at the first stream
+    for pipe in app_api.app.models._loaded.values():
+        monkeypatch.setattr(pipe, "stream_defaults", {"policy": "deep-sink", "policy_args": {"window": 9, "sink": 3}})
+    own, other = _create(client, policy_args={"window": 12}), _create(client, policy="frame-sink", policy_args={"sink": 2})
+    assert app_api.streams[own["id"]].session.config.policy_args == {"window": 12, "sink": 3}
+    assert app_api.streams[other["id"]].session.config.policy_args == {"sink": 2}
+    for s in (own, other):
+        client.delete(f"/api/sessions/{s['id']}")

@@ -272,7 +272,7 @@ def test_argument_errors_are_one_line_and_exit_2(argv, capsys, tmp_path, monkeyp
     assert len(err) == 1 and "error:" in err[0] and "usage:" not in err[0]
 
 
-def test_a_policy_knob_changes_that_knob_of_the_models_own_policy():
+def test_a_policy_knob_changes_that_knob_of_the_models_own_policy_and_the_anchor_follows_its_flag():
     """`--policy-arg` on the model's own policy keeps its other trained knobs (as `streamer eval`
     does); on another policy the knobs start from that policy's paper defaults. (Knobs given are
     text until the policy reads them.)"""
@@ -292,3 +292,9 @@ def test_a_policy_knob_changes_that_knob_of_the_models_own_policy():
                        (["--policy", "frame-sink", "--policy-arg", "sink=2"], {"sink": "2"})):
         args = parse(["generate", "--prompt", "p", "--out", "x.mp4", *argv])
         assert _stream_config(args, pipe).policy_args == want, argv
+    # --drift-anchor: the model's own when not given, else as given
+    pipe.stream_defaults = {**own, "drift_anchor": True}
+    for argv, want in (([], True), (["--drift-anchor", "off"], False), (["--drift-anchor", "on"], True)):
+        assert _stream_config(parse(["generate", "--prompt", "p", "--out", "x.mp4", *argv]), pipe).drift_anchor is want
+    pipe.stream_defaults = own
+    assert _stream_config(parse(["generate", "--prompt", "p", "--out", "x.mp4"]), pipe).drift_anchor is False

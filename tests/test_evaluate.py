@@ -73,9 +73,11 @@ def test_eval_command_scores_a_weights_folder(tmp_path, capsys):
         shutil.copy(WEIGHTS_DIR / name, run / name)
     out = tmp_path / "eval"
     rc = main(["eval", "--weights", str(run), "--seconds", "1", "--scenes", "1", "--policies", "window",
-               "--out", str(out), "--threads", "1", "--quiet"])
+               "--out", str(out), "--threads", "1", "--quiet", "--drift-anchor", "off"])
     assert rc == 0
     res = json.loads((out / "eval.json").read_text())
+    assert res["config"]["drift_anchor"] is False  # the flag over the shipped model's own (on)
+    assert "Drift anchor" not in (out / "eval.md").read_text()
     assert set(res["policies"]) == {"reference (autoencoder)", "window"}
     assert str(run) in res["model"]
     for row in res["policies"].values():
@@ -92,8 +94,8 @@ def test_eval_command_scores_a_weights_folder(tmp_path, capsys):
 
 def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     """Without --policies, eval streams with the policy and knobs in the weights' metadata (a model
-    trained for a 9-frame context must not be scored at a paper default of 21 frames), and without
-    --steps with its own denoising steps."""
+    trained for a 9-frame context must not be scored at a paper default of 21 frames), without
+    --steps with its own denoising steps, and without --drift-anchor with its own anchor."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -102,7 +104,8 @@ def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     shutil.copy(WEIGHTS_DIR / "vae.safetensors", run / "vae.safetensors")
     with safe_open(str(WEIGHTS_DIR / "dit.safetensors"), "pt") as f:
         meta, sd = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    meta["stream"] = json.dumps({"policy": "ema-sink", "policy_args": {"window": 6, "sink": 2}, "steps": 3})
+    meta["stream"] = json.dumps({"policy": "ema-sink", "policy_args": {"window": 6, "sink": 2}, "steps": 3,
+                                 "drift_anchor": True})
     save_file(sd, str(run / "dit.safetensors"), metadata=meta)
     out = tmp_path / "eval"
     assert main(["eval", "--weights", str(run), "--seconds", "1", "--scenes", "1", "--sets", "track",
@@ -113,6 +116,7 @@ def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     assert "Policies: ema-sink window=6 sink=2" in (out / "eval.md").read_text()
     assert res["sampler_steps"] == [1000, 667, 333] and "3 steps)" in (out / "eval.md").read_text()  # its own
     assert res["dtype"] == "float32" and "DiT dtype: float32, 1 CPU thread(s)" in (out / "eval.md").read_text()
+    assert res["config"]["drift_anchor"] is True and "Drift anchor: on" in (out / "eval.md").read_text()
 
 
 def test_eval_scenes_beyond_the_track_sets_eight(capsys):

@@ -267,7 +267,9 @@ class Api:
             size = size or self.app.frame_size(pipe)
             latent_size(pipe, *size)
             policy = body.get("policy") or (pipe.stream_defaults or {}).get("policy", "window")
-            knobs = params.knobs(policy, body.get("policy_args"))
+            # knobs named for the model's own policy change those knobs and keep its others
+            given = params.knobs(policy, body.get("policy_args"), check=False)
+            knobs = params.knobs(policy, pipe.knobs_over_own(policy, given))
             tracks = self._tracks(body.get("tracks"), size, pipe.fps)
             notes: list[str] = []
             if image is not None:  # the size rule, and what was converted or resized, said in `notes`

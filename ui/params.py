@@ -62,9 +62,10 @@ def prompt_text(value) -> str:
     return value.strip()
 
 
-def knobs(policy: str, value, chunk_frames: int = 3) -> dict:
+def knobs(policy: str, value, chunk_frames: int = 3, check: bool = True) -> dict:
     """Policy knobs from 'k=v k=v' text (commas allowed) or a dict; whole-number knobs are checked as
-    whole numbers. The policy itself then refuses impossible combinations (PolicyError)."""
+    whole numbers. The policy itself then refuses impossible combinations (PolicyError) unless
+    `check` is False (knobs still to be laid over others: check the result)."""
     if value is None or value == "":
         args: dict = {}
     elif isinstance(value, dict):
@@ -79,7 +80,8 @@ def knobs(policy: str, value, chunk_frames: int = 3) -> dict:
     for k, v in list(args.items()):
         if isinstance(defaults.get(k), int) and not isinstance(defaults.get(k), bool):
             args[k] = whole(f"knob {k}", v, 0, 10**9)
-    make_policy(policy, args, chunk=chunk_frames)
+    if check:
+        make_policy(policy, args, chunk=chunk_frames)
     return args
 
 

@@ -1039,7 +1039,7 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], times: tuple[float, 
 
 def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy: str = "window",
                   policy_args: dict | None = None, seed: int = 0, guidance: float | None = None,
-                  hidden_chunks: int | None = None) -> dict:
+                  hidden_chunks: int | None = None, drift_anchor: bool | None = None) -> dict:
     """End-to-end speed of one stream (DiT + decode, trajectory channels included): the time from
     `Session(...)` (prompt encoding included) to the first frames, and the steady frames per second."""
     from streamer.session import Session
@@ -1047,7 +1047,7 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy:
     clip = World().clip(HELD_OUT_SEEDS[0], stream_frames(seconds, pipe.fps))
     w, h = pipe.native_size
     cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
-                             guidance=guidance, hidden_chunks=hidden_chunks)
+                             guidance=guidance, hidden_chunks=hidden_chunks, drift_anchor=drift_anchor)
     t0 = time.perf_counter()
     session = Session(pipe, clip.prompt + f" #{seed}", cfg)  # a new prompt: the text encoder runs
     session.set_tracks(clip.trajectory)
@@ -1062,7 +1062,7 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy:
     return {"first_frame_s": round(first_s, 3), "first_chunk_frames": len(first.frames), "frames": n,
             "fps": round(n / wall, 1), "dit_ms_per_chunk": round(1e3 * dit * 12 / n, 1),
             "decode_ms_per_chunk": round(1e3 * dec * 12 / n, 1), "steps": len(cfg.sampler.steps),
-            "hidden_chunks": cfg.hidden_chunks, "policy": policy,
+            "hidden_chunks": cfg.hidden_chunks, "drift_anchor": cfg.drift_anchor, "policy": policy,
             "threads": torch.get_num_threads()}
 
 
@@ -1083,7 +1083,8 @@ def cmd_eval(args) -> int:
     if args.speed:
         res = measure_speed(pipe, args.seconds or 10.0, args.steps,
                             defaults.get("policy", "window"), defaults.get("policy_args"), guidance=args.guidance,
-                            hidden_chunks=args.hidden_chunks)
+                            hidden_chunks=args.hidden_chunks,
+                            drift_anchor=None if args.drift_anchor is None else args.drift_anchor == "on")
         print(json.dumps(res))
         return 0
     if not pipe.model.config.track_channels:
