@@ -249,6 +249,10 @@ def test_a_world_model_with_bad_steps_does_not_load(tmp_path):
         else:
             with pytest.raises(CheckpointError, match=f"{tmp_path}.*{'sampler steps' if key == 'steps' else key}"):
                 Pipeline.load_default(tmp_path, device=torch.device("cpu"), dtype=torch.float32)
+    save_file(load_file(str(tmp_path / "dit.safetensors")), str(tmp_path / "dit.safetensors"),
+              metadata={**meta, "stream": "[]"})
+    with pytest.raises(CheckpointError, match='"stream" metadata must be an object'):
+        Pipeline.load_default(tmp_path, device=torch.device("cpu"), dtype=torch.float32)
 
 
 def test_stream_config_takes_the_models_guidance(pipe, monkeypatch):
