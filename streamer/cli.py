@@ -72,10 +72,11 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
                         "starts on the background the model settles on; each delays the first frame by one chunk "
                         "(default: the model's own, 1 for the shipped model, else 0; none after an image or video start)")
     g.add_argument("--drift-anchor", choices=("on", "off"),
-                   help="hold each chunk's latent level (its median cell, per channel) at the stream's first chunk's, "
-                        "so a still background keeps its brightness however long the stream runs; after a prompt switch it re-takes "
-                        "its reference once the new scene has settled. For still cameras only (default: the model's "
-                        "own, on for the shipped world model, else off)")
+                   help="hold a still background's level at the stream's first chunk's: each later chunk's "
+                        "background cells are shifted back by its median latent difference from that chunk, per "
+                        "channel, so the brightness does not drift however long the stream runs; after a prompt "
+                        "switch it takes a new reference once the new scene has settled. For still cameras only "
+                        "(default: the model's own, on for the shipped world model, else off)")
     g.add_argument("--guidance", type=checks.non_negative_float,
                    help="text classifier-free guidance scale: 1 = off, 0 = the empty prompt alone, above 1 the prompt "
                         "weighs more; each guided step runs the DiT twice "

@@ -54,7 +54,8 @@ class StreamConfig:
     # Tracks are held at their first point meanwhile. Each costs one chunk's time before the first frame.
     hidden_chunks: int = 0
     # Shift each chunk's background cells back by the median, per channel, of its latents' difference
-    # from the stream's first chunk (`streamer.anchor`): holds a still background's level over hours.
+    # from the stream's first chunk (`streamer.anchor`): a still background keeps its level for as long as
+    # the stream runs.
     # For models whose scenes keep a still camera (the shipped world model turns it on), not camera motion.
     drift_anchor: bool = False
 
@@ -119,8 +120,11 @@ class Session:
     started there (of its first latent frame's 4 decoded frames the last is kept, so it gives 1 video
     frame as a stream's first does).
 
+    `config.drift_anchor` holds a still background's level at the first chunk's (`streamer.anchor`).
+
     Raises ValueError (PolicyError) for an impossible size, policy or knob, an empty prompt, tracks
-    on a model without trajectory channels, start latents of the wrong shape, or a hidden_chunks that is not a whole number in 0..8.
+    on a model without trajectory channels, start latents of the wrong shape, a hidden_chunks that
+    is not a whole number in 0..8, or a drift_anchor that is not True or False.
     """
 
     def __init__(self, pipe: Pipeline, prompt: str, config: StreamConfig | None = None,

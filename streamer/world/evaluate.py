@@ -604,9 +604,9 @@ def stream_clip(pipe, clip: Clip, policy: str, policy_args: dict, steps: int | N
                 drift_anchor: bool | None = None) -> tuple[np.ndarray, dict]:
     """Stream the clip's prompt (+ its trajectory when `tracks`, from its true first frame when
     `image_start`; text guidance `guidance`, hidden chunks `hidden_chunks` and the drift anchor
-    `drift_anchor`, None: the model's own); frames [T, H, W, 3] and timing. `before_chunk(session, n, shown)` runs before each step
-    with the video frames made so far (n, and the chunks' frame arrays), so a control it sets lands
-    at that chunk boundary."""
+    `drift_anchor`, None: the model's own); frames [T, H, W, 3] and timing.
+    `before_chunk(session, n, shown)` runs before each step with the video frames made so far (n,
+    and the chunks' frame arrays), so a control it sets lands at that chunk boundary."""
 
     from streamer.session import Session
 
