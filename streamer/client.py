@@ -58,12 +58,13 @@ class Client:
     def create(self, prompt: str, *, model: str | None = None, policy: str | None = None,
                policy_args: dict | None = None, size: tuple[int, int] | None = None, seed: int = 0,
                steps: int | None = None, tracks: dict | list | None = None,
-               image: str | Path | bytes | None = None) -> Stream:
+               image: str | Path | bytes | None = None, drift_anchor: bool | None = None) -> Stream:
         """Open a stream (it may wait in line: see `Stream.info['position']`). `tracks`: the project's
         trajectory JSON (or an ATI-style point list) in pixels of the stream's frame (or of `image`,
         when they give its width and height). `image`: a start picture (a PNG/JPEG/WebP path, or the
         file's bytes); the stream's first frame is that picture, and `Stream.info['notes']` says what
-        was converted or resized. `steps`: denoising steps (None: the model's own)."""
+        was converted or resized. `steps`: denoising steps, `drift_anchor`: hold a still background's
+        level (`streamer.anchor`); None: the model's own."""
         body = {"prompt": prompt, "seed": seed}
         if image is not None:
             import base64
@@ -74,7 +75,7 @@ class Client:
                 raise StreamerError(f"image {image}: cannot read ({e.strerror or e})") from None
             body["image"] = base64.b64encode(data).decode()
         for k, v in (("model", model), ("policy", policy), ("policy_args", policy_args), ("steps", steps),
-                     ("tracks", tracks)):
+                     ("tracks", tracks), ("drift_anchor", drift_anchor)):
             if v is not None:
                 body[k] = v
         if size is not None:

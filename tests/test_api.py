@@ -125,6 +125,7 @@ def test_past_the_live_limit_a_client_is_told_its_place(api):
     ({"prompt": "a", "guidance": True}, 400, "guidance must be a number from 0 to 20"),
     ({"prompt": "a", "policy_args": {"window": "abc"}}, 400, "knob window must be a whole number"),
     ({"prompt": "a", "policy": "nope"}, 400, "unknown cache policy"),
+    ({"prompt": "a", "drift_anchor": "yes"}, 400, "drift_anchor must be true or false"),
     ({"prompt": "a", "size": "100x"}, 400, "size must look like"),
     ({"prompt": "a", "size": [60, 64]}, 400, "not possible"),
     ({"prompt": "a", "size": [4096, 4096]}, 413, "lower the video size"),
@@ -389,4 +390,19 @@ def test_policy_args_for_the_models_own_policy_keep_its_other_knobs(api, monkeyp
     assert app_api.streams[own["id"]].session.config.policy_args == {"window": 12, "sink": 3}
     assert app_api.streams[other["id"]].session.config.policy_args == {"sink": 2}
     for s in (own, other):
+        client.delete(f"/api/sessions/{s['id']}")
+
+
+def test_drift_anchor_field_or_the_models_own(api, monkeypatch):
+    """`drift_anchor` turns the anchor on or off for the stream; left out, the model's own. The reply
+    says which."""
+    client, app_api = api
+    plain = _create(client)  # the tiny model names none: off
+    assert plain["drift_anchor"] is False and not app_api.streams[plain["id"]].session.config.drift_anchor
+    for pipe in app_api.app.models._loaded.values():
+        monkeypatch.setattr(pipe, "stream_defaults", {"policy": "window", "drift_anchor": True})
+    own, off = _create(client), _create(client, drift_anchor=False)
+    assert own["drift_anchor"] is True and app_api.streams[own["id"]].session.config.drift_anchor
+    assert off["drift_anchor"] is False and not app_api.streams[off["id"]].session.config.drift_anchor
+    for s in (plain, own, off):
         client.delete(f"/api/sessions/{s['id']}")

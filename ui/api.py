@@ -56,7 +56,8 @@ from streamer.trajectory import Trajectory, from_json
 from streamer.ui import params
 from streamer.video import Mp4Writer
 
-FIELDS = {"prompt", "model", "policy", "policy_args", "size", "seed", "steps", "guidance", "tracks", "image"}
+FIELDS = {"prompt", "model", "policy", "policy_args", "size", "seed", "steps", "guidance", "drift_anchor", "tracks",
+          "image"}
 MAX_SESSIONS = 64          # API streams held at once (live, in line or paused), all devices
 IDLE_SECONDS = 600         # a stream nobody has read or steered for this long is freed
 MAX_BODY = 8 << 20         # bytes of a request body (tracks and a base64 start image included: ~6 MiB of file)
@@ -260,6 +261,9 @@ class Api:
                      if body.get("steps") is not None else None)  # None: the model's own
             guidance = (params.number("guidance", body["guidance"], 0.0, params.GUIDANCE_MAX)
                         if body.get("guidance") is not None else None)  # None: the model's own
+            anchor = body.get("drift_anchor")  # None: the model's own
+            if anchor is not None and not isinstance(anchor, bool):
+                raise params.InputError(f"drift_anchor must be true or false; got {str(anchor)[:40]!r}")
             # read before a device is chosen or a model loaded: a bad picture costs nothing
             image = self._image(body["image"]) if body.get("image") is not None else None
             sched, device = self.app.place()
@@ -276,7 +280,7 @@ class Api:
                 notes = list((image := fit_start_image(image, *size)).notes)
                 tracks = _tracks_on_image(tracks, image, size, notes)
             config = pipe.stream_config(size=size, policy=policy, policy_args=knobs, steps=steps, seed=seed,
-                                        guidance=guidance)
+                                        guidance=guidance, drift_anchor=anchor)
             session = sched.call(partial(_open, pipe, prompt, config, tracks, image, device))
         except ResourceError as e:
             _fail(413, str(e))
@@ -291,7 +295,7 @@ class Api:
         cfg = session.config
         return {"id": st.id, "position": position, "device": device or str(pipe.device), "width": cfg.width,
                 "height": cfg.height, "fps": pipe.fps, "chunk_frames": cfg.chunk_frames,
-                "policy": cfg.policy, "policy_args": cfg.policy_args, "notes": notes}
+                "policy": cfg.policy, "policy_args": cfg.policy_args, "drift_anchor": cfg.drift_anchor, "notes": notes}
 
     def status(self, st: ApiStream) -> dict:
         return {"position": st.sched.position(st.job), "chunks": st.job.chunks, "frames": st.frames,
