@@ -249,6 +249,17 @@ def test_upload_errors_name_the_file_not_the_server_path(app, tmp_path, name, da
     app.lives.pop("up2").close()
 
 
+def test_the_anchor_checkbox_reaches_the_stream(app):
+    """The Settings checkbox turns the drift anchor on or off; left out (an older page), the model's own."""
+    for key, anchor, want in (("an1", True, True), ("an2", False, False), ("an3", None, False)):
+        gen = app.start(key, "a cat", 0, "tiny", "window", "window=21", 4, False, _request(), anchor)
+        next(out for out in gen if isinstance(out[0], np.ndarray))
+        assert app.lives[key].session.config.drift_anchor is want
+        gen.close()
+        app.stop(key)
+        app.lives.pop(key).close()
+
+
 def test_pause_resume_shows_every_frame_in_order(app):
     """Frames made before a Pause are shown after Resume, none skipped (the buffer stays with the page)."""
     gen = app.start("pr", "a cat", 0, "tiny", "window", "window=21", 4, False, _request())

@@ -304,14 +304,17 @@ class App:
 
     # ---- event handlers ---------------------------------------------------------------------------
     def start(self, key: str, prompt: str, seed, model: str, policy: str, knobs: str, steps,
-              show_cache: bool, request: gr.Request) -> Iterator[tuple]:
+              show_cache: bool, request: gr.Request, anchor: bool | None = None) -> Iterator[tuple]:
+        """Open and play the page's stream. `anchor`: the drift anchor on or off (`streamer.anchor`;
+        the Settings checkbox), None: the model's own."""
         try:
             live = self.live(key, request)
             prompt = params.prompt_text(prompt)
             chunk_frames = 3
             config_kw = dict(chunk_frames=chunk_frames, steps=params.whole("steps", steps, 1, params.STEPS_MAX),
                              policy=policy, policy_args=params.knobs(policy, knobs, chunk_frames),
-                             seed=params.whole("seed", seed, 0, params.SEED_MAX))
+                             seed=params.whole("seed", seed, 0, params.SEED_MAX),
+                             drift_anchor=None if anchor is None else bool(anchor))
             yield gr.skip(), IDLE_STATS, gr.skip(), message(f"loading {model} ...")
             sched, device = self.place()
             sched.call(self._open, live, model, prompt, config_kw, device)
@@ -611,6 +614,9 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
                 policy = gr.Dropdown(list(BOUNDED_POLICIES), value=policy0, label="cache policy")
                 knobs = gr.Textbox(knobs_text(policy0, defaults), label="policy knobs (k=v ...)", scale=3)
                 show_cache = gr.Checkbox(True, label="cache panel + attention")
+                # the default model's own; on holds a still background's brightness (streamer.anchor)
+                anchor = gr.Checkbox(bool(defaults.get("drift_anchor", False)), label="drift anchor (still camera)",
+                                     elem_id="sc-anchor")
         with gr.Accordion("Trajectory files", open=False, elem_id="sc-files"):
             with gr.Row():
                 upload = gr.File(label="import (.npz / .json / ATI .json / Wan-Move tracks.npy + visibility.npy)",
@@ -628,7 +634,7 @@ def build_app(models: dict[str, dict] | None = None, size: tuple[int, int] | Non
 
         outs = [live_img, stats, cache, note]
         # every page streams at once: the device's scheduler shares it and keeps the line
-        ev_start = start.click(app.start, [canvas, prompt, seed, model, policy, knobs, steps, show_cache], outs,
+        ev_start = start.click(app.start, [canvas, prompt, seed, model, policy, knobs, steps, show_cache, anchor], outs,
                                concurrency_limit=None, show_progress="hidden")
         ev_resume = resume.click(app.resume, [canvas], outs, concurrency_limit=None, show_progress="hidden")
         streams = [ev_start, ev_resume]
