@@ -14,6 +14,7 @@ can share one pipeline and be stepped in any interleaving, each giving exactly w
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -166,31 +167,55 @@ class Session:
         self._chunks = 0
         self._video_frames = 0
         self._track_fn: Callable[[list[int]], torch.Tensor | None] | None = None
+        # Controls (a prompt, tracks) are set from other threads (the browser's, the API's) while a
+        # chunk may be in the making: each chunk reads them once under this lock, which also moves
+        # where a control set now applies from (the chunk index and the model's latent frame).
+        self._controls = threading.Lock()
+        self._controls_chunk = 0
+        self._controls_frame = 0
         self._start: torch.Tensor | None = None
         self._anchor = DriftAnchor() if cfg.drift_anchor else None
+        # latent frames made before the first shown one: the hidden chunks (none after start latents,
+        # which are the stream's first frames). Indices a caller sees (tracks, chunks) start after them.
+        self._hidden = 0 if start_latents is not None else cfg.hidden_chunks * cfg.chunk_frames
         self._set_text(prompt)
         self.set_tracks(tracks)
         if start_latents is not None:
             self._start = self._check_start(start_latents)
-        # latent frames made before the first shown one: the hidden chunks (none after start latents,
-        # which are the stream's first frames). Indices a caller sees (tracks, chunks) start after them.
-        self._hidden = 0 if start_latents is not None else cfg.hidden_chunks * cfg.chunk_frames
 
     # ---- controls -----------------------------------------------------------------------------
-    def set_prompt(self, prompt: str) -> None:
-        """Switch prompt; applied at the next chunk boundary (re-caching the retained frames)."""
+    def set_prompt(self, prompt: str) -> tuple[int, int]:
+        """Switch prompt; applied at the next chunk that begins (re-caching the retained frames).
+        Returns where it applies from, as `applies_from`. Raises ValueError for an empty prompt."""
         if not prompt or not prompt.strip():
             raise ValueError("prompt is empty")
-        self._pending_prompt = prompt
+        with self._controls:
+            self._pending_prompt = prompt
+            return self._applies_from()
 
-    def set_tracks(self, tracks) -> None:
-        """Trajectories the objects follow from the next chunk on (a `Trajectory` in this stream's
-        pixels, resized if drawn at another size; None: nothing is dragged). Each chunk reads them
-        once, and its denoising steps and its clean pass all use that one reading."""
+    def set_tracks(self, tracks) -> tuple[int, int]:
+        """Trajectories the objects follow from the next chunk that begins (a `Trajectory` in this
+        stream's pixels, resized if drawn at another size, its frame 0 the stream's first frame;
+        None: nothing is dragged). Each chunk reads them once, and its denoising steps and its clean
+        pass all use that one reading. Returns where they apply from, as `applies_from`. Raises
+        ValueError on a model without trajectory channels."""
         if tracks is not None and not self.pipe.model.config.track_channels:
             raise ValueError("this model has no trajectory channels: it cannot follow tracks")
-        self._track_fn = (self.pipe.track_condition(tracks, self.config.width, self.config.height)
-                          if tracks is not None else None)
+        fn = self.pipe.track_condition(tracks, self.config.width, self.config.height) if tracks is not None else None
+        with self._controls:
+            self._track_fn = fn
+            return self._applies_from()
+
+    def applies_from(self) -> tuple[int, int]:
+        """(chunk index, video frame) of the first chunk a prompt or tracks set now would reach, in
+        the stream's numbering (chunk 0 and video frame 0 are its first shown ones): the next chunk,
+        or while one is being made, the one after it (it read its controls as it began)."""
+        with self._controls:
+            return self._applies_from()
+
+    def _applies_from(self) -> tuple[int, int]:
+        shown = max(self._controls_frame - self._hidden, 0)
+        return self._controls_chunk, self.pipe.decoder.frames.video_frames(shown) if shown else 0
 
     def _set_text(self, prompt: str) -> None:
         if not prompt or not prompt.strip():
@@ -219,12 +244,13 @@ class Session:
     def _timesteps(self, n: int, t: float) -> torch.Tensor:
         return torch.full((1, n), float(t), device=self.pipe.device)
 
-    def _tracks(self, frames: list[int]) -> torch.Tensor | None:
-        """Track channels for the model's latent frames `frames`; a caller's trajectory is indexed
-        from the first shown frame, so hidden chunks read its first point."""
-        if self._track_fn is None:
+    def _tracks(self, frames: list[int], track_fn) -> torch.Tensor | None:
+        """Track channels for the model's latent frames `frames` from `track_fn` (the chunk's reading
+        of the trajectory, or None); a caller's trajectory is indexed from the first shown frame, so
+        hidden chunks read its first point."""
+        if track_fn is None:
             return None
-        return self._track_fn([max(f - self._hidden, 0) for f in frames])
+        return track_fn([max(f - self._hidden, 0) for f in frames])
 
     def _commit(self, view: CacheView, x0: torch.Tensor, tracks: torch.Tensor | None) -> None:
         view.commit = True
@@ -240,15 +266,16 @@ class Session:
         mcfg = self.pipe.model.config
         return CacheView(self.cache, plan, self.grid, mcfg.head_dim, mcfg.rope_theta)
 
-    def _commit_clean(self, frames: list[int], x0: torch.Tensor) -> None:
-        """Write clean latents of `frames` into the cache, chunk by chunk in temporal order."""
+    def _commit_clean(self, frames: list[int], x0: torch.Tensor, track_fn) -> None:
+        """Write clean latents of `frames` into the cache, chunk by chunk in temporal order, with
+        track channels from `track_fn`."""
         chunk = self.config.chunk_frames
         for i in range(0, len(frames), chunk):
             part = frames[i : i + chunk]
-            tracks = self._tracks(part)
+            tracks = self._tracks(part, track_fn)
             self._commit(self._view(part, tracks), x0[:, :, i : i + len(part)], tracks)
 
-    def _recache(self) -> None:
+    def _recache(self, track_fn) -> None:
         """LongLive prompt switch: rebuild the self-attention cache under the new prompt by re-running
         the retained frames' clean latents at t=0, chunk by chunk in temporal order. Their track
         channels (and so whether the policy sees them as tracked) are read from the current
@@ -257,7 +284,7 @@ class Session:
         held = [f for f, _ in self.cache.frames()]
         self.cache.reset()
         if held:
-            self._commit_clean(held, torch.cat([self._latents[f] for f in held], dim=2))
+            self._commit_clean(held, torch.cat([self._latents[f] for f in held], dim=2), track_fn)
 
     def _remember(self, frames: list[int], x0: torch.Tensor) -> None:
         for j, f in enumerate(frames):
@@ -289,22 +316,27 @@ class Session:
     def _generate_one(self) -> StreamChunk:
         dev = self.pipe.device
         t0 = time.perf_counter()
-        if self._pending_prompt is not None:
-            self._set_text(self._pending_prompt)
-            self._pending_prompt = None
-            self._recache()
+        n = self._start.shape[2] if self._start is not None else self.config.chunk_frames
+        with self._controls:  # this chunk's one reading of the controls
+            prompt, self._pending_prompt, track_fn = self._pending_prompt, None, self._track_fn
+            shown = self._next_frame >= self._hidden
+            self._controls_chunk = self._chunks + 1 if shown else 0  # hidden: the first shown one reads next
+            self._controls_frame = self._next_frame + n
+        if prompt is not None:
+            self._set_text(prompt)
+            self._recache(track_fn)
             if self._anchor is not None:  # a new scene: the anchor lets go until it has settled
                 self._anchor.release()
         plan, mass = None, None
         if self._start is not None:
             x0, self._start = self._start, None
             frames = list(range(self._next_frame, self._next_frame + x0.shape[2]))
-            tracks = self._tracks(frames)
-            self._commit_clean(frames, x0)
+            tracks = self._tracks(frames, track_fn)
+            self._commit_clean(frames, x0, track_fn)
         else:
             n = self.config.chunk_frames
             frames = list(range(self._next_frame, self._next_frame + n))
-            tracks = self._tracks(frames)  # read once: the plan, every step and the clean pass see the same tracks
+            tracks = self._tracks(frames, track_fn)  # the plan, every step and the clean pass see these
             view = self._view(frames, tracks)
             view.record_mass = self.record_attention
             noise = self.noise((1, self.pipe.model.config.out_channels, n, self.latent_h, self.latent_w)).to(dev)

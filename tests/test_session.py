@@ -373,3 +373,27 @@ def test_untracked_positions_follow_the_track_channels_chunk_by_chunk():
     assert chunks[4].plan.positions == [12.0, 13.0, 14.0] and chunks[5].plan.positions == [6.0, 7.0, 8.0]
     assert chunks[4].plan.history_positions == [0.0, 1.0, 2.0, 9.0, 10.0, 11.0]
     assert chunks[5].plan.history_positions == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("hidden, at_call", [(0, 0), (0, 7), (1, 0), (1, 9)])
+def test_a_control_set_while_a_chunk_is_made_says_exactly_where_it_applies(pipe, monkeypatch, hidden, at_call):
+    """A prompt set from another thread while a chunk is being made reaches the chunk after it; the
+    returned (chunk index, video frame) is where the new prompt's first chunk is, idle or not, with
+    hidden chunks (set during the hidden one: chunk 0, frame 0) and without."""
+    session = Session(pipe, "old", _config(policy="window", policy_args={"window": 9}, hidden_chunks=hidden))
+    forward, calls, said = pipe.model.forward_chunk, [0], []
+
+    def mid_chunk(*args, **kw):  # the DiT's `at_call`-th call: a chunk is in the making
+        if calls[0] == at_call:
+            said.append(session.set_prompt("new"))
+        calls[0] += 1
+        return forward(*args, **kw)
+
+    monkeypatch.setattr(pipe.model, "forward_chunk", mid_chunk)
+    chunks = [session.step() for _ in range(4)]
+    first_new = next(c for c in chunks if c.prompt == "new")
+    assert said == [(first_new.index, first_new.first_video_frame)]
+    assert all(c.prompt == "old" for c in chunks if c.index < first_new.index)
+    idle = session.set_prompt("again")  # between chunks: the next one
+    after = session.step()
+    assert idle == (after.index, after.first_video_frame) and after.prompt == "again"

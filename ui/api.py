@@ -118,13 +118,6 @@ def _tracks_on_image(tracks: Trajectory | None, image: StartImage, size: tuple[i
     return Trajectory(fit_points(tracks.tracks, *src, *size), tracks.visible, tracks.fps, size[0], size[1], tracks.loop)
 
 
-def _next_frame(session: Session) -> int:
-    """The first video frame of the next chunk `session` makes, in the stream's numbering (frame 0
-    is its first frame): where tracks and a prompt set now apply. While a chunk is being made they
-    apply from the one after it, a chunk later than this says."""
-    return session.pipe.decoder.frames.video_frames(session.latent_frames_done)
-
-
 def _open(pipe, prompt: str, config, tracks, image: StartImage | None, device) -> Session:
     """The API stream's Session, on its device's compute thread. With a start image (already fitted
     to the stream's size): encoded by the model's own encoder into one clean latent frame
@@ -310,17 +303,18 @@ class Api:
         if action not in (None, "pause", "resume", "stop"):
             _fail(400, f"action must be pause, resume or stop; got {str(action)[:40]!r}")
         try:
+            applies = st.session.applies_from()  # (chunk, video frame): exact, a chunk in the making included
             if "prompt" in body:
-                st.session.set_prompt(params.prompt_text(body["prompt"]))
+                applies = st.session.set_prompt(params.prompt_text(body["prompt"]))
             if "tracks" in body:
                 cfg = st.session.config
                 tracks = self._tracks(body["tracks"], (cfg.width, cfg.height), st.session.pipe.fps)
-                start = _next_frame(st.session)
+                start = st.session.applies_from()[1]
                 if tracks is not None and not tracks.loop and not tracks.visible[start:].any():
                     _fail(400, f"tracks: no point is visible from video frame {start} on, where "
                                "they would apply: a track's frame 0 is the stream's first frame (the reply's "
                                "applies_from_frame)")
-                st.session.set_tracks(tracks)
+                applies = st.session.set_tracks(tracks)
         except HTTPException:
             raise
         except ValueError as e:
@@ -331,8 +325,7 @@ class Api:
             with self._lock:
                 self.streams.pop(st.id, None)
             st.close()
-        return {"ok": True, "applies_from_chunk": st.job.chunks + st.job.out.qsize() + 1,
-                "applies_from_frame": _next_frame(st.session)}
+        return {"ok": True, "applies_from_chunk": applies[0], "applies_from_frame": applies[1]}
 
     def recording(self, st: ApiStream) -> FileResponse:
         src = st.workdir / "recording.mp4"
