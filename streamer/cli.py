@@ -72,8 +72,9 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
                         "starts on the background the model settles on; each delays the first frame by one chunk "
                         "(default: the model's own, 1 for the shipped model, else 0; none after an image or video start)")
     g.add_argument("--drift-anchor", choices=("on", "off"),
-                   help="hold a still background's level at the stream's first chunk's: each later chunk's "
-                        "background cells are shifted back by its median latent difference from that chunk, per "
+                   help="hold a still background's level at that of the first chunk the stream makes (a hidden "
+                        "one, if any): each later chunk's background cells are shifted back by its median latent "
+                        "difference from that chunk, per "
                         "channel, so the brightness does not drift however long the stream runs; after a prompt "
                         "switch it takes a new reference once the new scene has settled. For still cameras only "
                         "(default: the model's own, on for the shipped world model, else off)")

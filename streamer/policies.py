@@ -382,7 +382,9 @@ def _coerce(key: str, value: str, like: object) -> object:
         if isinstance(like, float):
             return float(value)
     except ValueError:
-        raise PolicyError(f"knob {key}={value!r} must be a {type(like).__name__}") from None
+        kind = ("true or false" if isinstance(like, bool) else "a whole number" if isinstance(like, int)
+                else "a number")
+        raise PolicyError(f"knob {key}={value!r} must be {kind}") from None
     return value
 
 
@@ -395,7 +397,9 @@ def make_policy(name: str, args: dict[str, object] | None = None, chunk: int = 3
     for key, value in (args or {}).items():
         key = key.replace("-", "_")
         if key not in knobs:
-            raise PolicyError(f"policy {name!r} has no knob {key!r}; its knobs: "
+            stream = {"drift_anchor", "hidden_chunks", "steps", "guidance"}  # StreamConfig's, not the cache's
+            hint = f" ({key} is a stream setting: --{key.replace('_', '-')})" if key in stream else ""
+            raise PolicyError(f"policy {name!r} has no knob {key!r}{hint}; its knobs and their defaults: "
                               + ", ".join(f"{k}={v}" for k, v in knobs.items()))
         kwargs[key] = _coerce(key, value, knobs[key]) if isinstance(value, str) else value
     policy = POLICIES[name](**kwargs)

@@ -322,13 +322,17 @@ def test_matches_self_forcing_cache(tiny_model, name, knobs):
 def test_bad_knobs_are_refused_with_the_valid_ones():
     with pytest.raises(PolicyError, match="choose one of: window, frame-sink, deep-sink, deep-forcing, ema-sink, rolling-sink"):
         make_policy("sliding")
-    with pytest.raises(PolicyError, match="its knobs: window=21"):
+    with pytest.raises(PolicyError, match="its knobs and their defaults: window=21"):
         make_policy("window", {"size": "3"})
+    with pytest.raises(PolicyError, match=r"no knob 'drift_anchor' \(drift_anchor is a stream setting: --drift-anchor\)"):
+        make_policy("deep-sink", {"drift_anchor": "on"})
+    with pytest.raises(PolicyError, match="knob compress='maybe' must be true or false"):
+        make_policy("frame-sink", {"compress": "maybe"})
     with pytest.raises(PolicyError, match="window - chunk"):
         make_policy("frame-sink", {"sink": "10"})
     with pytest.raises(PolicyError, match="budget"):
         make_policy("deep-forcing", {"budget": "12"})  # 12 <= sink 10 + recent 4
-    with pytest.raises(PolicyError, match="must be a int"):
+    with pytest.raises(PolicyError, match="must be a whole number"):
         make_policy("window", {"window": "many"})
     assert set(POLICIES) == {"window", "frame-sink", "deep-sink", "deep-forcing", "ema-sink", "rolling-sink", "global"}
 
