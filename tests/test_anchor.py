@@ -9,6 +9,7 @@ from streamer.anchor import SETTLE_CHUNKS, DriftAnchor, anchor_latents, median_o
 from streamer.pipeline import Pipeline
 from streamer.sampler import SamplerConfig
 from streamer.session import Session, StreamConfig
+from tests.test_streaming import _Recorder
 
 STEPS = SamplerConfig(steps=(1000, 500))
 
@@ -59,6 +60,12 @@ def test_the_anchor_takes_its_reference_then_lets_go_at_a_switch():
     assert torch.equal(anchor.apply(chunks[7]), chunks[3 + SETTLE_CHUNKS])
 
 
+def _model_calls(pipe, monkeypatch) -> _Recorder:
+    """The DiT's calls in this test (test_streaming's recorder; the shared model restored after)."""
+    monkeypatch.setattr(pipe.model, "forward_chunk", pipe.model.forward_chunk)
+    return _Recorder(pipe.model)
+
+
 class _Calls:
     """Records every `anchor_latents` call a stream makes: (latents in, reference, latents out)."""
 
@@ -82,15 +89,7 @@ def test_a_stream_with_the_anchor_commits_the_anchored_latents(pipe, monkeypatch
     frames share no background, so every cell is counted as one here."""
     monkeypatch.setattr(anchor_mod, "BACKGROUND_RMS", float("inf"))
     plain = [c.latents for c in Session(pipe, "p", _config()).stream(9)]
-    committed = []
-    forward = pipe.model.forward_chunk
-
-    def record(x, t, text, view, tracks=None):
-        if view.commit:
-            committed.append(x.clone())
-        return forward(x, t, text, view, tracks)
-
-    monkeypatch.setattr(pipe.model, "forward_chunk", record)
+    calls_in = _model_calls(pipe, monkeypatch)
     calls = _Calls(monkeypatch)
     anchored = [c.latents for c in Session(pipe, "p", _config(drift_anchor=True)).stream(12)]
     assert torch.equal(anchored[0], plain[0])
@@ -98,6 +97,7 @@ def test_a_stream_with_the_anchor_commits_the_anchored_latents(pipe, monkeypatch
     assert len(calls.calls) == len(anchored) - 1
     for (raw, ref, out), kept in zip(calls.calls, anchored[1:]):
         assert torch.equal(ref, anchored[0][:, :, -1:]) and torch.equal(out, kept)
+    committed = [c["x"] for c in calls_in.calls if c["commit"]]
     assert len(committed) == len(anchored)
     assert all(torch.equal(c, x) for c, x in zip(committed, anchored))  # the cache holds what was kept
     assert not torch.equal(calls.calls[1][0], plain[2])  # chunk 2 continued the anchored history
@@ -108,20 +108,13 @@ def test_a_prompt_switch_re_anchors_once_the_new_scene_has_settled(pipe, monkeyp
     the re-cache at the switch replays the anchored latents the cache held."""
     monkeypatch.setattr(anchor_mod, "BACKGROUND_RMS", float("inf"))
     calls = _Calls(monkeypatch)
-    committed = []
-    forward = pipe.model.forward_chunk
-
-    def record(x, t, text, view, tracks=None):
-        if view.commit:
-            committed.append(x.clone())
-        return forward(x, t, text, view, tracks)
-
-    monkeypatch.setattr(pipe.model, "forward_chunk", record)
+    calls_in = _model_calls(pipe, monkeypatch)
     session = Session(pipe, "p", _config(drift_anchor=True))
     first = session.step().latents
     second = session.step().latents
     session.set_prompt("another prompt")
     settling = [session.step().latents for _ in range(SETTLE_CHUNKS)]
+    committed = [c["x"] for c in calls_in.calls if c["commit"]]
     assert torch.equal(committed[2], torch.cat([first, second], 2)[:, :, :3])  # the re-cache, chunk by chunk
     assert torch.equal(committed[3], second) and not torch.equal(second, calls.calls[0][0])
     assert len(calls.calls) == 1  # the chunk before the switch only: the settling chunks pass as made
