@@ -541,3 +541,23 @@ def test_write_markdown_gives_text_prompts_rows_only_with_several_scenes(tmp_pat
     assert text.index("Text only (the prompt") < text.index("Text only, per prompt:")
     write_markdown(results(1), tmp_path / "one.md")
     assert "per prompt" not in (tmp_path / "one.md").read_text()
+
+
+def test_speed_counts_the_stream_it_was_asked_for_and_writes_out(tmp_path, capsys):
+    """`eval --speed --seconds S` makes S seconds of video in whole chunks (not S seconds after the
+    first chunk), times the chunks after the first, and with --out writes speed.json; a stream of
+    one chunk has nothing to time and is refused in one line."""
+    from streamer.world.evaluate import stream_frames
+
+    out = tmp_path / "speed"
+    assert main(["eval", "--speed", "--seconds", "2", "--threads", "1", "--dtype", "fp32", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "speed.json").read_text())
+    assert json.loads(printed.splitlines()[0]) == res
+    want = stream_frames(2.0, FPS)
+    assert want <= res["frames"] < want + 12  # whole chunks: at most one chunk over
+    assert res["frames"] == res["first_chunk_frames"] + res["steady_frames"] and res["steady_frames"] > 0
+    assert res["fps"] > 0 and res["drift_anchor"] is True  # the shipped model's own setting
+    assert main(["eval", "--speed", "--seconds", "0.5", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seconds 0.5 is one chunk" in err and "Traceback" not in err

@@ -64,6 +64,7 @@ from streamer.world.scenes import Clip, World
 HELD_OUT_SEEDS = (900_001, 900_002, 900_003, 900_004, 900_005, 900_006, 900_007, 900_008)
 MOTION_WINDOW = 4  # frames over which achieved and requested displacement are compared
 BORDER = 8         # px: the band along the frame's edges scored for border artefacts
+DEFAULT_OUT = "runs/eval"  # where `streamer eval` writes when --out is not given
 SMEAR_LAG = 4      # frames: a path pixel counts as vacated this long after the sprite left it
 COLOUR_TOL = 70.0  # RGB distance within which a pixel has a sprite's colour (as colour_centroid)
 PHANTOM_AREA = 0.35 * math.pi * 7.0**2  # px: a third of the smallest sprite (radius 7 px at 128 px)
@@ -1040,8 +1041,13 @@ def contact_sheet(rows: list[tuple[str, list[np.ndarray]]], times: tuple[float, 
 def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy: str = "window",
                   policy_args: dict | None = None, seed: int = 0, guidance: float | None = None,
                   hidden_chunks: int | None = None, drift_anchor: bool | None = None) -> dict:
-    """End-to-end speed of one stream (DiT + decode, trajectory channels included): the time from
-    `Session(...)` (prompt encoding included) to the first frames, and the steady frames per second."""
+    """End-to-end speed of one stream of `seconds` (DiT + decode, trajectory channels included).
+
+    Returns a dict: `first_frame_s`, the time from `Session(...)` (prompt encoding included) to the
+    first chunk's video frames; `frames`, the video frames made (the first chunk's included, whole
+    chunks, so up to a chunk over `seconds`); `fps`, the steady video frames per second of the chunks
+    after the first (`steady_frames` of them); the DiT's and the decoder's ms per 12 video frames.
+    Raises InputError when `seconds` is one chunk, which leaves no steady part to time."""
     from streamer.session import Session
 
     clip = World().clip(HELD_OUT_SEEDS[0], stream_frames(seconds, pipe.fps))
@@ -1053,13 +1059,17 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy:
     session.set_tracks(clip.trajectory)
     first = session.step()
     first_s = time.perf_counter() - t0
+    if len(first.frames) >= clip.trajectory.num_frames:
+        raise InputError(f"--seconds {seconds:g} is one chunk ({len(first.frames)} video frames): the speed is "
+                         "timed over the chunks after the first; give more")
     n, dit, dec = 0, 0.0, 0.0
     t1 = time.perf_counter()
-    while n < clip.trajectory.num_frames:
+    while len(first.frames) + n < clip.trajectory.num_frames:
         c = session.step()
         n, dit, dec = n + len(c.frames), dit + c.dit_seconds, dec + c.decode_seconds
     wall = time.perf_counter() - t1
-    return {"first_frame_s": round(first_s, 3), "first_chunk_frames": len(first.frames), "frames": n,
+    return {"first_frame_s": round(first_s, 3), "first_chunk_frames": len(first.frames),
+            "frames": len(first.frames) + n, "steady_frames": n,
             "fps": round(n / wall, 1), "dit_ms_per_chunk": round(1e3 * dit * 12 / n, 1),
             "decode_ms_per_chunk": round(1e3 * dec * 12 / n, 1), "steps": len(cfg.sampler.steps),
             "hidden_chunks": cfg.hidden_chunks, "drift_anchor": cfg.drift_anchor, "policy": policy,
@@ -1086,6 +1096,10 @@ def cmd_eval(args) -> int:
                             hidden_chunks=args.hidden_chunks,
                             drift_anchor=None if args.drift_anchor is None else args.drift_anchor == "on")
         print(json.dumps(res))
+        if args.out is not None:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "speed.json").write_text(json.dumps(res, indent=1))
+            print(f"wrote {Path(args.out) / 'speed.json'}")
         return 0
     if not pipe.model.config.track_channels:
         raise InputError("streamer eval needs a model with trajectory channels (the default world model)")
@@ -1122,7 +1136,7 @@ def cmd_eval(args) -> int:
                                     else int(defaults.get("hidden_chunks", 0))),
                      drift_anchor=(args.drift_anchor == "on" if args.drift_anchor is not None
                                    else bool(defaults.get("drift_anchor", False))))
-    out = Path(args.out)
+    out = Path(args.out or DEFAULT_OUT)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     keep: dict | None = {} if args.contact else None
@@ -1186,7 +1200,8 @@ def register(subparsers) -> None:
                         f"alone, {COLOUR_SECONDS:g} s each); default: {','.join(SETS)}")
     p.add_argument("--seed", type=checks.int_in(0, checks.SEED_MAX), default=0,
                    help="noise seed of every stream (default 0); the scenes are the held-out ones whatever the seed")
-    p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
+    p.add_argument("--out", help=f"folder for eval.json, eval.md, eval.png (default {DEFAULT_OUT}); with --speed, "
+                                 "speed.json (default: printed only)")
     p.add_argument("--no-reference", action="store_true", help="skip the autoencoder-only reference row")
     p.add_argument("--contact", action="store_true",
                    help="also write contact.png (+ contact.npz): each set's first stream at 0 s, 10 s, 1 min, 10 min")
