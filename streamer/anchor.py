@@ -1,4 +1,4 @@
-"""Drift anchor: hold a stream's latent level at the level of its first chunk.
+"""Drift anchor: hold a still background's latents at those of the stream's first chunk.
 
 A causal video model rolled out on its own outputs drifts: each chunk continues a history that is
 a little off, and the offset builds up. On the shipped world model the latents' mean moves away
@@ -26,6 +26,16 @@ from the reference is 0.10 (median) to 0.17 (75th percentile) once the drift is 
 reference, so the anchor is off unless a model's own stream settings turn it on
 (`StreamConfig.drift_anchor`; the shipped world model's do).
 
+What the drift leaves is each cell's own change, and on a still background that is what a sprite
+leaves behind: its trail fades over 4-15 video frames, twice the autoencoder's own, and the
+texture wanders a little. So the still cells, those whose difference from the reference is under
+`HOLD_RMS` once the drift is off, are also moved `HOLD` of the way back to it, each chunk (the
+hold). A trail is left as drawn while it is strong, then held back once it fades under `HOLD_RMS`,
+instead of lingering. Over ten minutes of a tracked sprite this takes the background change from
+1.50 to 1.03 grey levels (the autoencoder's own: 1.04) and the smear from 0.0044 to 0.0032
+(docs/model_history.md, "After v15"). A prompt alone finds a faint sprite slightly less often
+(white on sand); a `HOLD_RMS` of 0.5 cost it three times as much.
+
 A prompt switch asks for a new scene: the world model changes its background over two to three
 chunks after one (grass to sand, night to snow). So after a switch the anchor lets go, and
 `SETTLE_CHUNKS` chunks later it takes that chunk's last latent frame as the new reference.
@@ -42,6 +52,12 @@ SETTLE_CHUNKS = 3
 # A cell is background when its difference from the reference, once the drift is off, is under this
 # (RMS over channels, in the DiT's normalised latent units: a spread of about 1 per channel).
 BACKGROUND_RMS = 0.5
+# A background cell under HOLD_RMS is still: of its difference from the reference, once the drift is
+# off, HOLD is taken off too, each chunk. What a sprite leaves behind fades below HOLD_RMS within a
+# few chunks and is then held back instead of lingering; a faint sprite just drawn from a prompt
+# alone (white on sand) sits near 0.3-0.5, so HOLD_RMS stays under it (0.5 lost it more often).
+HOLD = 0.5
+HOLD_RMS = 0.3
 
 
 def median_offset(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -60,12 +76,14 @@ def median_offset(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 def anchor_latents(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """`latents` [B, C, n, h, w] with the drift (`median_offset`) taken off their background cells,
     the cells whose difference from the reference ([B, C, 1, h, w]) once it is off is under
-    `BACKGROUND_RMS` (RMS over channels); every other cell as given. The same dtype and device.
-    Raises as `median_offset`."""
+    `BACKGROUND_RMS` (RMS over channels), and the still cells among them, under `HOLD_RMS`, moved
+    `HOLD` of the rest of the way back to the reference; every other cell as given. The same dtype
+    and device. Raises as `median_offset`."""
     drift = median_offset(latents, reference)
     x = latents.float()
-    rest = (x - reference.float() - drift).pow(2).mean(1, keepdim=True).sqrt()  # [B, 1, n, h, w]
-    return (x - drift * (rest < BACKGROUND_RMS)).to(latents.dtype)
+    rest = x - reference.float() - drift
+    rms = rest.pow(2).mean(1, keepdim=True).sqrt()  # [B, 1, n, h, w]
+    return (x - drift * (rms < BACKGROUND_RMS) - HOLD * rest * (rms < HOLD_RMS)).to(latents.dtype)
 
 
 class DriftAnchor:

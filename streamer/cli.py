@@ -74,8 +74,9 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drift-anchor", choices=("on", "off"),
                    help="hold a still background's level at that of the first chunk the stream makes (a hidden "
                         "one, if any): each later chunk's background cells are shifted back by its median latent "
-                        "difference from that chunk, per "
-                        "channel, so the brightness does not drift however long the stream runs; after a prompt "
+                        "difference from that chunk, per channel, and the stillest moved half of the rest of the "
+                        "way back, so neither the brightness drifts nor a trail lingers however long the stream "
+                        "runs; after a prompt "
                         "switch it takes a new reference once the new scene has settled. For still cameras only "
                         "(default: the model's own, on for the shipped world model, else off)")
     g.add_argument("--guidance", type=checks.non_negative_float,

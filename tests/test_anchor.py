@@ -26,8 +26,9 @@ def _config(**kw):
 
 def test_a_drifted_still_background_is_put_back_and_a_sprite_is_left_as_drawn():
     """A still background drifted by an offset per channel and frame, with a sprite over 30% of the
-    cells: the median finds the drift, the background is put back to the reference, the sprite's
-    cells (far from the reference) are left as they were."""
+    cells: the median finds the drift, the background is put back to the reference (the drift off,
+    and half its own small change: the hold), the sprite's cells (far from the reference) are left
+    as they were."""
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(1, 4, 1, 10, 10, generator=g)
     drift = torch.randn(1, 4, 3, 1, 1, generator=g) * 0.1
@@ -39,12 +40,28 @@ def test_a_drifted_still_background_is_put_back_and_a_sprite_is_left_as_drawn():
     assert torch.allclose(median_offset(ref + drift + 5.0 * sprite, ref), drift, atol=1e-6)
     fixed = anchor_latents(x, ref)
     kept = median_offset(x, ref)
-    assert torch.allclose(fixed, torch.where(sprite, x, x - kept), atol=1e-6)
-    assert (fixed - ref - noise)[..., 3:, :].abs().max() < 0.05  # the background: back at the reference
+    assert torch.allclose(fixed, torch.where(sprite, x, x - kept - anchor_mod.HOLD * (x - ref - kept)), atol=1e-6)
+    back = (fixed - ref)[..., 3:, :]  # the background: back at the reference, its own change halved
+    assert (back - (1 - anchor_mod.HOLD) * noise[..., 3:, :]).abs().max() < 0.05
+    assert back.pow(2).mean().sqrt() < 0.6 * noise.pow(2).mean().sqrt()
     assert fixed.dtype == x.dtype and anchor_latents(x.bfloat16(), ref).dtype == torch.bfloat16
     for a, b in ((x, ref[:, :, :, :5]), (x, ref.expand(1, 4, 2, 10, 10)), (x[0], ref)):
         with pytest.raises(ValueError, match="drift anchor"):
             median_offset(a, b)
+
+
+def test_only_still_cells_are_held_a_changing_one_keeps_its_change():
+    """Three kinds of cell against one reference, no drift: still (under HOLD_RMS) moves HOLD of the
+    way back; changing (between HOLD_RMS and BACKGROUND_RMS, a sprite's faint edge or a trail still
+    fading) and a sprite's (over BACKGROUND_RMS) are left as drawn."""
+    ref = torch.zeros(1, 4, 1, 9, 9)
+    x = torch.zeros(1, 4, 1, 9, 9)
+    x[..., 0, 0] = 0.8 * anchor_mod.HOLD_RMS  # RMS over channels: the value itself
+    x[..., 0, 1] = 0.5 * (anchor_mod.HOLD_RMS + anchor_mod.BACKGROUND_RMS)
+    x[..., 0, 2] = 2.0 * anchor_mod.BACKGROUND_RMS
+    out = anchor_latents(x, ref)  # the median cell is 0: no drift
+    assert torch.allclose(out[..., 0, 0], (1 - anchor_mod.HOLD) * x[..., 0, 0])
+    assert torch.equal(out[..., 0, 1:3], x[..., 0, 1:3]) and torch.equal(out[..., 1:, :], x[..., 1:, :])
 
 
 def test_the_anchor_takes_its_reference_then_lets_go_at_a_switch():
