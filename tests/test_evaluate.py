@@ -77,7 +77,7 @@ def test_eval_command_scores_a_weights_folder(tmp_path, capsys):
     assert rc == 0
     res = json.loads((out / "eval.json").read_text())
     assert res["config"]["drift_anchor"] is False  # the flag over the shipped model's own (on)
-    assert "Drift anchor" not in (out / "eval.md").read_text()
+    assert "Drift anchor" not in (out / "eval.md").read_text() and "anchor" not in res
     assert set(res["policies"]) == {"reference (autoencoder)", "window"}
     assert str(run) in res["model"]
     for row in res["policies"].values():
@@ -117,6 +117,8 @@ def test_eval_defaults_to_the_models_own_policy_and_knobs(tmp_path):
     assert res["sampler_steps"] == [1000, 667, 333] and "3 steps)" in (out / "eval.md").read_text()  # its own
     assert res["dtype"] == "float32" and "DiT dtype: float32, 1 CPU thread(s)" in (out / "eval.md").read_text()
     assert res["config"]["drift_anchor"] is True and "Drift anchor: on" in (out / "eval.md").read_text()
+    assert res["anchor"] == {"background_rms": 0.5, "hold": 0.5, "hold_rms": 0.3, "settle_chunks": 3}  # as run
+    assert "still within 0.3 of it moved 0.5 of the rest" in (out / "eval.md").read_text()
 
 
 def test_eval_scenes_beyond_the_track_sets_eight(capsys):

@@ -711,6 +711,10 @@ def run_eval(pipe, cfg: EvalConfig, world: World | None = None, progress: bool =
                      "dtype": str(pipe.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
                      "size": list(pipe.native_size), "policies": {},
                      "sampler_steps": list(pipe.stream_config(steps=cfg.steps).sampler.steps)}
+    if cfg.drift_anchor:  # the anchor's rule as run (its constants: a probe may have changed them)
+        from streamer import anchor
+        results["anchor"] = {"background_rms": anchor.BACKGROUND_RMS, "hold": anchor.HOLD,
+                             "hold_rms": anchor.HOLD_RMS, "settle_chunks": anchor.SETTLE_CHUNKS}
     rows = ([("reference (autoencoder)", None)] if cfg.reference and hasattr(pipe.decoder, "vae")
             and hasattr(pipe.decoder.vae, "encode") else []) + [(p, p) for p in cfg.policies]
     for name, policy in rows:
@@ -878,7 +882,11 @@ def write_markdown(results: dict, path: Path) -> None:
                  "none after an image start)\n\n")
     if cfg.get("drift_anchor"):
         text += ("Drift anchor: on (each chunk's background cells shifted back by the median of its latents' "
-                 "difference from the first chunk's, per channel; `streamer.anchor`)\n\n")
+                 "difference from the first chunk's, per channel")
+        if (rule := results.get("anchor")) and rule.get("hold"):
+            text += (f", and those still within {rule['hold_rms']:g} of it moved {rule['hold']:g} of the rest of "
+                     "the way back")
+        text += "; `streamer.anchor`)\n\n"
     if results.get("dtype"):
         text += f"DiT dtype: {results['dtype']}, {results.get('threads', '?')} CPU thread(s)\n\n"
     if "track" in cfg.get("sets", SETS):  # (--sets text,two: no empty table)
