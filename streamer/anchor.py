@@ -27,8 +27,8 @@ reference, so the anchor is off unless a model's own stream settings turn it on
 (`StreamConfig.drift_anchor`; the shipped world model's do).
 
 What the drift leaves is each cell's own change, and on a still background that is what a sprite
-leaves behind: its trail fades over 4-15 video frames, twice the autoencoder's own, and the
-texture wanders a little. So the still cells, those whose difference from the reference is under
+leaves behind, the tail right behind it (4-15 video frames after it passes) twice the
+autoencoder's own, and the texture wandering a little. So the still cells, those whose difference from the reference is under
 `HOLD_RMS` once the drift is off, are also moved `HOLD` of the way back to it, each chunk (the
 hold). A trail is left as drawn while it is strong, then held back once it fades under `HOLD_RMS`,
 instead of lingering. Over ten minutes of a tracked sprite this takes the background change from
@@ -83,7 +83,9 @@ def anchor_latents(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tens
     x = latents.float()
     rest = x - reference.float() - drift
     rms = rest.pow(2).mean(1, keepdim=True).sqrt()  # [B, 1, n, h, w]
-    return (x - drift * (rms < BACKGROUND_RMS) - HOLD * rest * (rms < HOLD_RMS)).to(latents.dtype)
+    background = rms < BACKGROUND_RMS
+    still = background & (rms < HOLD_RMS)
+    return (x - drift * background - HOLD * rest * still).to(latents.dtype)
 
 
 class DriftAnchor:

@@ -55,7 +55,7 @@ class StreamConfig:
     # Tracks are held at their first point meanwhile. Each costs one chunk's time before the first frame.
     hidden_chunks: int = 0
     # Shift each chunk's background cells back by the median, per channel, of its latents' difference
-    # from the stream's first chunk, and move the stillest half of the rest of the way back to it
+    # from the stream's first chunk, and move the stillest cells half of the rest of the way back to it
     # (`streamer.anchor`): a still background keeps its level, and a sprite's trail fades, for as long
     # as the stream runs.
     # For models whose scenes keep a still camera (the shipped world model turns it on), not camera motion.

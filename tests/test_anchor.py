@@ -1,5 +1,6 @@
 """The drift anchor (`streamer.anchor`): each chunk's median latent cell, per channel, held at the
-stream's first chunk's, applied before the clean pass; a prompt switch lets go until it settles."""
+stream's first chunk's, and the still cells held half way back to it (the hold), applied before the
+clean pass; a prompt switch lets go until it settles."""
 
 import pytest
 import torch

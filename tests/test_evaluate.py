@@ -562,4 +562,8 @@ def test_speed_counts_the_stream_it_was_asked_for_and_writes_out(tmp_path, capsy
     assert res["fps"] > 0 and res["drift_anchor"] is True  # the shipped model's own setting
     assert main(["eval", "--speed", "--seconds", "0.5", "--threads", "1"]) == 2
     err = capsys.readouterr().err
-    assert "--seconds 0.5 is one chunk" in err and "Traceback" not in err
+    assert "--seconds 0.5 is one chunk" in err and "give more than 0.56 s" in err and "Traceback" not in err
+    (tmp_path / "a_file").write_text("")
+    assert main(["eval", "--speed", "--out", str(tmp_path / "a_file")]) == 2  # refused before any stream
+    printed = capsys.readouterr()
+    assert "a_file is a file" in printed.err and "Traceback" not in printed.err and not printed.out

@@ -7,8 +7,8 @@ frames in which `streamer eval` finds the sprite (`score_text_only`):
 
 - off: `drift_anchor=False` (v14's streams);
 - every cell: the drift (`median_offset`) taken off every cell of the frame, the sprite's included;
-- background: the shipped rule, the cells whose difference from the reference once the drift is
-  off is under `BACKGROUND_RMS`.
+- background: v15's rule, the cells whose difference from the reference once the drift is off is
+  under `BACKGROUND_RMS` (the hold, which v16 adds, off).
 
 Then the quantiles of that difference (RMS over channels) over every anchored cell: where a still
 background's cells sit, and where a sprite's do (docs/model_history.md, "After v14").
@@ -34,6 +34,7 @@ def main(seconds: float, prompts: list[int]) -> None:
     own = pipe.stream_defaults or {}
     clips = text_only_clips(World(), max(prompts) + 1, stream_frames(seconds, pipe.fps))
     shipped = anchor.anchor_latents
+    anchor.HOLD = 0.0  # which cells the shift moves (v15's rule); the hold came after (history, "After v15")
     rests: list[torch.Tensor] = []
 
     def every_cell(latents, reference):

@@ -1069,7 +1069,7 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy:
     first_s = time.perf_counter() - t0
     if len(first.frames) >= clip.trajectory.num_frames:
         raise InputError(f"--seconds {seconds:g} is one chunk ({len(first.frames)} video frames): the speed is "
-                         "timed over the chunks after the first; give more")
+                         f"timed over the chunks after the first; give more than {len(first.frames) / pipe.fps:.2f} s")
     n, dit, dec = 0, 0.0, 0.0
     t1 = time.perf_counter()
     while len(first.frames) + n < clip.trajectory.num_frames:
@@ -1090,6 +1090,8 @@ def cmd_eval(args) -> int:
     from streamer.policies import BOUNDED_POLICIES, POLICIES, parse_policy_args
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
+    if args.out is not None:  # before any work: an eval must not end in an unwritable folder
+        checks.check_writable_folder(args.out)
     if args.weights is None:
         pipe = Pipeline.load(device=args.device, dtype=dtype)
     else:  # a `streamer train` run folder: score a checkpoint before (or instead of) shipping it
@@ -1105,7 +1107,6 @@ def cmd_eval(args) -> int:
                             drift_anchor=None if args.drift_anchor is None else args.drift_anchor == "on")
         print(json.dumps(res))
         if args.out is not None:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / "speed.json").write_text(json.dumps(res, indent=1))
             print(f"wrote {Path(args.out) / 'speed.json'}")
         return 0
@@ -1144,8 +1145,7 @@ def cmd_eval(args) -> int:
                                     else int(defaults.get("hidden_chunks", 0))),
                      drift_anchor=(args.drift_anchor == "on" if args.drift_anchor is not None
                                    else bool(defaults.get("drift_anchor", False))))
-    out = Path(args.out or DEFAULT_OUT)
-    out.mkdir(parents=True, exist_ok=True)
+    out = checks.check_writable_folder(args.out or DEFAULT_OUT)
     t0 = time.time()
     keep: dict | None = {} if args.contact else None
     results = run_eval(pipe, cfg, progress=not args.quiet, keep_frames=keep)
