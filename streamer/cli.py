@@ -74,9 +74,9 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drift-anchor", choices=("on", "off"),
                    help="hold a still background's level at that of the first chunk the stream makes (a hidden "
                         "one, if any): each later chunk's background cells are shifted back by its median latent "
-                        "difference from that chunk, per channel, and the stillest moved half of the rest of the "
-                        "way back, so neither the brightness drifts nor a trail lingers however long the stream "
-                        "runs; after a prompt "
+                        "difference from that chunk, per channel, and those still within 0.3 of it are moved half "
+                        "of the rest of the way back (the hold, from v16), so neither the brightness drifts nor a "
+                        "faded trail lingers however long the stream runs; after a prompt "
                         "switch it takes a new reference once the new scene has settled. For still cameras only "
                         "(default: the model's own, on for the shipped world model, else off)")
     g.add_argument("--guidance", type=checks.non_negative_float,
@@ -337,6 +337,8 @@ def _check_paths(args) -> None:
               ("--checkpoint", args.checkpoint), ("--vae", args.vae),
               ("--text-encoder", args.text_encoder), ("--lora", args.lora), ("--prompt-file", args.prompt_file)]
     checks.check_not_input(args.out, inputs)
+    if args.loop_tracks and not args.tracks:
+        raise InputError("--loop-tracks repeats the --tracks file's tracks; no --tracks was given")
     if args.prompt_file:
         checks.check_input_file(args.prompt_file, "--prompt-file")
         checks.check_writable_folder(args.out, what=f"the output folder {args.out}")

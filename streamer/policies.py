@@ -399,8 +399,12 @@ def make_policy(name: str, args: dict[str, object] | None = None, chunk: int = 3
         if key not in knobs:
             stream = {"drift_anchor", "hidden_chunks", "steps", "guidance"}  # StreamConfig's, not the cache's
             hint = f" ({key} is a stream setting: --{key.replace('_', '-')})" if key in stream else ""
-            raise PolicyError(f"policy {name!r} has no knob {key!r}{hint}; its knobs and their defaults: "
-                              + ", ".join(f"{k}={v}" for k, v in knobs.items()))
+            # the values this call sets (a model's own knobs come in `args`), the defaults for the rest
+            given = {k.replace("-", "_"): v for k, v in (args or {}).items()}
+            shown = {k: given.get(k, v) for k, v in knobs.items()}
+            raise PolicyError(f"policy {name!r} has no knob {key!r}{hint}; its knobs (as set here, else their "
+                              "defaults): " + ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                                                       for k, v in shown.items()))
         kwargs[key] = _coerce(key, value, knobs[key]) if isinstance(value, str) else value
     policy = POLICIES[name](**kwargs)
     policy.validate(chunk)

@@ -303,7 +303,8 @@ def from_json(data: object, width: int | None = None, height: int | None = None,
                 raise TrackFileError(f"track {n}, frame {f}: point {p!r} is not [x, y] or {{'x':..,'y':..}} with numbers")
             if not (isinstance(vis, bool) or vis in (0, 1)):
                 raise TrackFileError(f"track {n}, frame {f}: visible must be true/false, not {vis!r}")
-            tracks[f, n] = (x, y)
+            with np.errstate(over="ignore"):  # a point past float32's range becomes inf, refused below
+                tracks[f, n] = (x, y)
             visible[f, n] = bool(vis)
     return Trajectory(tracks, visible, fps, width, height)
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -417,3 +418,20 @@ def test_two_sessions_on_one_pipeline_do_not_cross():
         if not hasattr(pipe.decoder, "new_state"):  # before issue 12's per-session decoder state
             pytest.xfail("the decoder's streaming state is shared between sessions (issue 12)")
         raise
+
+
+def test_loop_tracks_without_tracks_is_refused(tmp_path, capsys):
+    """--loop-tracks with nothing to loop used to run as if it were not given."""
+    code, err = _run(["generate", "--prompt", "x", "--loop-tracks", "--out", tmp_path / "x.mp4"], capsys)
+    _assert_refused(code, err, "--loop-tracks", "no --tracks was given")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_track_point_past_float32_is_refused_without_a_warning(tmp_path, capsys):
+    path = tmp_path / "far.json"
+    path.write_text('{"width": 128, "height": 128, "fps": 16, "tracks": [[[1e300, 5], [6, 7]]]}')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's overflow warning would print before the line
+        code, err = _run(["generate", "--prompt", "x", "--tracks", path, "--seconds", "1", "--out",
+                          tmp_path / "x.mp4"], capsys)
+    _assert_refused(code, err, "NaN/inf point at frame 0")

@@ -567,3 +567,19 @@ def test_speed_counts_the_stream_it_was_asked_for_and_writes_out(tmp_path, capsy
     assert main(["eval", "--speed", "--out", str(tmp_path / "a_file")]) == 2  # refused before any stream
     printed = capsys.readouterr()
     assert "a_file is a file" in printed.err and "Traceback" not in printed.err and not printed.out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seconds", "3601"], "streams up to 3600 s"),  # the eval holds every frame: refused, not a MemoryError
+    (["--speed", "--contact"], "leave out --contact"),
+    (["--speed", "--sets", "text"], "leave out --sets"),
+    (["--speed", "--policies", "window,deep-sink"], "give one policy"),
+    (["--policy-arg", "window:window=3"], "window is not among the policies streamed (deep-sink)"),
+    (["--speed", "--policy-arg", "deep-sink:foo=1"], "foo"),
+])
+def test_eval_refuses_what_it_would_ignore_or_cannot_hold(argv, says, capsys):
+    """Options --speed does not use, knobs for a policy not streamed, and a stream longer than the eval
+    can hold are one line and exit 2, not a silently different run or a traceback."""
+    assert main(["eval", "--quiet", "--threads", "1", "--seconds", "1", *argv]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -322,8 +322,11 @@ def test_matches_self_forcing_cache(tiny_model, name, knobs):
 def test_bad_knobs_are_refused_with_the_valid_ones():
     with pytest.raises(PolicyError, match="choose one of: window, frame-sink, deep-sink, deep-forcing, ema-sink, rolling-sink"):
         make_policy("sliding")
-    with pytest.raises(PolicyError, match="its knobs and their defaults: window=21"):
+    with pytest.raises(PolicyError, match=r"its knobs \(as set here, else their defaults\): window=21"):
         make_policy("window", {"size": "3"})
+    # a model's own knobs arrive with the bad one: the list shows what the stream would have run
+    with pytest.raises(PolicyError, match="window=9, sink=3, .*untracked_positions='absolute'"):
+        make_policy("deep-sink", {"window": 9, "sink": 3, "untracked_positions": "absolute", "foo": "1"})
     with pytest.raises(PolicyError, match=r"no knob 'drift_anchor' \(drift_anchor is a stream setting: --drift-anchor\)"):
         make_policy("deep-sink", {"drift_anchor": "on"})
     with pytest.raises(PolicyError, match="knob compress='maybe' must be true or false"):

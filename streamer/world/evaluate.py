@@ -65,6 +65,7 @@ HELD_OUT_SEEDS = (900_001, 900_002, 900_003, 900_004, 900_005, 900_006, 900_007,
 MOTION_WINDOW = 4  # frames over which achieved and requested displacement are compared
 BORDER = 8         # px: the band along the frame's edges scored for border artefacts
 DEFAULT_OUT = "runs/eval"  # where `streamer eval` writes when --out is not given
+EVAL_SECONDS_MAX = 3600.0  # s: a stream and its ground truth are held whole (an hour at 128x128: ~2.8 GB each)
 SMEAR_LAG = 4      # frames: a path pixel counts as vacated this long after the sprite left it
 COLOUR_TOL = 70.0  # RGB distance within which a pixel has a sprite's colour (as colour_centroid)
 PHANTOM_AREA = 0.35 * math.pi * 7.0**2  # px: a third of the smallest sprite (radius 7 px at 128 px)
@@ -1058,25 +1059,27 @@ def measure_speed(pipe, seconds: float = 10.0, steps: int | None = None, policy:
     Raises InputError when `seconds` is one chunk, which leaves no steady part to time."""
     from streamer.session import Session
 
-    clip = World().clip(HELD_OUT_SEEDS[0], stream_frames(seconds, pipe.fps))
+    world = World()  # the scene's prompt and trajectory; its frames are not drawn (nothing is scored)
+    scene = world.scene(HELD_OUT_SEEDS[0])
+    trajectory, prompt = world.trajectory(scene, stream_frames(seconds, pipe.fps)), scene.prompt(None)
     w, h = pipe.native_size
     cfg = pipe.stream_config(size=(w, h), policy=policy, policy_args=policy_args, steps=steps, seed=seed,
                              guidance=guidance, hidden_chunks=hidden_chunks, drift_anchor=drift_anchor)
     t0 = time.perf_counter()
-    session = Session(pipe, clip.prompt + f" #{seed}", cfg)  # a new prompt: the text encoder runs
-    session.set_tracks(clip.trajectory)
+    session = Session(pipe, prompt + f" #{seed}", cfg)  # a new prompt: the text encoder runs
+    session.set_tracks(trajectory)
     first = session.step()
     first_s = time.perf_counter() - t0
-    if len(first.frames) >= clip.trajectory.num_frames:
+    if len(first.frames) >= trajectory.num_frames:
         raise InputError(f"--seconds {seconds:g} is one chunk ({len(first.frames)} video frames): the speed is "
                          f"timed over the chunks after the first; give more than {len(first.frames) / pipe.fps:.2f} s")
     n, dit, dec = 0, 0.0, 0.0
     t1 = time.perf_counter()
-    while len(first.frames) + n < clip.trajectory.num_frames:
+    while len(first.frames) + n < trajectory.num_frames:
         c = session.step()
         n, dit, dec = n + len(c.frames), dit + c.dit_seconds, dec + c.decode_seconds
     wall = time.perf_counter() - t1
-    return {"first_frame_s": round(first_s, 3), "first_chunk_frames": len(first.frames),
+    return {"seconds": seconds, "first_frame_s": round(first_s, 3), "first_chunk_frames": len(first.frames),
             "frames": len(first.frames) + n, "steady_frames": n,
             "fps": round(n / wall, 1), "dit_ms_per_chunk": round(1e3 * dit * 12 / n, 1),
             "decode_ms_per_chunk": round(1e3 * dec * 12 / n, 1), "steps": len(cfg.sampler.steps),
@@ -1090,6 +1093,12 @@ def cmd_eval(args) -> int:
     from streamer.policies import BOUNDED_POLICIES, POLICIES, parse_policy_args
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
+    if args.seconds is not None and args.seconds > EVAL_SECONDS_MAX:
+        raise InputError(f"--seconds {args.seconds:g}: streams up to {EVAL_SECONDS_MAX:g} s (an hour); the eval holds "
+                         "every frame of a stream and its ground truth in memory")
+    if args.speed and (args.contact or args.sets is not None):
+        raise InputError(f"--speed times one stream and scores nothing: leave out "
+                         f"{' and '.join(f for f, on in (('--contact', args.contact), ('--sets', args.sets)) if on)}")
     if args.out is not None:  # before any work: an eval must not end in an unwritable folder
         checks.check_writable_folder(args.out)
     if args.weights is None:
@@ -1100,16 +1109,6 @@ def cmd_eval(args) -> int:
     # after loading: Pipeline.load sets torch's threads to the machine's cores (configure_threads)
     torch.set_num_threads(args.threads)
     defaults = pipe.stream_defaults or {}  # the policy and knobs the model was trained to stream with
-    if args.speed:
-        res = measure_speed(pipe, args.seconds or 10.0, args.steps,
-                            defaults.get("policy", "window"), defaults.get("policy_args"), guidance=args.guidance,
-                            hidden_chunks=args.hidden_chunks,
-                            drift_anchor=None if args.drift_anchor is None else args.drift_anchor == "on")
-        print(json.dumps(res))
-        if args.out is not None:
-            (Path(args.out) / "speed.json").write_text(json.dumps(res, indent=1))
-            print(f"wrote {Path(args.out) / 'speed.json'}")
-        return 0
     if not pipe.model.config.track_channels:
         raise InputError("streamer eval needs a model with trajectory channels (the default world model)")
     if args.policies is None:  # the policy (and knobs) the model streams with by default
@@ -1125,9 +1124,22 @@ def cmd_eval(args) -> int:
         if ":" not in item:
             raise InputError(f"--policy-arg {item!r} must look like policy:key=value")
         pol, kv = item.split(":", 1)
+        if pol not in policies:  # a knob for a policy not streamed would change nothing, silently
+            raise InputError(f"--policy-arg {item!r}: {pol} is not among the policies streamed ({', '.join(policies)})")
         policy_args.setdefault(pol, {}).update(parse_policy_args([kv]))
+    if args.speed:
+        if len(policies) > 1:
+            raise InputError(f"--speed times one stream: give one policy, not {', '.join(policies)}")
+        res = measure_speed(pipe, args.seconds or 10.0, args.steps, policies[0], policy_args.get(policies[0]),
+                            guidance=args.guidance, hidden_chunks=args.hidden_chunks,
+                            drift_anchor=None if args.drift_anchor is None else args.drift_anchor == "on")
+        print(json.dumps(res))
+        if args.out is not None:
+            (Path(args.out) / "speed.json").write_text(json.dumps(res, indent=1))
+            print(f"wrote {Path(args.out) / 'speed.json'}")
+        return 0
     args.seconds = args.seconds or 60.0
-    sets = tuple(x.strip() for x in args.sets.split(","))
+    sets = tuple(x.strip() for x in (args.sets or ",".join(SETS)).split(","))
     if bad := [x for x in sets if x not in ALL_SETS]:
         raise InputError(f"--sets {','.join(bad)}: unknown; known: {', '.join(ALL_SETS)}")
     if "track" in sets and args.scenes > len(HELD_OUT_SEEDS):
@@ -1200,8 +1212,9 @@ def register(subparsers) -> None:
     p.add_argument("--hidden-chunks", type=checks.int_in(0, checks.HIDDEN_CHUNKS_MAX), metavar="N",
                    help="chunks made before the first one shown (default: the model's own; none after an image start)")
     p.add_argument("--drift-anchor", choices=("on", "off"),
-                   help="hold a still background's level at the first chunk's (streamer.anchor; default: the model's own)")
-    p.add_argument("--sets", default=",".join(SETS),
+                   help="hold a still background at the first chunk's: its level, and its still cells half way back "
+                        "each chunk (the hold; streamer.anchor; default: the model's own)")
+    p.add_argument("--sets",
                    help="scene sets: track (prompt + tracks), text (prompt alone), two (two sprites from their "
                         "true first frame, a track on each), drag (a prompt alone, then a stroke from its sprite "
                         f"at {DRAG_AT_S:g} s), colours (every colour x background as a prompt "
@@ -1223,5 +1236,7 @@ def register(subparsers) -> None:
                         "fix it to compare models scored on different machines")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--speed", action="store_true",
-                   help="only measure end-to-end FPS and first-frame latency (a 10 s stream unless --seconds)")
+                   help="only measure end-to-end FPS and first-frame latency of one stream (10 s unless --seconds; "
+                        "the first held-out track scene, the model's own policy unless --policies names one): prints "
+                        "one JSON line, and with --out writes it to speed.json")
     p.set_defaults(func=cmd_eval)
