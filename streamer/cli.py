@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import pickle
@@ -116,10 +117,41 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def shipped_model_version() -> str:
+    """The shipped default model's version ("v16"): the head of its DiT's "step" metadata, read from
+    the safetensors header alone (no torch import). "unknown" when the file or the field is missing."""
+    path = Path(__file__).parent / "weights" / "dit.safetensors"
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    except (OSError, ValueError):
+        return "unknown"
+    step = str(header.get("__metadata__", {}).get("step", ""))
+    return step.split(":", 1)[0] or "unknown"
+
+
+class _Version(argparse.Action):
+    """--version: printed on demand, so building the parser reads no file."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            package = version("streamer")
+        except PackageNotFoundError:
+            package = "unknown"
+        print(f"streamer {package}, default model {shipped_model_version()}")
+        parser.exit()
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `streamer` parser. With `argv`, only the subcommand it names is built in full (the others
     appear in --help by name and one line); without, every subcommand is built."""
     parser = OneLineParser(prog="streamer", description="Real-time autoregressive video diffusion.")
+    parser.add_argument("--version", action=_Version, help="the package's version and the shipped model's")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate videos headless to mp4",
                          description="Generate a video (or one per line of a prompt file) to H.264 mp4, "
@@ -500,7 +532,7 @@ def cmd_generate(args) -> int:
         return 130
     n = made.frames
     first = f"; first frame {made.first_frame_s:.1f} s after start" if made.first_frame_s is not None else ""
-    print(f"wrote {n} frames ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}{first}")
+    print(f"wrote {n} frame{'s' if n != 1 else ''} ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}{first}")
     return 0
 
 

@@ -298,3 +298,20 @@ def test_a_policy_knob_changes_that_knob_of_the_models_own_policy_and_the_anchor
         assert _stream_config(parse(["generate", "--prompt", "p", "--out", "x.mp4", *argv]), pipe).drift_anchor is want
     pipe.stream_defaults = own
     assert _stream_config(parse(["generate", "--prompt", "p", "--out", "x.mp4"]), pipe).drift_anchor is False
+
+
+def test_version_names_the_package_and_the_shipped_model(capsys):
+    """`streamer --version` (exit 0, no torch import needed) names the default model's version, the
+    head of its DiT's "step" metadata."""
+    from safetensors import safe_open
+
+    from streamer.cli import shipped_model_version
+    from streamer.pipeline import WEIGHTS_DIR
+
+    with safe_open(str(WEIGHTS_DIR / "dit.safetensors"), "pt") as f:
+        step = f.metadata()["step"]
+    assert shipped_model_version() == step.split(":")[0] and step.startswith("v")
+    assert main(["--version"]) == 0
+    from importlib.metadata import version
+
+    assert capsys.readouterr().out.strip() == f"streamer {version('streamer')}, default model {step.split(':')[0]}"
