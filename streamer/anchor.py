@@ -28,10 +28,10 @@ reference, so the anchor is off unless a model's own stream settings turn it on
 
 What the drift leaves is each cell's own change, and on a still background that is what a sprite
 leaves behind, the tail right behind it (4-15 video frames after it passes) twice the
-autoencoder's own, and the texture wandering a little. So the still cells, those whose difference from the reference is under
-`HOLD_RMS` once the drift is off, are also moved `HOLD` of the way back to it, each chunk (the
-hold). A trail is left as drawn while it is strong, then held back once it fades under `HOLD_RMS`,
-instead of lingering. Over ten minutes of a tracked sprite this takes the background change from
+autoencoder's own, and the texture wandering a little. So the still cells, those whose difference
+from the reference is under `HOLD_RMS` once the drift is off, are also moved `HOLD` of the way back
+to it, each chunk (the hold). A trail is left as drawn while it is strong, then held back once it
+fades under `HOLD_RMS`, instead of lingering. Over ten minutes of a tracked sprite this takes the background change from
 1.50 to 1.03 grey levels (the autoencoder's own: 1.04) and the smear from 0.0044 to 0.0032
 (docs/model_history.md, "After v15"). A prompt alone finds a faint sprite slightly less often
 (white on sand); a `HOLD_RMS` of 0.5 cost it three times as much.

@@ -147,8 +147,8 @@ class SinkWindowPolicy(CachePolicy):
                     "compression needs room for at least one frame's worth of compressed tokens")
             return
         if self.window < chunk:
-            raise PolicyError(f"window={self.window} latent frames cannot hold one chunk of {chunk} latent frames "
-                              f"(--chunk): give a chunk of at most {self.window}, or a larger window")
+            raise PolicyError(f"window={self.window} latent frames cannot hold one chunk of {chunk} latent frames: "
+                              "the window must be at least the chunk")
         if self.sink > self.window - chunk:
             raise PolicyError(
                 f"sink={self.sink} must be at most window - chunk = {self.window - chunk}: a larger sink leaves no "
