@@ -146,8 +146,9 @@ class Pipeline:
     def knobs_over_own(self, policy: str | None, knobs: dict | None) -> dict | None:
         """`knobs` laid over this model's trained knobs when `policy` is its own policy (None: the
         model's), so a caller who names one knob keeps the others (`streamer generate --policy-arg`,
-        the API's policy_args, `streamer eval`); for another policy, or no knobs, `knobs` as given
-        (`stream_config` then starts from the model's knobs or the policy's paper defaults)."""
+        the API's policy_args; `streamer eval` lays its own the same way); for another policy, or no
+        knobs, `knobs` as given (`stream_config` then starts from the model's knobs or the policy's
+        paper defaults)."""
         trained = self.stream_defaults or {}
         if knobs and (policy or trained.get("policy")) == trained.get("policy"):
             return {**trained.get("policy_args", {}), **knobs}

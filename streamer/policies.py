@@ -395,13 +395,12 @@ def make_policy(name: str, args: dict[str, object] | None = None, chunk: int = 3
         raise PolicyError(f"unknown cache policy {name!r}; choose one of: {', '.join(POLICIES)}")
     knobs = policy_knobs(name)
     kwargs = {}
-    for key, value in (args or {}).items():
-        key = key.replace("-", "_")
+    given = {k.replace("-", "_"): v for k, v in (args or {}).items()}
+    for key, value in given.items():
         if key not in knobs:
             stream = {"drift_anchor", "hidden_chunks", "steps", "guidance"}  # StreamConfig's, not the cache's
             hint = f" ({key} is a stream setting: --{key.replace('_', '-')})" if key in stream else ""
             # the values this call sets (a model's own knobs come in `args`), the defaults for the rest
-            given = {k.replace("-", "_"): v for k, v in (args or {}).items()}
             shown = {k: given.get(k, v) for k, v in knobs.items()}
             raise PolicyError(f"policy {name!r} has no knob {key!r}{hint}; its knobs (as set here, else their "
                               "defaults): " + ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"

@@ -317,7 +317,8 @@ class Session:
     def _generate_one(self) -> StreamChunk:
         dev = self.pipe.device
         t0 = time.perf_counter()
-        n = self._start.shape[2] if self._start is not None else self.config.chunk_frames
+        n = self._start.shape[2] if self._start is not None else self.config.chunk_frames  # latent frames made
+        frames = list(range(self._next_frame, self._next_frame + n))
         with self._controls:  # this chunk's one reading of the controls
             prompt, self._pending_prompt, track_fn = self._pending_prompt, None, self._track_fn
             shown = self._next_frame >= self._hidden
@@ -331,12 +332,9 @@ class Session:
         plan, mass = None, None
         if self._start is not None:
             x0, self._start = self._start, None
-            frames = list(range(self._next_frame, self._next_frame + x0.shape[2]))
             tracks = self._tracks(frames, track_fn)
             self._commit_clean(frames, x0, track_fn)
         else:
-            n = self.config.chunk_frames
-            frames = list(range(self._next_frame, self._next_frame + n))
             tracks = self._tracks(frames, track_fn)  # the plan, every step and the clean pass see these
             view = self._view(frames, tracks)
             view.record_mass = self.record_attention
