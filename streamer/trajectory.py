@@ -276,9 +276,17 @@ def from_json(data: object, width: int | None = None, height: int | None = None,
     fps = _fps_field(meta["fps"] if "fps" in meta else (fps or 16.0))
     if isinstance(data, dict) and "visible" in data and "tracks" in data:  # own layout, frame-major
         return Trajectory(_numeric_array("tracks", data["tracks"]), _visible_array(data["visible"]), fps, width, height)
-    lists = data.get("tracks") if isinstance(data, dict) else data
+    if isinstance(data, dict):
+        if "tracks" not in data:
+            raise TrackFileError(f'a JSON object of tracks needs a "tracks" key (it has: {", ".join(list(map(str, data))[:8]) or "none"})')
+        lists, what = data["tracks"], '"tracks"'
+    else:
+        lists, what = data, "ATI-style JSON"
     if not isinstance(lists, list) or not lists:
-        raise TrackFileError("ATI-style JSON must be a non-empty list of tracks (each a list of per-frame points)")
+        kind = type(lists).__name__
+        got = "an empty list" if isinstance(lists, list) else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+        raise TrackFileError(f"{what} must be a non-empty list of tracks, each a list of per-frame points "
+                             f"(got {got})")
     if len(lists) > MAX_TRACKS:
         raise TrackFileError(f"too many tracks: {len(lists)} (at most {MAX_TRACKS})")
     lengths = {len(tr) if isinstance(tr, list) else -1 for tr in lists}

@@ -98,6 +98,12 @@ def test_malformed_files_raise_value_error(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps([[[1, 2]], [[1, 2], [3, 4]]]))
     with pytest.raises(ValueError, match="same number of frames"):
         Trajectory.load(tmp_path / "b.json")
+    for data, message in (({"tracks": "abc"}, r'"tracks" must be a non-empty list .*\(got a str\)'),
+                          ({"track": []}, r'needs a "tracks" key \(it has: track\)'),
+                          (5, r"ATI-style JSON must be a non-empty list .*\(got an int\)")):
+        (tmp_path / "c.json").write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=message):
+            Trajectory.load(tmp_path / "c.json")
     np.save(tmp_path / "tracks.npy", np.zeros((2, 5, 1, 2)))
     with pytest.raises(ValueError, match=r"\[1, F, N, 2\]"):
         Trajectory.load(tmp_path / "tracks.npy")
