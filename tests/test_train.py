@@ -94,6 +94,25 @@ def test_reconstruction_weight_adds_a_halo_around_each_sprite():
     assert (w[0, 0, 0] == 1.0).all()  # frame 0 has no sprite: no halo from frame 1
 
 
+def test_group_flicker_counts_frames_of_a_latent_frame_that_disagree_where_the_truth_stands_still():
+    from streamer.world.train import group_flicker
+
+    video = torch.zeros(1, 3, 9, 8, 8)  # frame 0, then two groups of 4
+    video[0, :, 5:, 0, 0] = torch.tensor([0.0, 0.5, 1.0, 0.5])  # one pixel moves in the second group
+    weight = torch.ones(1, 1, 9, 8, 8)
+    assert group_flicker(video.clone(), video, weight) == 0.0  # drawn as true: nothing to flicker
+    rec = video.clone()
+    rec[0, :, 5:, 0, 0] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # wrong, but where the truth moves: not counted
+    rec[0, :, 1:5] += 0.3  # off by the same everywhere in a group: a steady error, not a flicker
+    assert group_flicker(rec, video, weight) == 0.0
+    rec[0, :, 1:5, 3, 3] += torch.tensor([0.2, -0.2, 0.2, -0.2])  # one still pixel flickers
+    still = 2 * 8 * 8 - 1  # pixels of the two groups whose truth stands still
+    assert torch.isclose(group_flicker(rec, video, weight), torch.tensor(0.2 * 4 / (4 * still)))
+    weight[0, 0, :, 3, 3] = 5.0  # a weight on that pixel (the border band's) counts it 5 times, in both groups
+    assert torch.isclose(group_flicker(rec, video, weight), torch.tensor(5 * 0.2 * 4 / (4 * (still + 2 * 4))))
+    assert group_flicker(rec[:, :, :1], video[:, :, :1], weight[:, :, :1]) == 0.0  # no group: no term
+
+
 def test_a_negative_border_weight_is_one_clear_error(tmp_path, capsys):
     from streamer.cli import main
 

@@ -12,9 +12,9 @@ For each, the mean change (0-255, over RGB) in the band / inside it:
   own steadiness there: per ring of latent cells from the edge, the median of the drift anchor's
   per-cell difference from its reference (`streamer.anchor`) once the drift is off.
 
-    python docs/eval/border_flicker.py SECONDS SCENES [--stream-seconds 60]
+    python docs/eval/border_flicker.py SECONDS SCENES [--stream-seconds 60] [--weights DIR]
 SECONDS of each of SCENES held-out scenes through the autoencoder; the stream is --stream-seconds
-long. 1 thread; the autoencoder in fp32, the stream in bf16; ~2 min for 20 s, 4 scenes and 60 s."""
+long. DIR (default: the shipped weights) holds vae.safetensors and dit.safetensors. 1 thread; the autoencoder in fp32, the stream in bf16; ~2 min for 20 s, 4 scenes and 60 s."""
 
 import argparse
 
@@ -93,15 +93,16 @@ def main() -> None:
     ap.add_argument("seconds", type=float)
     ap.add_argument("scenes", type=int)
     ap.add_argument("--stream-seconds", type=float, default=60.0)
+    ap.add_argument("--weights", default="streamer/weights")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pipe = Pipeline.load_default(device="cpu", dtype=torch.float32)
+    pipe = Pipeline.load_default(args.weights, device="cpu", dtype=torch.float32)
     torch.set_num_threads(1)  # after loading: Pipeline.load sets the machine's cores
     world = World()
     for seed in HELD_OUT_SEEDS[: args.scenes]:
         clip = world.clip(seed, stream_frames(args.seconds, pipe.fps))
         print(f"{clip.prompt}: {autoencoder(pipe, clip)}", flush=True)
-    pipe = Pipeline.load_default(device="cpu", dtype=torch.bfloat16)
+    pipe = Pipeline.load_default(args.weights, device="cpu", dtype=torch.bfloat16)
     torch.set_num_threads(1)
     print(stream(pipe, args.stream_seconds))
 

@@ -133,7 +133,9 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
     squared distance between the new and the init encoder's latents, both normalised by the init's
     latent statistics (the space its DiT was trained in): a sharper autoencoder whose latents stay
     near the ones the shipped DiT knows, so a short fine-tune re-fits it.
-    Raises ValueError for a negative border_weight, halo_weight or anchor_weight, or an
+    steady_weight = s > 0 adds s * `group_flicker`: the decoder's frames of one latent frame drawn
+    alike where the truth stands still.
+    Raises ValueError for a negative border_weight, halo_weight, anchor_weight or steady_weight, or an
     anchor_weight without init."""
     base = {k: v for k, v in recipe["vae"].items() if k != "phases"}
     phases = recipe["vae"].get("phases") or [{}]
@@ -161,7 +163,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         if pi < first_phase:
             continue
         r = {**base, **phase}
-        for key in ("border_weight", "halo_weight", "anchor_weight"):
+        for key in ("border_weight", "halo_weight", "anchor_weight", "steady_weight"):
             if not isinstance(r.get(key, 0.0), (int, float)) or r.get(key, 0.0) < 0:
                 raise ValueError(f"{key} must be a number >= 0, got {r[key]!r}")
         # freeze_encoder: decoder-only phases keep the latent space (and its statistics) fixed, so they
@@ -181,6 +183,9 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
                                            halo_weight=r.get("halo_weight", 0.0))
             loss_rec = (weight * (rec - video) ** 2).mean() + 0.5 * (weight * (rec - video).abs()).mean()
             loss = loss_rec + r["latent_l2"] * z.pow(2).mean()
+            if r.get("steady_weight", 0.0):
+                loss_steady = group_flicker(rec, video, weight, vae.config.temporal)
+                loss = loss + r["steady_weight"] * loss_steady
             if r.get("anchor_weight", 0.0):
                 with torch.no_grad():
                     z_ref = ref_encoder(video)
@@ -198,6 +203,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
                 psnr = -10 * math.log10(F.mse_loss(rec.clamp(-1, 1), video).item() / 4 + 1e-12)
                 bar.set_postfix(loss=f"{loss_rec.item():.4f}", psnr=f"{psnr:.1f}")
                 drift = f" anchor {loss_anchor.item():.4f}" if r.get("anchor_weight", 0.0) else ""
+                drift += f" flicker {loss_steady.item():.5f}" if r.get("steady_weight", 0.0) else ""
                 log(f"vae phase {pi} step {step} loss {loss_rec.item():.5f} psnr {psnr:.2f} "
                     f"z_rms {z.pow(2).mean().sqrt().item():.3f}{drift} t {time.time() - t0:.0f}s")
         vae.eval()
@@ -215,6 +221,29 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         vae.train()
     vae.eval()
     return vae
+
+
+def group_flicker(rec: torch.Tensor, video: torch.Tensor, weight: torch.Tensor, temporal: int = 4,
+                  still: float = 0.02) -> torch.Tensor:
+    """How much the decoder's frames of one latent frame differ where the truth stands still: the
+    weighted mean, over pixels whose true value stays within `still` (in [-1, 1], 0.02 = 2.5 levels of
+    255) across the group, of each frame's absolute difference from the group's mean frame.
+
+    rec, video [B, 3, 1 + temporal * k, H, W] (the first frame is a latent frame's alone and is
+    skipped), weight [B, 1, same T, H, W] (`reconstruction_weight`). Returns a scalar (0 with no still
+    pixel). The decoder makes `temporal` video frames from each latent frame (TGrow); on v16's
+    stream, whose edge latents the anchor holds as still as the interior's, those frames differ in the
+    8-px border band twice as much as inside it (docs/model_history.md, "After v16"): a flicker the
+    reconstruction loss alone leaves, since it asks each frame to be right, not the frames to agree."""
+    k = (video.shape[2] - 1) // temporal
+    if k == 0:
+        return rec.new_zeros(())
+    group = lambda x: x[:, :, 1:1 + temporal * k].unflatten(2, (k, temporal))  # noqa: E731  [B, C, k, t, H, W]
+    r, v, w = group(rec), group(video), group(weight)
+    static = ((v.amax(3, keepdim=True) - v.amin(3, keepdim=True)).amax(1, keepdim=True) < still).to(rec.dtype)
+    dev = (r - r.mean(3, keepdim=True)).abs().mean(1, keepdim=True)  # [B, 1, k, t, H, W]
+    mask = static.expand_as(dev) * w
+    return (dev * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 class WeightEMA:
@@ -1370,7 +1399,7 @@ TRAINING_KEYS = frozenset("""
     freeze_encoder guidance_p guidance_scale guidance_target guidance_teacher halo_weight history_bias image_chunks image_start init
     cross_share exit_start fade fade_alpha ghost ghost_alpha keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background own_background own_background_from own_background_sprites own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
-    rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steps
+    rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steady_weight steps
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune refit sampler stream".split())
