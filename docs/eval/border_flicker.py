@@ -14,7 +14,8 @@ For each, the mean change (0-255, over RGB) in the band / inside it:
 
     python docs/eval/border_flicker.py SECONDS SCENES [--stream-seconds 60] [--weights DIR]
 SECONDS of each of SCENES held-out scenes through the autoencoder; the stream is --stream-seconds
-long. DIR (default: the shipped weights) holds vae.safetensors and dit.safetensors. 1 thread; the autoencoder in fp32, the stream in bf16; ~2 min for 20 s, 4 scenes and 60 s."""
+long. DIR (default: the shipped weights) holds vae.safetensors and dit.safetensors. 1 thread; the
+autoencoder in fp32, the stream in bf16; ~30 s for 20 s, 4 scenes and 60 s here."""
 
 import argparse
 
