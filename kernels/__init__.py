@@ -78,7 +78,9 @@ def set_mode(mode: Mode) -> None:
     if mode not in ("auto", "torch", "triton"):
         raise ValueError(f"kernel mode must be auto, torch or triton; got {mode!r}")
     if mode == "triton" and not triton_available():
-        raise RuntimeError("Triton kernels need Triton and a CUDA device (or TRITON_INTERPRET=1)")
+        # a ValueError: asking for the kernels where they cannot run is a bad setting (the CLI's one line, exit 2)
+        raise ValueError("the Triton kernels need Triton and a CUDA device (or TRITON_INTERPRET=1); "
+                         "auto or torch runs everywhere")
     _mode = mode
 
 
@@ -89,7 +91,7 @@ def get_mode() -> Mode:
 def select(backend: str = "auto") -> str:
     """Set the mode from `--attention` and return what runs, resolved: "auto" is "triton" when Triton
     and a CUDA device are there (the kernels then run for CUDA tensors), else "torch"; "triton" forces
-    the kernels (an error without Triton and CUDA or the interpreter); "torch" is all-PyTorch."""
+    the kernels (ValueError without Triton and CUDA or the interpreter); "torch" is all-PyTorch."""
     set_mode(backend)  # type: ignore[arg-type]
     if backend == "auto":
         return "triton" if torch.cuda.is_available() and triton_available() else "torch"

@@ -14,6 +14,14 @@ _IMPORTED = _time.perf_counter()
 # shipped model at 2 threads made 0.8-5.6 frames/s with spinning waits (GOMP_SPINCOUNT=10000: 5.6)
 # and 16 frames/s with passive ones (1 thread: 17-18 either way). Set before torch loads OpenMP;
 # a value the user set wins.
+if "OMP_WAIT_POLICY" not in _os.environ and "torch" in __import__("sys").modules:
+    # too late for this process: OpenMP read its settings when torch loaded it. Said once, since the
+    # variable set below would otherwise hide it (it still reaches the processes this one starts)
+    import warnings as _warnings
+
+    _warnings.warn("torch was imported before streamer, so OpenMP keeps spinning waits: with other busy "
+                   "processes on the same cores, streaming can run several times slower. Import streamer "
+                   "first, or set OMP_WAIT_POLICY=PASSIVE (or ACTIVE) before starting Python.", stacklevel=2)
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

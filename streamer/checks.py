@@ -154,21 +154,30 @@ def check_writable_file(out: str | os.PathLike) -> Path:
     return out
 
 
+# Folders check_writable_folder made, outermost first: a command that then fails on its other inputs
+# removes them again if still empty (`remove_made_folders`), so a refused command leaves nothing behind.
+_made_folders: list[Path] = []
+
+
 def check_writable_folder(folder: str | os.PathLike, flag: str = "--out", create: bool = True,
                           what: str | None = None) -> Path:
-    """A folder that exists (or is created) and accepts new files."""
+    """A folder that exists (or is created) and accepts new files. The folders it creates are noted
+    for `remove_made_folders`. Raises OutputError (one line)."""
     folder = Path(folder)
     what = what or str(folder)
+    missing = []
     for parent in (folder, *folder.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise OutputError(f"{flag}: {parent} is a file, so {what} cannot be a folder")
             break
+        missing.append(parent)
     if create:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"{flag}: cannot create {what} ({e.strerror or e})") from None
+        _made_folders.extend(reversed(missing))
     if not folder.is_dir():
         raise OutputError(f"{flag}: {what} does not exist")
     probe = folder / f".streamer-write-test-{os.getpid()}"
@@ -178,6 +187,17 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "--out", create
     except OSError as e:
         raise OutputError(f"{flag}: cannot write in {what} ({e.strerror or e})") from None
     return folder
+
+
+def remove_made_folders() -> None:
+    """Remove the folders `check_writable_folder` made that are still empty, innermost first: what a
+    command refused after checking its --out leaves behind is what was there before."""
+    while _made_folders:
+        folder = _made_folders.pop()
+        try:
+            folder.rmdir()  # only an empty folder goes
+        except OSError:
+            pass
 
 
 def check_input_path(path: str | os.PathLike, flag: str) -> Path:

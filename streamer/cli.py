@@ -193,7 +193,10 @@ def _load_pipeline(args):
     from streamer import kernels
     from streamer.pipeline import Pipeline
 
-    kernels.select(args.attention)
+    try:
+        kernels.select(args.attention)
+    except ValueError as e:
+        raise InputError(f"--attention {args.attention}: {e}") from None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype or "")
     vae, text_encoder = checkpoint_companions(args)
     options = {k: v for k, v in dict(weights_key=args.weights_key, lora=args.lora, lora_scale=args.lora_scale,
@@ -230,7 +233,15 @@ def checkpoint_companions(args) -> tuple[str | None, str | None]:
     if (args.lora or args.weights_key) and not args.checkpoint:
         raise InputError("--lora and --weights-key apply to a --checkpoint; none was given")
     if args.checkpoint is None:
-        return (None if vae == "random" else vae), (None if text == "hash" else text)
+        vae, text = (None if vae == "random" else vae), (None if text == "hash" else text)
+        stand_ins = [f"{flag} {v}" for flag, v in (("--vae", args.vae), ("--text-encoder", args.text_encoder))
+                     if v in ("random", "hash")]
+        if stand_ins and vae is None and text is None:
+            # nothing real given: the shipped default model loads, with its own autoencoder and text encoder
+            verb = "stand" if len(stand_ins) > 1 else "stands"
+            raise InputError(f"{' and '.join(stand_ins)} {verb} in for a --checkpoint's companions; none was given "
+                             "(the default model uses its own)")
+        return vae, text
     folder = checks.check_input_path(args.checkpoint, "--checkpoint")  # before asking for --vae with it
     if folder.is_dir() and (folder / "vae").is_dir() and vae is None:
         vae = str(folder)
@@ -373,6 +384,10 @@ def _check_paths(args) -> None:
         raise InputError("--loop-tracks repeats the --tracks file's tracks; no --tracks was given")
     if args.prompt_file:
         checks.check_input_file(args.prompt_file, "--prompt-file")
+        out = Path(args.out)
+        if out.suffix.lower() == ".mp4" and not out.is_dir():  # one video per prompt goes into a folder
+            raise InputError(f"--out {args.out}: with --prompt-file, --out is a folder that gets one video per "
+                             f"prompt; give a folder name such as {out.with_suffix('')}")
         checks.check_writable_folder(args.out, what=f"the output folder {args.out}")
     else:
         checks.check_writable_file(args.out)
@@ -512,7 +527,15 @@ def cmd_generate(args) -> int:
             generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet, trajectory=trajectory,
                            start_latents=start_latents)
 
-        results = run_prompt_file(args.prompt_file, args.out, one)
+        try:
+            results = run_prompt_file(args.prompt_file, args.out, one)
+        except KeyboardInterrupt as e:  # what is kept, as a single video's interrupt says
+            kept = getattr(e, "frames_written", 0)
+            now = f"; the video being made keeps its {kept} frames as a .partial.mp4, made again from the start " \
+                  "by the next run" if kept else ""
+            print(f"{'' if args.quiet else chr(10)}interrupted: the videos finished so far stay in {args.out}{now}",
+                  file=sys.stderr)
+            return 130
         done = sum(1 for r in results if r[2] == "done")
         print(f"{done} videos made, {len(results) - done} already there, in {args.out}")
         return 0
@@ -526,9 +549,9 @@ def cmd_generate(args) -> int:
         if kept == 0:
             if out.is_file():
                 out.unlink()  # a header without frames is not a video; never leave one behind
-            print("\ninterrupted before the first frame: no video written", file=sys.stderr)
+            print(f"{'' if args.quiet else chr(10)}interrupted before the first frame: no video written", file=sys.stderr)
         else:
-            print(f"\ninterrupted: {out} keeps the {kept} frames made so far", file=sys.stderr)
+            print(f"{'' if args.quiet else chr(10)}interrupted: {out} keeps the {kept} frames made so far", file=sys.stderr)
         return 130
     n = made.frames
     first = f"; first frame {made.first_frame_s:.1f} s after start" if made.first_frame_s is not None else ""
@@ -541,17 +564,24 @@ def main(argv: list[str] | None = None) -> int:
     an interrupt (Ctrl-C, SIGTERM, SIGHUP) one line and 130. STREAMER_DEBUG=1 shows tracebacks."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the subcommand's parser ("streamer generate: error: ..."), not the top one's
+            subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse has printed usage and its one-line error (or --help)
         return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        checks.remove_made_folders()
         if os.environ.get("STREAMER_DEBUG"):
             raise
-        print("\nstreamer: interrupted", file=sys.stderr)
+        # the newline ends a progress bar's line; --quiet has none
+        print(("" if getattr(args, "quiet", False) else "\n") + "streamer: interrupted", file=sys.stderr)
         return 130
     except (StreamerError, PolicyError, ValueError, OSError) as e:
+        checks.remove_made_folders()
         if os.environ.get("STREAMER_DEBUG"):
             raise
         # the same prefix as argparse's own errors for this command ("streamer generate: error: ...")

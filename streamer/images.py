@@ -237,6 +237,9 @@ def open_video(path: str | os.PathLike, what: str = "--continue") -> VideoInfo:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise InputError(f"{what} {path} has no video stream")
+            # FFmpeg opens a picture as a one-frame video ("png_pipe", "jpeg_pipe", ..., or "image2")
+            if container.format.name.endswith("_pipe") or container.format.name == "image2":
+                raise InputError(f"{what} {path} is a still picture, not a video; start from it with --image")
             s = container.streams.video[0]
             rate = s.average_rate or s.guessed_rate or 0
             info = VideoInfo(width=s.codec_context.width, height=s.codec_context.height, fps=float(rate),
@@ -249,7 +252,7 @@ def open_video(path: str | os.PathLike, what: str = "--continue") -> VideoInfo:
     except InputError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise InputError(f"{what} {path} is not a video FFmpeg can read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise InputError(f"{what} {path} is not a video FFmpeg can read ({_reason(e)})") from None
 
 
 def read_video(path: str | os.PathLike, what: str = "--continue") -> Iterator[np.ndarray]:
@@ -264,7 +267,14 @@ def read_video(path: str | os.PathLike, what: str = "--continue") -> Iterator[np
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24")
     except (av.FFmpegError, OSError) as e:
-        raise InputError(f"{what} {path}: the video stops decoding ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise InputError(f"{what} {path}: the video stops decoding ({_reason(e)})") from None
+
+
+def _reason(e: Exception) -> str:
+    """FFmpeg's words for an error, without PyAV's "[Errno 1094995529]" (FFmpeg's tag as a number)
+    and the path it repeats."""
+    text = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else "")
+    return text or type(e).__name__
 
 
 def copy_video(path: str | os.PathLike, keep_last: int, sink: Callable[[np.ndarray], None],

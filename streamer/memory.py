@@ -117,6 +117,23 @@ def check_stream_fits(need: StreamBytes, device: torch.device | str, what: str =
         f"has {free / GiB:.1f} GiB free; lower {hint}")
 
 
+def check_weights_fit(params: int, dtype: torch.dtype, device: torch.device | str, what: str) -> None:
+    """Raise ResourceError when `params` weights cannot be built for `device` in `dtype`: a module is
+    built in fp32 on the host and then cast and moved, so the host needs 4 bytes a weight, plus the
+    cast copy when the device is the CPU; a GPU needs the cast copy. `what` names the model in the
+    message ("a random wan2.1-14b DiT"). Unknown free memory passes."""
+    b = _dtype_bytes(dtype)
+    device = torch.device(device)
+    needs = [("cpu", params * (4 + (b if device.type == "cpu" else 0)))]
+    if device.type != "cpu":
+        needs.append((device, params * b))
+    for where, need in needs:
+        free = free_bytes(where)
+        if free is not None and need > free:
+            raise ResourceError(f"{what} ({params / 1e9:.2f}B weights) needs about {need / GiB:.1f} GiB to build on "
+                                f"{torch.device(where).type} but it has {free / GiB:.1f} GiB free; pick a smaller preset")
+
+
 def admit_stream(model_config, tokens_per_frame: int, num_slots: int, dtype: torch.dtype, device,
                  store_queries: bool = False, compressed_tokens: int = 0, chunk_frames: int = 3,
                  video_pixels: int = 0, what: str = "") -> StreamBytes:

@@ -242,6 +242,11 @@ class Pipeline:
             model = load_model(checkpoint, device=device, dtype=dtype, **(checkpoint_options or {}))
             notes.append(f"DiT {checkpoint}")
         else:
+            from streamer.memory import check_weights_fit
+
+            with torch.device("meta"):  # counted without allocating: a 14B preset must not exhaust memory first
+                params = sum(p.numel() for p in CausalWanModel(get_config(preset)).parameters())
+            check_weights_fit(params, dtype, device, f"a random {preset} DiT")
             torch.manual_seed(seed)
             model = CausalWanModel(get_config(preset)).to(device=device, dtype=dtype)
             notes.append(f"random {preset} DiT (no trained weights)")

@@ -198,12 +198,22 @@ def read_bounded(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
+def _numpy_error(path: Path, kind: str, e: Exception) -> TrackFileError:
+    """One line for a .npy/.npz numpy cannot read: numpy's own advice on pickles (allow_pickle=) is
+    nothing a user of this program can act on."""
+    if "pickle" in str(e):
+        return TrackFileError(f"{path}: holds pickled (object) arrays, which are never loaded; save plain numeric arrays")
+    return TrackFileError(f"{path}: not a readable {kind} ({e})")
+
+
 def _from_npz(data: bytes, path: Path) -> Trajectory:
+    if not data.startswith(b"PK"):  # an .npz is a zip archive; numpy would try anything else as a pickle
+        raise TrackFileError(f"{path}: not an .npz file (an .npz is a zip archive of arrays)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as d:
             arrays = {k: d[k] for k in ("tracks", "visible", "fps", "width", "height") if k in d.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise TrackFileError(f"{path}: not a readable .npz without pickles ({e})") from None
+        raise _numpy_error(path, ".npz", e) from None
     missing = [k for k in ("tracks", "visible", "fps", "width", "height") if k not in arrays]
     if missing:
         raise TrackFileError(f"{path}: missing array {missing[0]!r} (expected tracks, visible, fps, width, height)")
@@ -279,9 +289,17 @@ def from_json(data: object, width: int | None = None, height: int | None = None,
     if isinstance(data, dict):
         if "tracks" not in data:
             raise TrackFileError(f'a JSON object of tracks needs a "tracks" key (it has: {", ".join(list(map(str, data))[:8]) or "none"})')
-        lists, what = data["tracks"], '"tracks"'
-    else:
-        lists, what = data, "ATI-style JSON"
+        try:
+            return _from_ati(data["tracks"], '"tracks"', fps, width, height)
+        except TrackFileError as e:  # say which of the two layouts was read: the keys decide it, not the shape
+            raise TrackFileError(f'{e}; read as ATI-style, "tracks" [track][frame] points, as the object has no '
+                                 '"visible" (the own layout, "tracks" [frame][track][x, y], comes with "visible")') from None
+    return _from_ati(data, "ATI-style JSON", fps, width, height)
+
+
+def _from_ati(lists: object, what: str, fps: float, width: int, height: int) -> Trajectory:
+    """ATI-style point lists, [track][frame] points `[x, y]`, `[x, y, visible]` or {"x", "y", "visible"};
+    `what` names them in errors. Raises TrackFileError."""
     if not isinstance(lists, list) or not lists:
         kind = type(lists).__name__
         got = "an empty list" if isinstance(lists, list) else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
@@ -327,10 +345,13 @@ def to_ati_json(traj: Trajectory) -> dict:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    data = read_bounded(path)
+    if not data.startswith(b"\x93NUMPY"):  # numpy would try anything else as a pickle
+        raise TrackFileError(f"{path}: not an .npy file (it lacks the .npy header)")
     try:
-        return np.load(io.BytesIO(read_bounded(path)), allow_pickle=False)
+        return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise TrackFileError(f"{path}: not a readable .npy without pickles ({e})") from None
+        raise _numpy_error(path, ".npy", e) from None
 
 
 def from_wan_move(path: str | Path, visibility: str | Path | None = None, width: int = 832, height: int = 480,
@@ -344,10 +365,10 @@ def from_wan_move(path: str | Path, visibility: str | Path | None = None, width:
     tracks = _numeric_array(f"{tracks_path} values", _load_npy(tracks_path))
     if tracks.ndim == 4:
         if tracks.shape[0] != 1:
-            raise TrackFileError(f"Wan-Move tracks.npy must be [1, F, N, 2]; got {list(tracks.shape)}")
+            raise TrackFileError(f"{tracks_path}: Wan-Move tracks.npy must be [1, F, N, 2]; got {list(tracks.shape)}")
         tracks = tracks[0]
     if tracks.ndim != 3 or tracks.shape[-1] != 2:
-        raise TrackFileError(f"Wan-Move tracks.npy must be [1, F, N, 2]; got {list(tracks.shape)}")
+        raise TrackFileError(f"{tracks_path}: Wan-Move tracks.npy must be [1, F, N, 2]; got {list(tracks.shape)}")
     if vis_path.exists():
         vis = _load_npy(vis_path)
         vis = vis[0] if vis.ndim == 3 else vis

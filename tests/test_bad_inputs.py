@@ -155,8 +155,24 @@ def _make(kind: str, tmp: Path):
         "track /dev/zero": lambda: (["--tracks", _symlink(tmp / "zero.json", "/dev/zero"), *out], ["regular file"]),
         "track huge": lambda: (["--tracks", _sparse(tmp / "huge.json", 100 << 20), *out], ["bytes"]),
         "track ATI strings": lambda: (["--tracks", _text(tmp / "ati.json", '[[["1", "2"], [3, 4]]]'), *out], ["point"]),
+        "track npz junk": lambda: (["--tracks", _touch(tmp / "junk.npz"), *out], ["not an .npz file"]),
+        "track npy junk": lambda: (["--tracks", _touch(tmp / "tracks.npy"), *out], ["tracks.npy", "not an .npy file"]),
+        "track own layout without visible": lambda: (
+            ["--tracks", _text(tmp / "own.json", '{"tracks": [[[1, 2]], [[1, 2], [3, 4]]]}'), *out],
+            ["same number of frames", "ATI-style", '"visible"']),
+        "track tracks not a list": lambda: (["--tracks", _text(tmp / "str.json", '{"tracks": "abc"}'), *out],
+                                    ['"tracks" must be a non-empty list', "got a str"]),
+        # settings that would change nothing, or cannot run here
+        "vae random alone": lambda: (["--vae", "random", *out], ["--vae random", "--checkpoint"]),
+        "text encoder hash alone": lambda: (["--text-encoder", "hash", *out], ["--text-encoder hash", "--checkpoint"]),
+        "unknown flag": lambda: (["--bogus-flag", *out], ["streamer generate: error", "--bogus-flag"]),
+        # videos to continue
+        "continue a picture": lambda: (["--continue", Path(__file__).parent.parent / "examples" / "start.png", *out],
+                               ["still picture", "--image"]),
         # prompt files
         "prompt-file folder": lambda: (["--prompt-file", tmp, "--out", tmp / "videos"], ["--prompt-file", "folder"]),
+        "prompt-file out mp4": lambda: (["--prompt-file", _text(tmp / "p.txt", "a red circle\n"), "--out", tmp / "v.mp4"],
+                                ["--out", "folder", "one video per prompt"]),
     }
     return table[kind]()
 
@@ -229,8 +245,9 @@ KINDS = [
     "track:width:null", "track:fps:[1, 2]", "track:width:-5", "track:height:1.5", 'track:fps:"16"',
     'track:tracks:[[["1", "2"]]]', 'track:visible:[["yes"], [true]]',
     "track npz fps array", "track npz strings", "track depth bomb", "track NaN", "track fifo", "track /dev/zero",
-    "track huge", "track ATI strings",
-    "prompt-file folder",
+    "track huge", "track ATI strings", "track npz junk", "track npy junk", "track own layout without visible",
+    "track tracks not a list", "vae random alone", "text encoder hash alone", "unknown flag", "continue a picture",
+    "prompt-file folder", "prompt-file out mp4",
 ]
 
 
@@ -250,6 +267,37 @@ def test_bad_input_is_one_line_and_exit_2(kind, tmp_path, capsys):
     assert not (tmp_path / "v.mp4").exists()
     for p, data in before.items():
         assert p.read_bytes() == data, f"{p} was changed"
+
+
+def test_triton_attention_without_cuda_is_refused(tmp_path, capsys, monkeypatch):
+    from streamer import kernels
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests' interpreter would let it run on CPU
+    if kernels.triton_available():
+        pytest.skip("Triton can run here")
+    code, err = _run([*GEN, "--attention", "triton", "--out", tmp_path / "v.mp4"], capsys)
+    _assert_refused(code, err, "--attention triton", "CUDA")
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "--seconds", "5", "--scenes", "1", "--sets", "bogus"],
+    ["bench", "--size", "130x130", "--quiet"],
+    ["generate", "--prompt", "a red circle", "--frames", "5", "--tracks", "no_such.json"],
+])
+def test_a_refused_command_leaves_no_output_folder(command, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper"
+    target = out / "v.mp4" if command[0] == "generate" else out
+    code, err = _run([*command, "--out", target], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert not (tmp_path / "new").exists()  # checked writable, then removed again: it was made for nothing
+
+
+def test_a_video_ffmpeg_cannot_read_is_named_in_ffmpegs_words(tmp_path, capsys):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(bytes(range(256)) * 8)
+    code, err = _run([*GEN, "--continue", junk, "--out", tmp_path / "v.mp4"], capsys)
+    _assert_refused(code, err, "not a video FFmpeg can read")
+    assert "Errno" not in err and str(junk) in err  # PyAV's error number and repeated path are left out
 
 
 def test_device_cuda_without_cuda_is_refused(tmp_path, capsys):

@@ -315,3 +315,15 @@ def test_version_names_the_package_and_the_shipped_model(capsys):
     from importlib.metadata import version
 
     assert capsys.readouterr().out.strip() == f"streamer {version('streamer')}, default model {step.split(':')[0]}"
+
+
+@pytest.mark.parametrize("first, warned", [("torch", True), ("streamer", False)])
+def test_importing_torch_before_streamer_warns_that_openmp_keeps_spinning(first, warned):
+    """OpenMP reads OMP_WAIT_POLICY when torch loads it: after that, streamer's passive default comes
+    too late, and a script that imported torch first is told so, once."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    second = "streamer" if first == "torch" else "torch"
+    run = subprocess.run([sys.executable, "-c", f"import {first}, {second}, os; print(os.environ['OMP_WAIT_POLICY'])"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert ("torch was imported before streamer" in run.stderr) == warned, run.stderr
+    assert run.stdout.strip() == "PASSIVE"  # it still reaches the processes this one starts

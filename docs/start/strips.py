@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--out", default="docs/start")
     a = p.parse_args()
     out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     traj = Trajectory.load(a.tracks)
     text, image, longer = (np.stack(list(read_video(v))) for v in (a.text, a.image_video, a.longer))
     every = 8  # 0.5 s at 16 fps
