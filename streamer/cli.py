@@ -113,7 +113,16 @@ class OneLineParser(argparse.ArgumentParser):
     rather than the whole usage block first: the project's rule for every bad input. --help still
     prints the usage. Subparsers made from it are of this class too."""
 
+    given: tuple[str, ...] = ()  # the command line's option words, set by build_parser
+
     def error(self, message: str):
+        if message.startswith("the following arguments are required:"):
+            # argparse names missing required options first and a missing required group (--prompt or
+            # --prompt-file) only once they are given: name both in the one message
+            for group in self._mutually_exclusive_groups:
+                options = [o for a in group._group_actions for o in a.option_strings]
+                if group.required and not any(o.startswith(w) for o in options for w in self.given if len(w) > 2):
+                    message += f", one of {' '.join(options)}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -178,6 +187,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_stream_args(gen)
     _add_model_args(gen)
     gen.set_defaults(func=cmd_generate)
+    gen.given = tuple(a.split("=", 1)[0] for a in argv or () if a.startswith("--"))
     wanted = _command_of(argv) if argv is not None else None
     for name, (module, help_text) in _COMMANDS.items():
         if argv is None or name == wanted:

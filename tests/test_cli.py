@@ -327,3 +327,13 @@ def test_importing_torch_before_streamer_warns_that_openmp_keeps_spinning(first,
                          capture_output=True, text=True, env=env, check=True)
     assert ("torch was imported before streamer" in run.stderr) == warned, run.stderr
     assert run.stdout.strip() == "PASSIVE"  # it still reaches the processes this one starts
+
+
+def test_generate_without_arguments_names_everything_missing_at_once(capsys):
+    from streamer.cli import main
+
+    assert main(["generate"]) == 2
+    assert "required: --out, one of --prompt --prompt-file" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "a red circle"]) == 2  # the group given: only --out is missing
+    err = capsys.readouterr().err
+    assert "required: --out (" in err and "one of" not in err
