@@ -177,7 +177,7 @@ def check_writable_folder(folder: str | os.PathLike, flag: str = "--out", create
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"{flag}: cannot create {what} ({e.strerror or e})") from None
-        _made_folders.extend(reversed(missing))
+        _made_folders.extend(m.absolute() for m in reversed(missing))  # a later chdir must not redirect them
     if not folder.is_dir():
         raise OutputError(f"{flag}: {what} does not exist")
     probe = folder / f".streamer-write-test-{os.getpid()}"
@@ -198,6 +198,12 @@ def remove_made_folders() -> None:
             folder.rmdir()  # only an empty folder goes
         except OSError:
             pass
+
+
+def forget_made_folders() -> None:
+    """A command is over (done, or its folders removed): the next one in this process (a test, the
+    UI's server) starts with none noted."""
+    _made_folders.clear()
 
 
 def check_input_path(path: str | os.PathLike, flag: str) -> Path:

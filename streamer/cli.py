@@ -415,7 +415,7 @@ def _check_start_video(args):
         raise InputError("--continue takes one --prompt, not a --prompt-file")
     if args.loop_tracks:
         raise InputError("--loop-tracks cannot be used with --continue (the tracks start at the video's last frame)")
-    info = open_video(args.continue_from)
+    info = open_video(args.continue_from, picture_hint="; start from it with --image")
     if args.size is not None and tuple(args.size) != (info.width, info.height):
         raise InputError(f"--continue {args.continue_from} is {info.width}x{info.height}, but --size is "
                          f"{args.size[0]}x{args.size[1]}; they must match (omit --size to use the video's)")
@@ -559,6 +559,7 @@ def cmd_generate(args) -> int:
         if kept == 0:
             if out.is_file():
                 out.unlink()  # a header without frames is not a video; never leave one behind
+            checks.remove_made_folders()  # nor the folders made for it
             print(f"{'' if args.quiet else chr(10)}interrupted before the first frame: no video written", file=sys.stderr)
         else:
             print(f"{'' if args.quiet else chr(10)}interrupted: {out} keeps the {kept} frames made so far", file=sys.stderr)
@@ -581,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
             subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse has printed usage and its one-line error (or --help)
         return e.code if isinstance(e.code, int) else 2
+    checks.forget_made_folders()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -597,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         # the same prefix as argparse's own errors for this command ("streamer generate: error: ...")
         print(f"streamer {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        checks.forget_made_folders()
 
 
 if __name__ == "__main__":

@@ -225,10 +225,12 @@ class VideoInfo:
     codec: str
 
 
-def open_video(path: str | os.PathLike, what: str = "--continue") -> VideoInfo:
+def open_video(path: str | os.PathLike, what: str = "--continue", picture_hint: str = "") -> VideoInfo:
     """The first video stream's size, frame rate and codec, from the container's header (and one
     decoded frame). Raises InputError for a missing/empty/non-regular file, a file FFmpeg cannot
-    open, one with no video stream, or one whose first frame does not decode."""
+    open, a still picture (PNG, JPEG, TIFF, ...: FFmpeg opens one as a one-frame video; an animated
+    GIF or APNG is a video), one with no video stream, or one whose first frame does not decode.
+    `picture_hint` ends the still picture's message (what to do with a picture instead)."""
     import av
 
     path = Path(path)
@@ -239,7 +241,7 @@ def open_video(path: str | os.PathLike, what: str = "--continue") -> VideoInfo:
                 raise InputError(f"{what} {path} has no video stream")
             # FFmpeg opens a picture as a one-frame video ("png_pipe", "jpeg_pipe", ..., or "image2")
             if container.format.name.endswith("_pipe") or container.format.name == "image2":
-                raise InputError(f"{what} {path} is a still picture, not a video; start from it with --image")
+                raise InputError(f"{what} {path} is a still picture, not a video{picture_hint}")
             s = container.streams.video[0]
             rate = s.average_rate or s.guessed_rate or 0
             info = VideoInfo(width=s.codec_context.width, height=s.codec_context.height, fps=float(rate),

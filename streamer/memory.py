@@ -119,14 +119,13 @@ def check_stream_fits(need: StreamBytes, device: torch.device | str, what: str =
 
 def check_weights_fit(params: int, dtype: torch.dtype, device: torch.device | str, what: str) -> None:
     """Raise ResourceError when `params` weights cannot be built for `device` in `dtype`: a module is
-    built in fp32 on the host and then cast and moved, so the host needs 4 bytes a weight, plus the
-    cast copy when the device is the CPU; a GPU needs the cast copy. `what` names the model in the
-    message ("a random wan2.1-14b DiT"). Unknown free memory passes."""
-    b = _dtype_bytes(dtype)
+    built in fp32 on the host, then cast and moved one parameter at a time, so the host needs about
+    4 bytes a weight and a GPU `dtype`'s bytes a weight. `what` names the model in the message ("a
+    random wan2.1-14b DiT"). Unknown free memory passes."""
     device = torch.device(device)
-    needs = [("cpu", params * (4 + (b if device.type == "cpu" else 0)))]
+    needs = [("cpu", params * 4)]
     if device.type != "cpu":
-        needs.append((device, params * b))
+        needs.append((device, params * _dtype_bytes(dtype)))
     for where, need in needs:
         free = free_bytes(where)
         if free is not None and need > free:

@@ -81,6 +81,17 @@ def _graphed(fn):
     return call
 
 
+def check_preset_fits(preset: str, dtype: torch.dtype, device: torch.device | str) -> None:
+    """Raise ResourceError when a random DiT of `preset` cannot be built on `device` in `dtype`
+    (`memory.check_weights_fit`), before any of it is allocated: its weights are counted on the meta
+    device, so a 14B preset on a small machine is refused in a second instead of exhausting memory."""
+    from streamer.memory import check_weights_fit
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in CausalWanModel(get_config(preset)).parameters())
+    check_weights_fit(params, dtype, device, f"a random {preset} DiT")
+
+
 @dataclass
 class Pipeline:
     """Shared, read-only parts of a streamer: DiT, streaming decoder and text encoder weights on one
@@ -242,11 +253,7 @@ class Pipeline:
             model = load_model(checkpoint, device=device, dtype=dtype, **(checkpoint_options or {}))
             notes.append(f"DiT {checkpoint}")
         else:
-            from streamer.memory import check_weights_fit
-
-            with torch.device("meta"):  # counted without allocating: a 14B preset must not exhaust memory first
-                params = sum(p.numel() for p in CausalWanModel(get_config(preset)).parameters())
-            check_weights_fit(params, dtype, device, f"a random {preset} DiT")
+            check_preset_fits(preset, dtype, device)
             torch.manual_seed(seed)
             model = CausalWanModel(get_config(preset)).to(device=device, dtype=dtype)
             notes.append(f"random {preset} DiT (no trained weights)")

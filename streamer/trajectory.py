@@ -27,7 +27,6 @@ import math
 import numbers
 import os
 import stat
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,18 +200,18 @@ def read_bounded(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
 def _numpy_error(path: Path, kind: str, e: Exception) -> TrackFileError:
     """One line for a .npy/.npz numpy cannot read: numpy's own advice on pickles (allow_pickle=) is
     nothing a user of this program can act on."""
-    if "pickle" in str(e):
+    if "Object arrays cannot be loaded" in str(e):
         return TrackFileError(f"{path}: holds pickled (object) arrays, which are never loaded; save plain numeric arrays")
     return TrackFileError(f"{path}: not a readable {kind} ({e})")
 
 
 def _from_npz(data: bytes, path: Path) -> Trajectory:
-    if not data.startswith(b"PK"):  # an .npz is a zip archive; numpy would try anything else as a pickle
+    if not data.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip archive, as numpy tells; else it tries a pickle
         raise TrackFileError(f"{path}: not an .npz file (an .npz is a zip archive of arrays)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as d:
             arrays = {k: d[k] for k in ("tracks", "visible", "fps", "width", "height") if k in d.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    except Exception as e:  # noqa: BLE001  as _load_npy: a member's corrupt header raises what its parser does
         raise _numpy_error(path, ".npz", e) from None
     missing = [k for k in ("tracks", "visible", "fps", "width", "height") if k not in arrays]
     if missing:
@@ -350,7 +349,7 @@ def _load_npy(path: Path) -> np.ndarray:
         raise TrackFileError(f"{path}: not an .npy file (it lacks the .npy header)")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001  a corrupt header raises what its parser does (tokenize, SyntaxError, ...)
         raise _numpy_error(path, ".npy", e) from None
 
 

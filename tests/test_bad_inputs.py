@@ -155,7 +155,11 @@ def _make(kind: str, tmp: Path):
         "track /dev/zero": lambda: (["--tracks", _symlink(tmp / "zero.json", "/dev/zero"), *out], ["regular file"]),
         "track huge": lambda: (["--tracks", _sparse(tmp / "huge.json", 100 << 20), *out], ["bytes"]),
         "track ATI strings": lambda: (["--tracks", _text(tmp / "ati.json", '[[["1", "2"], [3, 4]]]'), *out], ["point"]),
-        "track npz junk": lambda: (["--tracks", _touch(tmp / "junk.npz"), *out], ["not an .npz file"]),
+        "track npz junk": lambda: (["--tracks", _text(tmp / "junk.npz", "PK, then no zip at all"), *out],
+                           ["not an .npz file"]),
+        "track npy header cut": lambda: (["--tracks", _bytes(tmp / "tracks.npy", b"\x93NUMPY\x01\x00\x0a\x00"
+                                                            b"{'descr': '<f4', 'shape': (2,), }\n"), *out],
+                                 ["tracks.npy", "not a readable .npy"]),
         "track npy junk": lambda: (["--tracks", _touch(tmp / "tracks.npy"), *out], ["tracks.npy", "not an .npy file"]),
         "track own layout without visible": lambda: (
             ["--tracks", _text(tmp / "own.json", '{"tracks": [[[1, 2]], [[1, 2], [3, 4]]]}'), *out],
@@ -179,6 +183,11 @@ def _make(kind: str, tmp: Path):
 
 def _touch(path: Path) -> Path:
     path.write_bytes(b"x")
+    return path
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
     return path
 
 
@@ -245,7 +254,7 @@ KINDS = [
     "track:width:null", "track:fps:[1, 2]", "track:width:-5", "track:height:1.5", 'track:fps:"16"',
     'track:tracks:[[["1", "2"]]]', 'track:visible:[["yes"], [true]]',
     "track npz fps array", "track npz strings", "track depth bomb", "track NaN", "track fifo", "track /dev/zero",
-    "track huge", "track ATI strings", "track npz junk", "track npy junk", "track own layout without visible",
+    "track huge", "track ATI strings", "track npz junk", "track npy junk", "track npy header cut", "track own layout without visible",
     "track tracks not a list", "vae random alone", "text encoder hash alone", "unknown flag", "continue a picture",
     "prompt-file folder", "prompt-file out mp4",
 ]
@@ -483,3 +492,31 @@ def test_a_track_point_past_float32_is_refused_without_a_warning(tmp_path, capsy
         code, err = _run(["generate", "--prompt", "x", "--tracks", path, "--seconds", "1", "--out",
                           tmp_path / "x.mp4"], capsys)
     _assert_refused(code, err, "NaN/inf point at frame 0")
+
+
+def test_a_random_preset_too_big_for_free_memory_is_refused_before_it_is_built(monkeypatch):
+    import streamer.memory as memory
+    from streamer.errors import ResourceError
+    from streamer.pipeline import check_preset_fits
+
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 3 << 30)  # 3 GiB free
+    check_preset_fits("tiny", torch.float32, "cpu")  # 0.15M weights: fits
+    with pytest.raises(ResourceError, match=r"wan2.1-1.3b DiT \(1.42B weights\) needs about 5.3 GiB .* 3.0 GiB free"):
+        check_preset_fits("wan2.1-1.3b", torch.bfloat16, "cpu")  # built in fp32 first: 4 bytes a weight
+    monkeypatch.setattr(memory, "free_bytes", lambda device: (8 << 30) if torch.device(device).type == "cpu" else 2 << 30)
+    with pytest.raises(ResourceError, match="to build on cuda"):  # the host has room, the GPU not for 2 bytes a weight
+        check_preset_fits("wan2.1-1.3b", torch.bfloat16, "cuda")
+
+
+def test_a_refused_command_leaves_a_folder_made_earlier_in_the_process_alone(tmp_path, capsys, monkeypatch):
+    from streamer import checks
+
+    monkeypatch.chdir(tmp_path)
+    checks.check_writable_folder("results")  # made by an earlier call in this process (a test, the server)
+    assert main([*GEN, "--out", "v.mp4"]) == 0  # a finished command forgets what it made
+    capsys.readouterr()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    (tmp_path / "other" / "results").mkdir()  # the user's own, empty
+    assert main([*GEN, "--tracks", "no_such.json", "--out", "v.mp4"]) == 2
+    assert (tmp_path / "other" / "results").is_dir() and (tmp_path / "results").is_dir()

@@ -20,6 +20,7 @@ background's cells sit, and where a sprite's do (docs/model_history.md, "After v
 import sys
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 import streamer.anchor as anchor

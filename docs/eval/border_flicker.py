@@ -20,6 +20,7 @@ autoencoder in fp32, the stream in bf16; ~30 s for 20 s, 4 scenes and 60 s here.
 import argparse
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 import streamer.anchor as anchor

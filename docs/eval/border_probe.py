@@ -12,6 +12,7 @@ loads both; only the autoencoder is used). fp32, 1 thread; ~40 s per 20-s scene 
 import argparse
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from streamer.pipeline import Pipeline

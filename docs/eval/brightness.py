@@ -25,6 +25,7 @@ streamer/weights. 1 thread, bf16, as the history's `streamer eval --dtype bf16` 
 import sys
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from settling import far_masks  # this folder's: the eval's background pixels, per frame

@@ -12,6 +12,7 @@ autoencoder) and more from the third on.
 import sys
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from settling import far_masks  # this folder's: the eval's background pixels, per frame

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 

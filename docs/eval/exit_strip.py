@@ -14,6 +14,7 @@ import argparse
 
 import cv2
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from streamer.pipeline import Pipeline

@@ -19,6 +19,7 @@ knob: it sets text guidance on every denoising step (as `--guidance`). 1 thread,
 import sys
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from streamer.pipeline import Pipeline

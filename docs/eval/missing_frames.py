@@ -12,6 +12,7 @@ colour reads as missing, as a sprite that is gone does (docs/model_history.md, "
 import sys
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from streamer.pipeline import Pipeline

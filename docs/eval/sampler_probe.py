@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 import streamer.session as session_module

@@ -16,6 +16,7 @@ Distances and speeds are pixels of the 128x128 frame; runs are in seconds (16 vi
 import argparse
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from streamer.pipeline import Pipeline

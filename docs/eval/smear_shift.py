@@ -16,6 +16,7 @@ smear again with each frame's far-pixel mean change taken off first (shift-free)
 import sys
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from streamer.pipeline import Pipeline

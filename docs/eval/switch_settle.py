@@ -11,6 +11,7 @@ the same stream with the anchor on (which lets go at the switch and takes its ne
 1 thread, bf16."""
 
 import numpy as np
+import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fast by default")
 import torch
 
 from streamer.pipeline import Pipeline

@@ -34,7 +34,7 @@ from streamer.errors import InputError
 from streamer.models.wan import PRESETS
 from streamer.device import cpu_model
 from streamer.models.frames import video_to_uint8
-from streamer.pipeline import Pipeline, check_compile, default_device
+from streamer.pipeline import Pipeline, check_compile, check_preset_fits, default_device
 from streamer.policies import POLICIES, make_policy
 from streamer.sampler import SeededNoise, denoise
 from streamer.session import Session, StreamConfig
@@ -562,6 +562,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_fp8_device(device)
     for policy in args.policy or []:
         make_policy(policy, {}, args.chunk[0])  # impossible knobs for this chunk fail here, before any work
+    for cell in {(c.preset, c.dtype): c for c in grid if c.preset != "default"}.values():
+        # before any cell runs, not after the cells before it; "auto" is bf16 where the dtype counts (a GPU)
+        check_preset_fits(cell.preset, _dtype(cell.dtype, device) or torch.bfloat16, device)
     machine = machine_info()
     results = []
     for cell in tqdm(grid, desc="bench", disable=args.quiet):
