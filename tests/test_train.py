@@ -113,6 +113,23 @@ def test_group_flicker_counts_frames_of_a_latent_frame_that_disagree_where_the_t
     assert group_flicker(rec[:, :, :1], video[:, :, :1], weight[:, :, :1]) == 0.0  # no group: no term
 
 
+def test_temporal_difference_error_asks_for_the_truths_change_from_frame_to_frame():
+    from streamer.world.train import temporal_difference_error
+
+    video = torch.zeros(1, 3, 5, 4, 4)
+    video[0, :, :, 0, 0] = torch.tensor([0.0, 0.2, 0.4, 0.6, 0.8])  # one pixel brightens steadily
+    weight = torch.ones(1, 1, 5, 4, 4)
+    assert temporal_difference_error(video + 0.3, video, weight) < 1e-7  # a steady offset changes nothing
+    jumpy = video.clone()
+    jumpy[0, :, :, 0, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.8])  # held, then all of it at once: a jump
+    # differences 0.2 short on three pairs and 0.6 over on the last, over 4 pairs x 16 pixels
+    assert torch.isclose(temporal_difference_error(jumpy, video, weight), torch.tensor((3 * 0.2 + 0.6) / 64))
+    flicker = video.clone()
+    flicker[0, :, 1::2, 2, 2] = 0.1  # a still pixel that flickers: 0.1 on every pair
+    assert torch.isclose(temporal_difference_error(flicker, video, weight), torch.tensor(4 * 0.1 / 64))
+    assert temporal_difference_error(video[:, :, :1], video[:, :, :1], weight[:, :, :1]) == 0.0
+
+
 def test_a_negative_border_weight_is_one_clear_error(tmp_path, capsys):
     from streamer.cli import main
 

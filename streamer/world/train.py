@@ -134,8 +134,10 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
     latent statistics (the space its DiT was trained in): a sharper autoencoder whose latents stay
     near the ones the shipped DiT knows, so a short fine-tune re-fits it.
     steady_weight = s > 0 adds s * `group_flicker`: the decoder's frames of one latent frame drawn
-    alike where the truth stands still.
-    Raises ValueError for a negative border_weight, halo_weight, anchor_weight or steady_weight, or an
+    alike where the truth stands still; temporal_weight = m > 0 adds m * `temporal_difference_error`:
+    the decoded change from frame to frame as the truth's, still or moving.
+    Raises ValueError for a negative border_weight, halo_weight, anchor_weight, steady_weight or
+    temporal_weight, or an
     anchor_weight without init."""
     base = {k: v for k, v in recipe["vae"].items() if k != "phases"}
     phases = recipe["vae"].get("phases") or [{}]
@@ -163,7 +165,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
         if pi < first_phase:
             continue
         r = {**base, **phase}
-        for key in ("border_weight", "halo_weight", "anchor_weight", "steady_weight"):
+        for key in ("border_weight", "halo_weight", "anchor_weight", "steady_weight", "temporal_weight"):
             if not isinstance(r.get(key, 0.0), (int, float)) or r.get(key, 0.0) < 0:
                 raise ValueError(f"{key} must be a number >= 0, got {r[key]!r}")
         # freeze_encoder: decoder-only phases keep the latent space (and its statistics) fixed, so they
@@ -186,6 +188,9 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
             if r.get("steady_weight", 0.0):
                 loss_steady = group_flicker(rec, video, weight, vae.config.temporal)
                 loss = loss + r["steady_weight"] * loss_steady
+            if r.get("temporal_weight", 0.0):
+                loss_temporal = temporal_difference_error(rec, video, weight)
+                loss = loss + r["temporal_weight"] * loss_temporal
             if r.get("anchor_weight", 0.0):
                 with torch.no_grad():
                     z_ref = ref_encoder(video)
@@ -204,6 +209,7 @@ def train_vae(recipe: dict, out: Path, log: Log, device: torch.device, resume: b
                 bar.set_postfix(loss=f"{loss_rec.item():.4f}", psnr=f"{psnr:.1f}")
                 drift = f" anchor {loss_anchor.item():.4f}" if r.get("anchor_weight", 0.0) else ""
                 drift += f" flicker {loss_steady.item():.5f}" if r.get("steady_weight", 0.0) else ""
+                drift += f" temporal {loss_temporal.item():.5f}" if r.get("temporal_weight", 0.0) else ""
                 log(f"vae phase {pi} step {step} loss {loss_rec.item():.5f} psnr {psnr:.2f} "
                     f"z_rms {z.pow(2).mean().sqrt().item():.3f}{drift} t {time.time() - t0:.0f}s")
         vae.eval()
@@ -244,6 +250,21 @@ def group_flicker(rec: torch.Tensor, video: torch.Tensor, weight: torch.Tensor, 
     dev = (r - r.mean(3, keepdim=True)).abs().mean(1, keepdim=True)  # [B, 1, k, t, H, W]
     mask = static.expand_as(dev) * w
     return (dev * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def temporal_difference_error(rec: torch.Tensor, video: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """How far the decoded video's change from each frame to the next is from the truth's: the
+    weighted mean over pixels and frame pairs of |(rec[t] - rec[t-1]) - (video[t] - video[t-1])|,
+    channels averaged. rec, video [B, 3, T, H, W]; weight [B, 1, T, H, W] (`reconstruction_weight`,
+    taken at the later frame). Returns a scalar (0 for T < 2). Where the truth stands still it asks
+    for no flicker, as `group_flicker` does; where it moves, for the truth's motion frame by frame:
+    `group_flicker` alone let a decoder draw a latent frame's four frames of a moving sprite alike,
+    and the sprite then jumped at every fourth frame (docs/model_history.md, "After v16")."""
+    if video.shape[2] < 2:
+        return rec.new_zeros(())
+    err = ((rec[:, :, 1:] - rec[:, :, :-1]) - (video[:, :, 1:] - video[:, :, :-1])).abs().mean(1, keepdim=True)
+    w = weight[:, :, 1:]
+    return (err * w).sum() / w.sum().clamp_min(1.0)
 
 
 class WeightEMA:
@@ -1400,6 +1421,7 @@ TRAINING_KEYS = frozenset("""
     cross_share exit_start fade fade_alpha ghost ghost_alpha keep_every keep_first_tracks latent_frames latent_l2 latent_noise lr max_minutes noise_rollout
     noise_rollout_background own_background own_background_from own_background_sprites own_background_text paraphrase phases preset rerender rerender_within rollout rollout_chunks
     rollout_steps sample_background sample_loss sink_gap sink_layout sink_layout_image soup_with_start spawn_text sprite_weight stats_clips steady_weight steps
+    temporal_weight
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
 TOP_KEYS = frozenset("name seed threads world vae dit finetune refit sampler stream".split())
