@@ -110,8 +110,10 @@ def upload_error(error: Exception, paths: list[Path]) -> str:
         text = text.replace(str(p), p.name)
     text = re.sub(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)", r"\1", text)  # any other absolute path: its name
     text = _LIBRARY_DETAIL.sub("", text)
-    text = text.replace("not a readable .npz without pickles", "not a trajectory .npz file")
-    text = text.replace("not a readable .npy without pickles", "not a trajectory .npy file")
+    for kind in ("npz", "npy"):  # the CLI's words say what the format is; an upload's, that it is not a trajectory
+        text = text.replace(f"not an .{kind} file (an .npz is a zip archive of arrays)", f"not a trajectory .{kind} file")
+        text = text.replace(f"not an .{kind} file (it lacks the .npy header)", f"not a trajectory .{kind} file")
+        text = text.replace(f"not a readable .{kind}", f"not a trajectory .{kind} file")
     text = text.replace("not valid JSON", "not a JSON text file")
     text = re.sub(r"'(\w+) is not a file in the archive'", r"'\1'", text)
     return " ".join(text.split())[:300]
