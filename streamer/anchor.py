@@ -73,19 +73,26 @@ def median_offset(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
     return diff.flatten(3).median(dim=3).values[..., None, None]
 
 
+def residual(latents: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the anchor reads of `latents` [B, C, n, h, w] against `reference` [B, C, 1, h, w]: the
+    drift (`median_offset`, [B, C, n, 1, 1]), each cell's difference from the reference once it is
+    off (float32 [B, C, n, h, w]) and that difference's RMS over channels ([B, 1, n, h, w]), which
+    `BACKGROUND_RMS` and `HOLD_RMS` are compared with. Raises as `median_offset`."""
+    drift = median_offset(latents, reference)
+    rest = latents.float() - reference.float() - drift
+    return drift, rest, rest.pow(2).mean(1, keepdim=True).sqrt()
+
+
 def anchor_latents(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """`latents` [B, C, n, h, w] with the drift (`median_offset`) taken off their background cells,
     the cells whose difference from the reference ([B, C, 1, h, w]) once it is off is under
     `BACKGROUND_RMS` (RMS over channels), and the still cells among them, under `HOLD_RMS`, moved
     `HOLD` of the rest of the way back to the reference; every other cell as given. The same dtype
     and device. Raises as `median_offset`."""
-    drift = median_offset(latents, reference)
-    x = latents.float()
-    rest = x - reference.float() - drift
-    rms = rest.pow(2).mean(1, keepdim=True).sqrt()  # [B, 1, n, h, w]
+    drift, rest, rms = residual(latents, reference)
     background = rms < BACKGROUND_RMS
     still = background & (rms < HOLD_RMS)
-    return (x - drift * background - HOLD * rest * still).to(latents.dtype)
+    return (latents.float() - drift * background - HOLD * rest * still).to(latents.dtype)
 
 
 class DriftAnchor:

@@ -17,6 +17,7 @@ import torch
 
 from streamer import checks
 from streamer.device import configure_threads, default_device, default_dtype  # noqa: F401 (re-exported)
+from streamer.memory import check_weights_fit
 from streamer.models.text import CachedTextEncoder, HashTextEncoder
 from streamer.models.wan import CausalWanModel, WanConfig, get_config
 
@@ -85,8 +86,6 @@ def check_preset_fits(preset: str, dtype: torch.dtype, device: torch.device | st
     """Raise ResourceError when a random DiT of `preset` cannot be built on `device` in `dtype`
     (`memory.check_weights_fit`), before any of it is allocated: its weights are counted on the meta
     device, so a 14B preset on a small machine is refused in a second instead of exhausting memory."""
-    from streamer.memory import check_weights_fit
-
     with torch.device("meta"):
         params = sum(p.numel() for p in CausalWanModel(get_config(preset)).parameters())
     check_weights_fit(params, dtype, device, f"a random {preset} DiT")

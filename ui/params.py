@@ -110,10 +110,9 @@ def upload_error(error: Exception, paths: list[Path]) -> str:
         text = text.replace(str(p), p.name)
     text = re.sub(r"(?:/[^\s/:'\"]+)+/([^\s/:'\"]+)", r"\1", text)  # any other absolute path: its name
     text = _LIBRARY_DETAIL.sub("", text)
-    for kind in ("npz", "npy"):  # the CLI's words say what the format is; an upload's, that it is not a trajectory
-        text = text.replace(f"not an .{kind} file (an .npz is a zip archive of arrays)", f"not a trajectory .{kind} file")
-        text = text.replace(f"not an .{kind} file (it lacks the .npy header)", f"not a trajectory .{kind} file")
-        text = text.replace(f"not a readable .{kind}", f"not a trajectory .{kind} file")
+    # the CLI's words say what the format is (streamer.trajectory); an upload's, that it is not a trajectory
+    text = re.sub(r"not (?:an \.(npz|npy) file \([^()]*\)|a readable \.(npz|npy))",
+                  lambda m: f"not a trajectory .{m.group(1) or m.group(2)} file", text)
     text = text.replace("not valid JSON", "not a JSON text file")
     text = re.sub(r"'(\w+) is not a file in the archive'", r"'\1'", text)
     return " ".join(text.split())[:300]

@@ -25,21 +25,15 @@ import torch
 
 import streamer.anchor as anchor
 from streamer.pipeline import Pipeline
-from streamer.world.evaluate import BORDER, HELD_OUT_SEEDS, reference_frames, stream_clip, stream_frames
+from streamer.world.evaluate import HELD_OUT_SEEDS, border_band, reference_frames, stream_clip, stream_frames
 from streamer.world.scenes import World
 from streamer.world.train import to_video
-
-
-def band_mask(h: int, w: int) -> np.ndarray:
-    band = np.zeros((h, w), bool)
-    band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
-    return band
 
 
 def band_interior(change: np.ndarray, keep: np.ndarray) -> str:
     """'band/interior' means of change [T, H, W] where keep ([T, H, W] or [H, W]) holds."""
     keep = np.broadcast_to(keep, change.shape)
-    band = np.broadcast_to(band_mask(*change.shape[1:]), change.shape)
+    band = np.broadcast_to(border_band(*change.shape[1:]), change.shape)
     return f"{change[keep & band].mean():.2f}/{change[keep & ~band].mean():.2f}"
 
 
@@ -61,8 +55,7 @@ def stream(pipe: Pipeline, seconds: float) -> str:
     original = anchor.anchor_latents
 
     def spy(latents, reference):
-        rest = latents.float() - reference.float() - anchor.median_offset(latents, reference)
-        rms.append(rest.pow(2).mean(1).sqrt()[0].numpy())  # [n, h, w]
+        rms.append(anchor.residual(latents, reference)[2][0, 0].numpy())  # [n, h, w]
         return original(latents, reference)
 
     own = pipe.stream_defaults or {}

@@ -16,7 +16,7 @@ import streamer  # noqa: F401  before torch, so that OpenMP waits passively ("Fa
 import torch
 
 from streamer.pipeline import Pipeline
-from streamer.world.evaluate import BORDER, HELD_OUT_SEEDS, reference_frames, score_frames, stream_frames
+from streamer.world.evaluate import HELD_OUT_SEEDS, border_band, reference_frames, score_frames, stream_frames
 from streamer.world.scenes import World
 
 
@@ -55,8 +55,7 @@ def main() -> None:
         static = (np.abs(truth.astype(np.float32) - truth[:1].astype(np.float32)).mean(-1) < 1).mean(0) > 0.999
         print("  change by distance from the edge (px 0..19):",
               " ".join(f"{p:.2f}" for p in edge_profile(np.where(static, change.mean(0), np.nan))))
-        band = np.zeros(static.shape, bool)
-        band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
+        band = border_band(*static.shape)
         if (static & band).any():
             series, q = change[:, static & band].mean(1), max(len(ref) // 6, 1)
             print("  band over time (sixths):", " ".join(f"{series[i * q:(i + 1) * q].mean():.2f}" for i in range(6)))

@@ -128,6 +128,13 @@ class FrameScores:
                 setattr(self, f, np.full(len(self.err), np.nan))
 
 
+def border_band(h: int, w: int) -> np.ndarray:
+    """bool [h, w]: the `BORDER`-px band along a frame's edges, where border artefacts are scored."""
+    band = np.zeros((h, w), bool)
+    band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
+    return band
+
+
 def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
     """frames uint8 [T, H, W, 3] generated for `clip`'s prompt and trajectory."""
     traj, sprites = clip.trajectory, clip.scene.sprites
@@ -140,8 +147,7 @@ def score_frames(frames: np.ndarray, clip: Clip) -> FrameScores:
     yy, xx = np.mgrid[0:h, 0:w]
     bg_change = np.full(t_len, np.nan)
     border_c, interior_c, smear, ident = (np.full(t_len, np.nan) for _ in range(4))
-    band = np.zeros((h, w), bool)
-    band[:BORDER], band[-BORDER:], band[:, :BORDER], band[:, -BORDER:] = True, True, True, True
+    band = border_band(h, w)
     visited = np.zeros((len(sprites), h, w), bool)  # each sprite's path up to SMEAR_LAG frames ago
     ref = frames[0].astype(np.float32)
     # smear is read against the first frame's background: not where a sprite stood in it
