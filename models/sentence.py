@@ -52,6 +52,9 @@ class MiniLMTextEncoder:
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=text_len)
         self.tokenizer.enable_padding(length=text_len, pad_id=cfg.get("pad_token_id", 0), pad_token="[PAD]")
+        self._counter = Tokenizer.from_str(self.tokenizer.to_str())  # the same, neither cut nor padded
+        self._counter.no_truncation()
+        self._counter.no_padding()
         self.w = {k: v.float().to(device) for k, v in load_file(str(path / "model.safetensors")).items()
                   if not k.startswith("pooler.")}
         self.device = torch.device(device)
@@ -63,6 +66,16 @@ class MiniLMTextEncoder:
 
     def _dense(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"])
+
+    def overflow(self, prompt: str) -> tuple[int, str]:
+        """(the prompt's length in word pieces, [CLS] and [SEP] included; the text past the
+        `text_len`-th, which `encode` drops: '' when it fits)."""
+        text = clean_prompt(prompt)
+        enc = self._counter.encode(text)
+        if len(enc.ids) <= self.text_len:
+            return len(enc.ids), ""
+        end = enc.offsets[self.text_len - 2][1]  # the last piece kept before the cut's [SEP]
+        return len(enc.ids), text[end:].strip()
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:

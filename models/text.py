@@ -34,6 +34,23 @@ class TextEncoder(Protocol):
         """prompts -> [B, text_len, dim], zero past each prompt's tokens."""
         ...
 
+    def overflow(self, prompt: str) -> tuple[int, str]:
+        """(the cleaned prompt's length in tokens, special tokens included; the text past the
+        `text_len`-th token, which `encode` drops: '' when the prompt fits)."""
+        ...
+
+
+def overflow_note(encoder: TextEncoder, prompt: str, what: str = "the prompt") -> str | None:
+    """One line telling that `encode` reads only part of `prompt` (every encoder truncates at
+    `text_len` tokens, as Wan's umT5 does at 512), or None when it all fits. The CLI and the
+    browser show it so that a long prompt is never cut silently."""
+    count, rest = encoder.overflow(prompt)
+    if not rest:
+        return None
+    cut = rest if len(rest) <= 60 else rest[:57].rstrip() + "..."
+    return (f"{what} is {count} tokens and the text encoder reads the first {encoder.text_len}: "
+            f"{cut!r} onward is ignored")
+
 
 class UMT5TextEncoder:
     """umT5 encoder (transformers' `UMT5EncoderModel`) with Wan's tokenization and zero padding."""
@@ -80,6 +97,15 @@ class UMT5TextEncoder:
         # masked_fill writes +0.0 where `* mask` would leave -0.0.
         return out.masked_fill(mask[..., None] == 0, 0.0)
 
+    def overflow(self, prompt: str) -> tuple[int, str]:
+        text = clean_prompt(prompt)
+        tokens = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        if len(tokens.input_ids) <= self.text_len:
+            return len(tokens.input_ids), ""
+        # the last kept token is the end-of-text one; the text resumes after the one before it
+        end = tokens.offset_mapping[self.text_len - 2][1]
+        return len(tokens.input_ids), text[end:].strip()
+
 
 class HashTextEncoder:
     """A deterministic stand-in for umT5 with no weights, for tests and the random tiny model.
@@ -104,6 +130,11 @@ class HashTextEncoder:
             out[i, :n] = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(seed))
         return out.to(device=self.device, dtype=self.dtype)
 
+    def overflow(self, prompt: str) -> tuple[int, str]:
+        words = clean_prompt(prompt).split()
+        kept = self.text_len - 1  # the end-of-text row takes the last place
+        return len(words) + 1, " ".join(words[kept:]) if len(words) > kept else ""
+
 
 class CachedTextEncoder:
     """LRU cache of per-prompt embeddings in front of any encoder: a repeated prompt costs nothing.
@@ -118,6 +149,9 @@ class CachedTextEncoder:
         self.dim, self.text_len = encoder.dim, encoder.text_len
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = self.misses = 0
+
+    def overflow(self, prompt: str) -> tuple[int, str]:
+        return self.encoder.overflow(prompt)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))

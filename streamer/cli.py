@@ -353,6 +353,22 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
 _EXEC_SLACK_S = 1.5
 
 
+def _prompt_notes(args, pipe) -> None:
+    """A note for each prompt longer than the text encoder reads (it is cut at `text_len` tokens)."""
+    from streamer.models.text import overflow_note
+
+    if args.prompt_file:
+        from streamer.batch import read_prompt_file
+
+        prompts = [(p, f"--prompt-file line {n}") for n, p in read_prompt_file(args.prompt_file)]
+    else:
+        prompts = [(args.prompt, "--prompt")]
+    for prompt, what in prompts:
+        note = overflow_note(pipe.text_encoder, prompt, what)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+
+
 def process_seconds() -> float:
     """Seconds since this command started. On Linux since the process started (from /proc), so the
     interpreter's own start-up and every import count, as a user pressing Enter sees it; but where
@@ -493,6 +509,9 @@ def cmd_generate(args) -> int:
               file=sys.stderr)
     config = _stream_config(args, pipe)
     video_frames = args.frames or max(1, round((args.seconds or 5.0) * pipe.fps))
+    if args.seconds and args.seconds * pipe.fps < 0.5:
+        print(f"note: --seconds {args.seconds:g} is under one frame at {pipe.fps:g} fps; writing one frame "
+              f"({1 / pipe.fps:.3f} s)", file=sys.stderr)
     trajectory = None
     if args.tracks:
         from streamer.trajectory import Trajectory
@@ -527,6 +546,7 @@ def cmd_generate(args) -> int:
     if pipe.is_random:
         print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
               file=sys.stderr)
+    _prompt_notes(args, pipe)
     if args.prompt_file:
         import logging
 

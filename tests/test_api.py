@@ -58,7 +58,7 @@ def test_websocket_frames_prompt_switch_stop_and_recording(api):
         assert head["index"] == 0 and head["frames"] == len(frames) > 0 and head["generated_fps"] > 0
         assert all(f[:2] == b"\xff\xd8" for f in frames)  # JPEG files
         r = client.post(f"/api/sessions/{s['id']}/control", json={"prompt": "a blue square on grass"})
-        assert r.status_code == 200 and r.json()["ok"]
+        assert r.status_code == 200 and r.json()["ok"] and r.json()["notes"] == []
         seen = [_chunk(ws)[0] for _ in range(4)]
         assert seen[-1]["prompt"] == "a blue square on grass"  # applied within the chunks already buffered
         assert client.get(f"/api/sessions/{s['id']}").json()["frames"] > 0
@@ -406,3 +406,17 @@ def test_drift_anchor_field_or_the_models_own(api, monkeypatch):
     assert off["drift_anchor"] is False and not app_api.streams[off["id"]].session.config.drift_anchor
     for s in (plain, own, off):
         client.delete(f"/api/sessions/{s['id']}")
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_noted(api):
+    """The tiny model's stand-in encoder reads 16 tokens (15 words and the end token): the rest is
+    named in `notes`, on opening and on a switch, never cut silently."""
+    client, _ = api
+    long = " ".join(f"w{i}" for i in range(20))
+    s = _create(client, prompt=long)
+    assert s["notes"] == ["the prompt is 21 tokens and the text encoder reads the first 16: "
+                          "'w15 w16 w17 w18 w19' onward is ignored"], s["notes"]
+    r = client.post(f"/api/sessions/{s['id']}/control", json={"prompt": long + " w20"})
+    assert r.status_code == 200 and r.json()["notes"][0].startswith("the prompt is 22 tokens"), r.json()
+    assert _create(client)["notes"] == []
+    client.delete(f"/api/sessions/{s['id']}")

@@ -67,6 +67,23 @@ def test_prompt_file_makes_one_video_per_line_and_resumes(tmp_path, capsys):
     assert "0 videos made, 2 already there" in capsys.readouterr().out
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_and_a_video_under_a_frame_are_noted(tmp_path, capsys):
+    long = ("a red circle moving slowly from the left edge of the frame to the right edge over a bright green "
+            "grass background, while a blue square waits at the top and a yellow star spins")
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "--prompt", long, "--seconds", "0.01", "--out", str(out), *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert ("note: --prompt is 38 tokens and the text encoder reads the first 32: 'top and a yellow star spins' "
+            "onward is ignored") in err
+    assert "note: --seconds 0.01 is under one frame at 16 fps; writing one frame (0.062 s)" in err
+    assert probe_mp4(out)["frames"] == 1
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"a red fox\n{long}\n")
+    assert main(["generate", "--prompt-file", str(prompts), "--frames", "1", "--out", str(tmp_path / "o"), *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert "note: --prompt-file line 2 is 38 tokens" in err and "line 1" not in err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--size", "30x30"], "not possible"),
     (["--size", "big"], "must look like 832x480"),

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamer.models.text import CachedTextEncoder, HashTextEncoder, UMT5TextEncoder, clean_prompt
+from streamer.models.text import CachedTextEncoder, HashTextEncoder, UMT5TextEncoder, clean_prompt, overflow_note
 
 WORDS = "a cat runs on the beach at sunset red car drives through city street & rain".split()
 
@@ -135,3 +135,41 @@ def test_minilm_forward_equals_transformers_bert():
     assert ours.shape == (3, 32, 384)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert (ours[1, 5:] == 0).all() and ours[1, :3].abs().sum() > 0  # "[CLS] a star [SEP]": 4 tokens, zeros after
+
+
+LONG = "a red circle moving slowly from the left edge of the frame to the right edge over a bright green " \
+       "grass background, while a blue square waits at the top and a yellow star spins"
+
+
+def _kept(prompt: str, rest: str) -> str:
+    """The cleaned prompt without its dropped tail."""
+    text = clean_prompt(prompt)
+    assert text.endswith(rest)
+    return text[:len(text) - len(rest)].strip()
+
+
+def test_overflow_names_what_each_encoder_drops(pipeline_folder):
+    """A long prompt is cut at text_len tokens by every encoder; `overflow` gives the token count
+    and the dropped text, and encoding the kept part alone gives the same embedding, so the note
+    tells exactly what the model never sees."""
+    from streamer.models.sentence import MiniLMTextEncoder
+
+    umt5 = UMT5TextEncoder.from_pretrained(pipeline_folder, dtype=torch.float32, text_len=8)
+    cases = [(MiniLMTextEncoder(text_len=32), LONG, 38),
+             (CachedTextEncoder(MiniLMTextEncoder(text_len=16)), LONG, 38),
+             (umt5, "a cat runs on the beach at sunset red car drives through city", 14),
+             (HashTextEncoder(dim=8, text_len=6), "a cat runs on the beach at sunset", 9)]
+    for enc, prompt, count in cases:
+        n, rest = enc.overflow(prompt)
+        assert n == count and rest, type(enc).__name__
+        kept = _kept(prompt, rest)
+        assert enc.overflow(kept) == (enc.text_len, "")  # the kept part fills the encoder exactly
+        if not isinstance(enc, HashTextEncoder):  # the hash seeds its rows from the whole text
+            torch.testing.assert_close(enc.encode([prompt]), enc.encode([kept]), atol=0, rtol=0)
+    hash_enc = cases[-1][0]
+    assert hash_enc.overflow("a cat runs") == (4, "")
+    assert overflow_note(hash_enc, "a cat runs") is None
+    assert overflow_note(hash_enc, "a cat runs on the beach at sunset", "--prompt") == (
+        "--prompt is 9 tokens and the text encoder reads the first 6: 'beach at sunset' onward is ignored")
+    long_note = overflow_note(hash_enc, "word " * 5000)
+    assert long_note.startswith("the prompt is 5001 tokens") and len(long_note) < 200

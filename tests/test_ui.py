@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from types import SimpleNamespace
 
 import numpy as np
@@ -299,3 +300,23 @@ def test_cache_panel_numbers_latent_frames_from_the_first_shown_chunk():
     # a chunk without tracks under untracked_positions=absolute says so (the tiny model has no tracks)
     cfg.policy_args = {"window": 9, "sink": 3, "untracked_positions": "absolute"}
     assert "(latent frames 0..2, absolute positions)" in cache_html(Session(pipe, "p", cfg).step())
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_said_on_the_page(app):
+    """The tiny model's encoder reads 16 tokens: Start and a prompt switch name what is cut."""
+    long = " ".join(f"w{i}" for i in range(20))
+    gen = app.start("long", long, 0, "tiny", "window", "window=21", 4, False, _request())
+    said = []
+    for out in gen:
+        if isinstance(out[3], str):
+            said.append(html.unescape(out[3]))  # the page's messages are escaped HTML
+        if isinstance(out[0], np.ndarray):
+            break
+    gen.close()
+    assert any("the prompt is 21 tokens and the text encoder reads the first 16: 'w15 w16 w17 w18 w19' onward "
+               "is ignored" in m for m in said), said
+    switched = app.set_prompt("long", long + " w20")
+    assert "prompt switched" in switched and "22 tokens" in switched
+    assert "tokens" not in app.set_prompt("long", "a cat")
+    app.stop("long")
+    app.lives.pop("long").close()

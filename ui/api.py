@@ -5,6 +5,7 @@
                                             -> {id, position, device, width, height, fps, chunk_frames, notes}
     GET    /api/sessions/{id}               -> {position, chunks, frames, paused, prompt}
     POST   /api/sessions/{id}/control       {prompt?, tracks?, action?: pause|resume|stop}
+                                            -> {ok, applies_from_chunk, applies_from_frame, notes}
     WS     /api/sessions/{id}/frames?format=jpeg|rgb
            text {"type": "queued", "position": k} while in line; per chunk text {"type": "chunk", "index",
            "first_frame", "frames": n, "width", "height", "format", "dit_ms", "decode_ms", "generated_fps",
@@ -25,6 +26,9 @@ and fitted by the same size rule (resize to cover, centre-crop); alpha and grays
 and `notes` says so. The stream's first chunk is then that picture alone (one frame, the model's
 own encoder and decoder round trip), and generation goes on from it. Tracks whose width x height
 is the picture's own are mapped with it, as `generate --image --tracks` maps them.
+
+`notes` also says when a prompt is longer than the model's text encoder reads (`text_len` tokens:
+32 for the shipped model, 512 for umT5), and where it is cut.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from starlette.background import BackgroundTask
 from streamer.errors import InputError, ResourceError, StreamerError
 from streamer.images import StartImage, encode_frames, fit_points, fit_start_image, read_image
 from streamer.memory import DECODER_BYTES_PER_PIXEL, StreamBytes, check_stream_fits
+from streamer.models.text import overflow_note
 from streamer.scheduler import DONE, Job, Scheduler
 from streamer.session import Session, StreamChunk, latent_size
 from streamer.trajectory import Trajectory, from_json
@@ -268,9 +273,9 @@ class Api:
             given = params.knobs(policy, body.get("policy_args"), check=False)
             knobs = params.knobs(policy, pipe.knobs_over_own(policy, given))
             tracks = self._tracks(body.get("tracks"), size, pipe.fps)
-            notes: list[str] = []
+            notes: list[str] = [n for n in [overflow_note(pipe.text_encoder, prompt)] if n]
             if image is not None:  # the size rule, and what was converted or resized, said in `notes`
-                notes = list((image := fit_start_image(image, *size)).notes)
+                notes += (image := fit_start_image(image, *size)).notes
                 tracks = _tracks_on_image(tracks, image, size, notes)
             config = pipe.stream_config(size=size, policy=policy, policy_args=knobs, steps=steps, seed=seed,
                                         guidance=guidance, drift_anchor=anchor)
@@ -304,8 +309,11 @@ class Api:
             _fail(400, f"action must be pause, resume or stop; got {str(action)[:40]!r}")
         try:
             applies = st.session.applies_from()  # (chunk, video frame): exact, a chunk in the making included
+            notes: list[str] = []
             if "prompt" in body:
-                applies = st.session.set_prompt(params.prompt_text(body["prompt"]))
+                prompt = params.prompt_text(body["prompt"])
+                notes += [n for n in [overflow_note(st.session.pipe.text_encoder, prompt)] if n]
+                applies = st.session.set_prompt(prompt)
             if "tracks" in body:
                 cfg = st.session.config
                 tracks = self._tracks(body["tracks"], (cfg.width, cfg.height), st.session.pipe.fps)
@@ -325,7 +333,7 @@ class Api:
             with self._lock:
                 self.streams.pop(st.id, None)
             st.close()
-        return {"ok": True, "applies_from_chunk": applies[0], "applies_from_frame": applies[1]}
+        return {"ok": True, "applies_from_chunk": applies[0], "applies_from_frame": applies[1], "notes": notes}
 
     def recording(self, st: ApiStream) -> FileResponse:
         src = st.workdir / "recording.mp4"

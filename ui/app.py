@@ -32,6 +32,7 @@ import gradio as gr
 import numpy as np
 
 from streamer.models.frames import FrameRule
+from streamer.models.text import overflow_note
 from streamer.pipeline import Pipeline
 from streamer.errors import StreamerError
 from streamer.policies import BOUNDED_POLICIES, policy_knobs
@@ -328,6 +329,8 @@ class App:
         live.session.record_attention = bool(show_cache)
         hint = "" if live.strokes or not live.pipe.model.config.track_channels else \
             " · no path painted: this model moves objects along painted paths, so expect mostly background"
+        cut = overflow_note(live.pipe.text_encoder, prompt)
+        hint += f" · {cut}" if cut else ""
         yield from self._play(live, f"streaming with {live.pipe.description}{hint}")
 
     def resume(self, key: str, request: gr.Request) -> Iterator[tuple]:
@@ -428,7 +431,8 @@ class App:
         if live is None or live.session is None:
             return message("the prompt will be used when you press Start")
         live.session.set_prompt(prompt)
-        return message(f"prompt switched (re-caching at the next chunk): {prompt}")
+        cut = overflow_note(live.pipe.text_encoder, prompt)
+        return message(f"prompt switched (re-caching at the next chunk): {prompt}" + (f" · {cut}" if cut else ""))
 
     def download(self, key: str) -> tuple:
         try:
