@@ -119,6 +119,13 @@ class Mp4Writer:
             # Counted after muxing, so an interrupt inside write() leaves the count equal to the file.
             self.frames_written += 1
 
+    @property
+    def frames_on_disk(self) -> int:
+        """How many frames a copy of the file holds now: all that were written once closed; while
+        open, all but the newest (the muxer keeps it until the next frame or `close()`). Counts the
+        default `low_delay` writer's frames; with B-frames more wait inside the encoder."""
+        return self.frames_written if self._container is None else max(0, self.frames_written - 1)
+
     def close(self) -> None:
         """Finalise the file (and, if atomic, move it to its final name). Safe to call twice."""
         self._finish(complete=True)

@@ -5,6 +5,7 @@ The tiny random model at 64x64 keeps every test within seconds."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from streamer.ui.api import Api  # noqa: E402
 from streamer.ui.app import App  # noqa: E402
+from streamer.video import probe_mp4  # noqa: E402
 
 SIZE = [64, 64]
 TINY = {"preset": "tiny", "device": "cpu", "decoder": "tiny"}  # a random tiny DiT and decoder: ~0.3 s a chunk
@@ -49,7 +51,7 @@ def _chunk(ws, fmt="jpeg"):
     return head, frames
 
 
-def test_websocket_frames_prompt_switch_stop_and_recording(api):
+def test_websocket_frames_prompt_switch_stop_and_recording(api, tmp_path):
     client, _ = api
     s = _create(client, seed=3)
     assert len(s["id"]) >= 20 and (s["width"], s["height"]) == (64, 64)
@@ -64,6 +66,10 @@ def test_websocket_frames_prompt_switch_stop_and_recording(api):
         assert client.get(f"/api/sessions/{s['id']}").json()["frames"] > 0
         rec = client.get(f"/api/sessions/{s['id']}/recording.mp4")
         assert rec.status_code == 200 and rec.headers["content-type"] == "video/mp4" and b"ftyp" in rec.content[:64]
+        # named by the frames it holds: the newest made frame waits in the muxer until the next
+        held = int(re.search(r"streamer-(\d+)-frames\.mp4", rec.headers["content-disposition"]).group(1))
+        (tmp_path / "rec.mp4").write_bytes(rec.content)
+        assert held > 0 and probe_mp4(tmp_path / "rec.mp4")["frames"] == held
         assert client.post(f"/api/sessions/{s['id']}/control", json={"action": "stop"}).status_code == 200
         while (msg := json.loads(ws.receive_text()))["type"] != "end":
             for _ in range(msg.get("frames", 0)):

@@ -320,3 +320,31 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_said_on_the_page(app):
     assert "tokens" not in app.set_prompt("long", "a cat")
     app.stop("long")
     app.lives.pop("long").close()
+
+
+def test_the_recording_downloaded_mid_stream_is_named_by_the_frames_it_holds(app):
+    """Download while streaming: every frame made but the newest (it waits in the muxer); after
+    Stop: every frame made. The name counts what the file holds, not what was shown."""
+    import re
+
+    from streamer.video import probe_mp4
+
+    gen = app.start("rec", "a cat", 0, "tiny", "window", "window=21", 4, False, _request())
+    shown = 0
+    for out in gen:
+        shown += isinstance(out[0], np.ndarray)
+        if shown == 6:
+            break
+    live = app.lives["rec"]
+    for when in ("streaming", "stopped"):
+        file, _ = app.download("rec")
+        path = file.value["path"] if isinstance(file.value, dict) else file.value
+        held = int(re.search(r"streamer-(\d+)-frames\.mp4", str(path)).group(1))
+        assert probe_mp4(path)["frames"] == held > 0, when
+        if when == "streaming":
+            assert held == live.writer.frames_written - 1
+            gen.close()
+            app.stop("rec")
+        else:
+            assert held == live.recorded >= shown
+    app.lives.pop("rec").close()

@@ -149,6 +149,22 @@ def test_sigkill_between_writes_loses_only_newest_frame(tmp_path):
     assert "mfra" not in top_level_boxes(path)  # no trailer: it really was killed
 
 
+def test_a_copy_taken_while_writing_holds_frames_on_disk(tmp_path):
+    """A recording copied mid-stream (the page's and the API's download) holds exactly
+    `frames_on_disk` frames: all written but the newest while open, all of them once closed."""
+    import shutil
+
+    path, copy = tmp_path / "live.mp4", tmp_path / "copy.mp4"
+    writer = Mp4Writer(path, 16, W, H)
+    assert writer.frames_on_disk == 0
+    for n in (1, 12, 5):
+        writer.write(gradient(writer.frames_written, n))
+        shutil.copyfile(path, copy)
+        assert probe_mp4(copy)["frames"] == writer.frames_on_disk == writer.frames_written - 1
+    writer.close()
+    assert probe_mp4(path)["frames"] == writer.frames_on_disk == 18
+
+
 def test_ctrl_c_finalises_with_every_frame(tmp_path):
     path = tmp_path / "interrupted.mp4"
     proc = spawn(

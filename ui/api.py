@@ -10,7 +10,7 @@
            text {"type": "queued", "position": k} while in line; per chunk text {"type": "chunk", "index",
            "first_frame", "frames": n, "width", "height", "format", "dit_ms", "decode_ms", "generated_fps",
            "prompt"} then n binary messages (JPEG files, or raw RGB bytes H x W x 3); {"type": "end"} last
-    GET    /api/sessions/{id}/recording.mp4 the stream so far (H.264)
+    GET    /api/sessions/{id}/recording.mp4 the stream so far (H.264), all but the newest frame while it runs
     DELETE /api/sessions/{id}               stop and free
 
 Streams run on the same schedulers, with the same admission (Session's memory check) and the same
@@ -340,7 +340,8 @@ class Api:
         with st.lock:
             if st.frames == 0 or not src.exists():
                 _fail(409, "nothing recorded yet: read some frames first")
-            out = Path(tempfile.mkdtemp(prefix="streamer-rec-")) / f"streamer-{st.frames}-frames.mp4"
+            held = st.writer.frames_on_disk if st.writer is not None else st.frames  # the newest waits in the muxer
+            out = Path(tempfile.mkdtemp(prefix="streamer-rec-")) / f"streamer-{held}-frames.mp4"
             shutil.copyfile(src, out)
         return FileResponse(out, media_type="video/mp4", filename=out.name,
                             background=BackgroundTask(shutil.rmtree, out.parent, True))

@@ -102,6 +102,7 @@ class Live:
         self.first_seen: dict[str, int] = {}   # stroke id -> its start frame
         self.lock = threading.Lock()           # the recording: written by the stream, read by downloads
         self.writer: Mp4Writer | None = None
+        self.recorded = 0                      # frames in the finished recording, once stopped
         self.workdir = Path(tempfile.mkdtemp(prefix="streamer-ui-"))
         self.start_image = None                # a StartImage the next Start begins from (issue 16), or None
         self.start_latents = 0                 # latent frames of that start the stream's first step makes
@@ -137,12 +138,15 @@ class Live:
                 self.writer.write(frames)
 
     def snapshot(self) -> Path:
-        """A copy of the recording as it is now (the fragmented mp4 is playable at every instant)."""
+        """A copy of the recording as it is now (the fragmented mp4 is playable at every instant),
+        named by the frames it holds: while the stream runs, every frame made but the newest, which
+        the muxer keeps until the next one (`Mp4Writer.frames_on_disk`)."""
         src = self.workdir / "recording.mp4"
         with self.lock:
             if not src.exists():
                 raise ValueError("nothing recorded yet: start a stream first")
-            out = self.workdir / f"streamer-{self.shown}-frames.mp4"
+            held = self.writer.frames_on_disk if self.writer is not None else self.recorded
+            out = self.workdir / f"streamer-{held}-frames.mp4"
             shutil.copyfile(src, out)
         return out
 
@@ -156,6 +160,7 @@ class Live:
         with self.lock:
             if self.writer is not None:
                 self.writer.close()
+                self.recorded = self.writer.frames_written
                 self.writer = None
 
     def close(self) -> None:
