@@ -123,6 +123,11 @@ class OneLineParser(argparse.ArgumentParser):
                 options = [o for a in group._group_actions for o in a.option_strings]
                 if group.required and not any(o.startswith(w) for o in options for w in self.given if len(w) > 2):
                     message += f", one of {' '.join(options)}"
+        if message.startswith(("the following arguments are required:", "one of the arguments")):
+            # ...and it names what is missing before an unknown option: a typo is the likelier fault
+            unknown = [w for w in self.given if not any(o.startswith(w) for o in self._option_string_actions)]
+            if unknown:
+                message = f"unrecognized arguments: {' '.join(unknown)} (and {message})"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -354,3 +354,19 @@ def test_generate_without_arguments_names_everything_missing_at_once(capsys):
     assert main(["generate", "--prompt", "a red circle"]) == 2  # the group given: only --out is missing
     err = capsys.readouterr().err
     assert "required: --out (" in err and "one of" not in err
+
+
+@pytest.mark.parametrize("argv, unknown, missing", [
+    (["--bogus", "generate"], "--bogus", "--out, one of --prompt --prompt-file"),
+    (["generate", "--prompt", "x", "--bogus"], "--bogus", "--out)"),
+    (["generate", "--out", "x.mp4", "--promt", "a b"], "--promt", "one of the arguments --prompt --prompt-file"),
+])
+def test_an_unknown_option_is_named_before_what_is_missing(argv, unknown, missing, capsys):
+    """argparse reports missing arguments before unknown ones; a typo is the likelier fault, so the
+    one line names it first (before, `--promt` read as a missing --prompt alone)."""
+    from streamer.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"streamer generate: error: unrecognized arguments: {unknown} (and ") and missing in err
+    assert len(err.splitlines()) == 1
