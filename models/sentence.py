@@ -67,15 +67,15 @@ class MiniLMTextEncoder:
     def _dense(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return F.linear(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"])
 
-    def overflow(self, prompt: str) -> tuple[int, str]:
-        """(the prompt's length in word pieces, [CLS] and [SEP] included; the text past the
-        `text_len`-th, which `encode` drops: '' when it fits)."""
+    def overflow(self, prompt: str) -> tuple[int, int | None]:
+        """(the prompt's length in word pieces, [CLS] and [SEP] included; the character index in
+        `clean_prompt(prompt)` where the first piece `encode` drops begins, None when it all fits:
+        [CLS], `text_len - 2` pieces and [SEP] are read)."""
         text = clean_prompt(prompt)
         enc = self._counter.encode(text)
         if len(enc.ids) <= self.text_len:
-            return len(enc.ids), ""
-        end = enc.offsets[self.text_len - 2][1]  # the last piece kept before the cut's [SEP]
-        return len(enc.ids), text[end:].strip()
+            return len(enc.ids), None
+        return len(enc.ids), enc.offsets[self.text_len - 1][0]
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:

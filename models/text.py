@@ -34,22 +34,30 @@ class TextEncoder(Protocol):
         """prompts -> [B, text_len, dim], zero past each prompt's tokens."""
         ...
 
-    def overflow(self, prompt: str) -> tuple[int, str]:
-        """(the cleaned prompt's length in tokens, special tokens included; the text past the
-        `text_len`-th token, which `encode` drops: '' when the prompt fits)."""
+    def overflow(self, prompt: str) -> tuple[int, int | None]:
+        """(the cleaned prompt's length in tokens, special tokens included; the character index in
+        `clean_prompt(prompt)` where the first token `encode` drops begins, None when it all fits).
+        The end-of-text token takes the `text_len`-th place, so the text from the `text_len`-th
+        token on is dropped."""
         ...
 
 
 def overflow_note(encoder: TextEncoder, prompt: str, what: str = "the prompt") -> str | None:
-    """One line telling that `encode` reads only part of `prompt` (every encoder truncates at
-    `text_len` tokens, as Wan's umT5 does at 512), or None when it all fits. The CLI and the
-    browser show it so that a long prompt is never cut silently."""
-    count, rest = encoder.overflow(prompt)
-    if not rest:
+    """One line telling that `encode` reads only part of `prompt`, or None when it all fits.
+    Every encoder here cuts at `text_len` tokens, as Wan's umT5 does at 512 (the shipped model's
+    MiniLM at 32); the CLI, the API's `notes` and the browser show this line so that a long prompt
+    is never cut silently. A cut inside a word names the part of it that is read."""
+    count, cut = encoder.overflow(prompt)
+    if cut is None:
         return None
-    cut = rest if len(rest) <= 60 else rest[:57].rstrip() + "..."
-    return (f"{what} is {count} tokens and the text encoder reads the first {encoder.text_len}: "
-            f"{cut!r} onward is ignored")
+    text = clean_prompt(prompt)
+    cut += text[cut:cut + 1] == " "  # a sentencepiece word piece begins at the space before its word
+    start = text.rfind(" ", 0, cut) + 1  # the start of the word the cut falls in
+    rest = text[start:]
+    rest = rest if len(rest) <= 60 else rest[:57].rstrip() + "..."
+    partial = f" (reading only {text[start:cut]!r} of its first word)" if cut > start else ""
+    return (f"{what} is {count} tokens; the text encoder reads the first {encoder.text_len}, so it ignores "
+            f"{rest!r}{partial}")
 
 
 class UMT5TextEncoder:
@@ -59,6 +67,15 @@ class UMT5TextEncoder:
         self.tokenizer = tokenizer
         # Wan keeps the first seq_len outputs and pads after them: that needs right padding.
         self.tokenizer.padding_side = "right"
+        # `overflow` counts on a copy: calling a fast tokenizer without truncation or padding switches
+        # them off on its shared backend, under an `encode` that may be running on another thread.
+        self._counter = None
+        if getattr(tokenizer, "backend_tokenizer", None) is not None:
+            from tokenizers import Tokenizer
+
+            self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
         self.model = model.eval().requires_grad_(False)
         self.text_len = text_len
         self.dim = model.config.d_model
@@ -97,14 +114,19 @@ class UMT5TextEncoder:
         # masked_fill writes +0.0 where `* mask` would leave -0.0.
         return out.masked_fill(mask[..., None] == 0, 0.0)
 
-    def overflow(self, prompt: str) -> tuple[int, str]:
+    def overflow(self, prompt: str) -> tuple[int, int | None]:
         text = clean_prompt(prompt)
-        tokens = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-        if len(tokens.input_ids) <= self.text_len:
-            return len(tokens.input_ids), ""
-        # the last kept token is the end-of-text one; the text resumes after the one before it
-        end = tokens.offset_mapping[self.text_len - 2][1]
-        return len(tokens.input_ids), text[end:].strip()
+        if self._counter is not None:  # a copy of the fast tokenizer's backend, neither cut nor padded
+            enc = self._counter.encode(text)
+            ids, offsets = enc.ids, enc.offsets
+        else:  # a slow tokenizer: calls leave its settings alone, but it gives no offsets
+            ids, offsets = self.tokenizer(text, add_special_tokens=True).input_ids, None
+        if len(ids) <= self.text_len:
+            return len(ids), None
+        if offsets is None:
+            dropped = self.tokenizer.decode(ids[self.text_len - 1:], skip_special_tokens=True).strip()
+            return len(ids), max(0, len(text) - len(dropped))
+        return len(ids), offsets[self.text_len - 1][0]
 
 
 class HashTextEncoder:
@@ -130,10 +152,12 @@ class HashTextEncoder:
             out[i, :n] = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(seed))
         return out.to(device=self.device, dtype=self.dtype)
 
-    def overflow(self, prompt: str) -> tuple[int, str]:
-        words = clean_prompt(prompt).split()
+    def overflow(self, prompt: str) -> tuple[int, int | None]:
+        """As the protocol's, by words. An approximation for this stand-in: its rows are seeded from
+        the whole text, so the dropped words still change the rows that are kept."""
+        words = list(re.finditer(r"\S+", clean_prompt(prompt)))
         kept = self.text_len - 1  # the end-of-text row takes the last place
-        return len(words) + 1, " ".join(words[kept:]) if len(words) > kept else ""
+        return len(words) + 1, words[kept].start() if len(words) > kept else None
 
 
 class CachedTextEncoder:
@@ -150,7 +174,7 @@ class CachedTextEncoder:
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.hits = self.misses = 0
 
-    def overflow(self, prompt: str) -> tuple[int, str]:
+    def overflow(self, prompt: str) -> tuple[int, int | None]:
         return self.encoder.overflow(prompt)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:

@@ -114,8 +114,12 @@ class OneLineParser(argparse.ArgumentParser):
     prints the usage. Subparsers made from it are of this class too."""
 
     given: tuple[str, ...] = ()  # the command line's option words, set by build_parser
+    words: tuple[str, ...] = ()  # the command line without the command's name, set by build_parser
+    _reparsing = False
 
     def error(self, message: str):
+        if self._reparsing:  # the second pass of `_unknown_options` only asks what is left over
+            raise _Reparse
         if message.startswith("the following arguments are required:"):
             # argparse names missing required options first and a missing required group (--prompt or
             # --prompt-file) only once they are given: name both in the one message
@@ -125,10 +129,31 @@ class OneLineParser(argparse.ArgumentParser):
                     message += f", one of {' '.join(options)}"
         if message.startswith(("the following arguments are required:", "one of the arguments")):
             # ...and it names what is missing before an unknown option: a typo is the likelier fault
-            unknown = [w for w in self.given if not any(o.startswith(w) for o in self._option_string_actions)]
+            unknown = self._unknown_options()
             if unknown:
                 message = f"unrecognized arguments: {' '.join(unknown)} (and {message})"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _unknown_options(self) -> list[str]:
+        """The option words of `words` that this parser does not take, by parsing them again with
+        nothing required (so a prompt that starts with '--' is a value, as argparse reads it)."""
+        saved = [(x, x.required) for x in (*self._actions, *self._mutually_exclusive_groups)]
+        self._reparsing = True
+        try:
+            for x, _ in saved:
+                x.required = False
+            _, extras = self.parse_known_args(list(self.words))
+        except (_Reparse, SystemExit):
+            return []
+        finally:
+            for x, required in saved:
+                x.required = required
+            self._reparsing = False
+        return [w for w in extras if w.startswith("-") and w != "--"]
+
+
+class _Reparse(Exception):
+    """Raised by `OneLineParser.error` during its own second pass."""
 
 
 def shipped_model_version() -> str:
@@ -193,6 +218,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_model_args(gen)
     gen.set_defaults(func=cmd_generate)
     gen.given = tuple(a.split("=", 1)[0] for a in argv or () if a.startswith("--"))
+    if argv and (name := _command_of(argv)) is not None:
+        gen.words = tuple(argv[:argv.index(name)] + argv[argv.index(name) + 1:])
     wanted = _command_of(argv) if argv is not None else None
     for name, (module, help_text) in _COMMANDS.items():
         if argv is None or name == wanted:
@@ -358,20 +385,13 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
 _EXEC_SLACK_S = 1.5
 
 
-def _prompt_notes(args, pipe) -> None:
-    """A note for each prompt longer than the text encoder reads (it is cut at `text_len` tokens)."""
+def _prompt_note(pipe, prompt: str, what: str) -> None:
+    """A note when `prompt` is longer than the text encoder reads (it is cut at `text_len` tokens)."""
     from streamer.models.text import overflow_note
 
-    if args.prompt_file:
-        from streamer.batch import read_prompt_file
-
-        prompts = [(p, f"--prompt-file line {n}") for n, p in read_prompt_file(args.prompt_file)]
-    else:
-        prompts = [(args.prompt, "--prompt")]
-    for prompt, what in prompts:
-        note = overflow_note(pipe.text_encoder, prompt, what)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
+    note = overflow_note(pipe.text_encoder, prompt, what)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def process_seconds() -> float:
@@ -514,7 +534,7 @@ def cmd_generate(args) -> int:
               file=sys.stderr)
     config = _stream_config(args, pipe)
     video_frames = args.frames or max(1, round((args.seconds or 5.0) * pipe.fps))
-    if args.seconds and args.seconds * pipe.fps < 0.5:
+    if args.seconds and round(args.seconds * pipe.fps) < 1:
         print(f"note: --seconds {args.seconds:g} is under one frame at {pipe.fps:g} fps; writing one frame "
               f"({1 / pipe.fps:.3f} s)", file=sys.stderr)
     trajectory = None
@@ -551,14 +571,14 @@ def cmd_generate(args) -> int:
     if pipe.is_random:
         print(f"note: no --checkpoint given: running a {pipe.description}. The output is not a real video model's.",
               file=sys.stderr)
-    _prompt_notes(args, pipe)
     if args.prompt_file:
         import logging
 
         from streamer.batch import run_prompt_file
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")  # per-process progress lines
-        def one(prompt: str, path: Path) -> None:
+        def one(prompt: str, path: Path) -> None:  # noted here: by the process making it, not when made before
+            _prompt_note(pipe, prompt, f"the prompt of {path.name}")
             generate_video(pipe, prompt, path, config, video_frames, progress=not args.quiet, trajectory=trajectory,
                            start_latents=start_latents)
 
@@ -575,6 +595,7 @@ def cmd_generate(args) -> int:
         print(f"{done} videos made, {len(results) - done} already there, in {args.out}")
         return 0
 
+    _prompt_note(pipe, args.prompt, "--prompt")
     out = Path(args.out)
     try:
         made = generate_video(pipe, args.prompt, out, config, video_frames, progress=not args.quiet,

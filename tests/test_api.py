@@ -420,8 +420,8 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_noted(api):
     client, _ = api
     long = " ".join(f"w{i}" for i in range(20))
     s = _create(client, prompt=long)
-    assert s["notes"] == ["the prompt is 21 tokens and the text encoder reads the first 16: "
-                          "'w15 w16 w17 w18 w19' onward is ignored"], s["notes"]
+    assert s["notes"] == ["the prompt is 21 tokens; the text encoder reads the first 16, so it ignores "
+                          "'w15 w16 w17 w18 w19'"], s["notes"]
     r = client.post(f"/api/sessions/{s['id']}/control", json={"prompt": long + " w20"})
     assert r.status_code == 200 and r.json()["notes"][0].startswith("the prompt is 22 tokens"), r.json()
     assert _create(client)["notes"] == []

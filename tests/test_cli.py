@@ -73,15 +73,21 @@ def test_a_prompt_longer_than_the_text_encoder_reads_and_a_video_under_a_frame_a
     out = tmp_path / "clip.mp4"
     assert main(["generate", "--prompt", long, "--seconds", "0.01", "--out", str(out), *SMALL]) == 0
     err = capsys.readouterr().err
-    assert ("note: --prompt is 38 tokens and the text encoder reads the first 32: 'top and a yellow star spins' "
-            "onward is ignored") in err
+    assert ("note: --prompt is 38 tokens; the text encoder reads the first 32, so it ignores 'top and a yellow "
+            "star spins'") in err
     assert "note: --seconds 0.01 is under one frame at 16 fps; writing one frame (0.062 s)" in err
     assert probe_mp4(out)["frames"] == 1
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"a red fox\n{long}\n")
-    assert main(["generate", "--prompt-file", str(prompts), "--frames", "1", "--out", str(tmp_path / "o"), *SMALL]) == 0
+    args = ["generate", "--prompt-file", str(prompts), "--frames", "1", "--out", str(tmp_path / "o"), *SMALL]
+    assert main(args) == 0
     err = capsys.readouterr().err
-    assert "note: --prompt-file line 2 is 38 tokens" in err and "line 1" not in err
+    assert "note: the prompt of 0002-a-red-circle-moving" in err and "38 tokens" in err and "0001" not in err
+    from streamer.batch import video_name
+
+    (tmp_path / "o" / video_name(2, long)).unlink()
+    assert main(args) == 0  # made again alone: noted again; the video already there is not
+    assert capsys.readouterr().err.count("38 tokens") == 1
 
 
 @pytest.mark.parametrize("args,message", [
@@ -360,6 +366,7 @@ def test_generate_without_arguments_names_everything_missing_at_once(capsys):
     (["--bogus", "generate"], "--bogus", "--out, one of --prompt --prompt-file"),
     (["generate", "--prompt", "x", "--bogus"], "--bogus", "--out)"),
     (["generate", "--out", "x.mp4", "--promt", "a b"], "--promt", "one of the arguments --prompt --prompt-file"),
+    (["generate", "-x", "--prompt", "a"], "-x", "--out)"),
 ])
 def test_an_unknown_option_is_named_before_what_is_missing(argv, unknown, missing, capsys):
     """argparse reports missing arguments before unknown ones; a typo is the likelier fault, so the
@@ -370,3 +377,11 @@ def test_an_unknown_option_is_named_before_what_is_missing(argv, unknown, missin
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"streamer generate: error: unrecognized arguments: {unknown} (and ") and missing in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_value_that_starts_with_dashes_is_not_called_an_unknown_option(capsys):
+    from streamer.cli import main
+
+    assert main(["generate", "--prompt", "--a dream"]) == 2
+    assert capsys.readouterr().err.strip() == ("streamer generate: error: the following arguments are required: "
+                                               "--out (see streamer generate --help)")

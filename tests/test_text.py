@@ -141,17 +141,10 @@ LONG = "a red circle moving slowly from the left edge of the frame to the right 
        "grass background, while a blue square waits at the top and a yellow star spins"
 
 
-def _kept(prompt: str, rest: str) -> str:
-    """The cleaned prompt without its dropped tail."""
-    text = clean_prompt(prompt)
-    assert text.endswith(rest)
-    return text[:len(text) - len(rest)].strip()
-
-
 def test_overflow_names_what_each_encoder_drops(pipeline_folder):
     """A long prompt is cut at text_len tokens by every encoder; `overflow` gives the token count
-    and the dropped text, and encoding the kept part alone gives the same embedding, so the note
-    tells exactly what the model never sees."""
+    and where the dropped text begins, and encoding the kept part alone gives the same embedding, so
+    the note tells exactly what the model never sees."""
     from streamer.models.sentence import MiniLMTextEncoder
 
     umt5 = UMT5TextEncoder.from_pretrained(pipeline_folder, dtype=torch.float32, text_len=8)
@@ -160,16 +153,46 @@ def test_overflow_names_what_each_encoder_drops(pipeline_folder):
              (umt5, "a cat runs on the beach at sunset red car drives through city", 14),
              (HashTextEncoder(dim=8, text_len=6), "a cat runs on the beach at sunset", 9)]
     for enc, prompt, count in cases:
-        n, rest = enc.overflow(prompt)
-        assert n == count and rest, type(enc).__name__
-        kept = _kept(prompt, rest)
-        assert enc.overflow(kept) == (enc.text_len, "")  # the kept part fills the encoder exactly
+        n, cut = enc.overflow(prompt)
+        assert n == count and cut, type(enc).__name__
+        kept = clean_prompt(prompt)[:cut]
+        assert enc.overflow(kept) == (enc.text_len, None)  # the kept part fills the encoder exactly
         if not isinstance(enc, HashTextEncoder):  # the hash seeds its rows from the whole text
             torch.testing.assert_close(enc.encode([prompt]), enc.encode([kept]), atol=0, rtol=0)
     hash_enc = cases[-1][0]
-    assert hash_enc.overflow("a cat runs") == (4, "")
+    assert hash_enc.overflow("a cat runs") == (4, None)
     assert overflow_note(hash_enc, "a cat runs") is None
-    assert overflow_note(hash_enc, "a cat runs on the beach at sunset", "--prompt") == (
-        "--prompt is 9 tokens and the text encoder reads the first 6: 'beach at sunset' onward is ignored")
+    assert overflow_note(hash_enc, "a cat runs on the  beach at sunset", "--prompt") == (
+        "--prompt is 9 tokens; the text encoder reads the first 6, so it ignores 'beach at sunset'")
     long_note = overflow_note(hash_enc, "word " * 5000)
     assert long_note.startswith("the prompt is 5001 tokens") and len(long_note) < 200
+
+
+def test_a_cut_inside_a_word_names_the_part_read(tmp_path):
+    """A sentencepiece tokenizer (umT5's kind) splits an unknown word into a bare word-start piece
+    and its letters: the note starts at the first piece dropped, and a word cut in two says which
+    part of it the encoder reads. The fast tokenizer's own settings stay as `encode` needs them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0), ("\u2581a", -1.0),
+             ("\u2581cat", -1.0), ("\u2581runs", -1.0), ("x", -3.0), ("y", -3.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    UMT5EncoderModel(UMT5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                                pad_token_id=0, eos_token_id=1)).save_pretrained(tmp_path)
+    prompt = "a cat xy runs a cat"  # \u2581a \u2581cat \u2581 x y \u2581runs \u2581a \u2581cat </s>: 9 tokens
+    notes = []
+    for text_len in (4, 5, 6):
+        enc = UMT5TextEncoder.from_pretrained(tmp_path, dtype=torch.float32, text_len=text_len)
+        notes.append(overflow_note(enc, prompt))
+        assert enc.encode([prompt]).shape == (1, text_len, 16)  # encode still cuts and pads
+    assert notes == [
+        "the prompt is 9 tokens; the text encoder reads the first 4, so it ignores 'xy runs a cat'",
+        "the prompt is 9 tokens; the text encoder reads the first 5, so it ignores 'xy runs a cat' "
+        "(reading only 'x' of its first word)",
+        "the prompt is 9 tokens; the text encoder reads the first 6, so it ignores 'runs a cat'"]

@@ -313,8 +313,8 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_said_on_the_page(app):
         if isinstance(out[0], np.ndarray):
             break
     gen.close()
-    assert any("the prompt is 21 tokens and the text encoder reads the first 16: 'w15 w16 w17 w18 w19' onward "
-               "is ignored" in m for m in said), said
+    assert any("the prompt is 21 tokens; the text encoder reads the first 16, so it ignores 'w15 w16 w17 w18 "
+               "w19'" in m for m in said), said
     switched = app.set_prompt("long", long + " w20")
     assert "prompt switched" in switched and "22 tokens" in switched
     assert "tokens" not in app.set_prompt("long", "a cat")
@@ -341,8 +341,8 @@ def test_the_recording_downloaded_mid_stream_is_named_by_the_frames_it_holds(app
         path = file.value["path"] if isinstance(file.value, dict) else file.value
         held = int(re.search(r"streamer-(\d+)-frames\.mp4", str(path)).group(1))
         assert probe_mp4(path)["frames"] == held > 0, when
-        if when == "streaming":
-            assert held == live.writer.frames_written - 1
+        if when == "streaming":  # the stream runs a chunk ahead: the writer may have gone on since
+            assert shown - 1 <= held <= live.writer.frames_written - 1
             gen.close()
             app.stop("rec")
         else:

@@ -1,8 +1,9 @@
 """The headless streaming API of `streamer serve`, beside the page in the same process (FastAPI).
 
-    POST   /api/sessions                    {prompt, model?, policy?, policy_args?, size?, seed?, steps?, tracks?,
-                                             image?}
-                                            -> {id, position, device, width, height, fps, chunk_frames, notes}
+    POST   /api/sessions                    {prompt, model?, policy?, policy_args?, size?, seed?, steps?, guidance?,
+                                             drift_anchor?, tracks?, image?}
+                                            -> {id, position, device, width, height, fps, chunk_frames, policy,
+                                                policy_args, drift_anchor, notes}
     GET    /api/sessions/{id}               -> {position, chunks, frames, paused, prompt}
     POST   /api/sessions/{id}/control       {prompt?, tracks?, action?: pause|resume|stop}
                                             -> {ok, applies_from_chunk, applies_from_frame, notes}
@@ -338,9 +339,10 @@ class Api:
     def recording(self, st: ApiStream) -> FileResponse:
         src = st.workdir / "recording.mp4"
         with st.lock:
-            if st.frames == 0 or not src.exists():
-                _fail(409, "nothing recorded yet: read some frames first")
             held = st.writer.frames_on_disk if st.writer is not None else st.frames  # the newest waits in the muxer
+            if held == 0 or not src.exists():
+                _fail(409, "nothing recorded yet: read some frames first (the newest frame reaches the file "
+                           "when the next is made)")
             out = Path(tempfile.mkdtemp(prefix="streamer-rec-")) / f"streamer-{held}-frames.mp4"
             shutil.copyfile(src, out)
         return FileResponse(out, media_type="video/mp4", filename=out.name,

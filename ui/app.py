@@ -146,6 +146,8 @@ class Live:
             if not src.exists():
                 raise ValueError("nothing recorded yet: start a stream first")
             held = self.writer.frames_on_disk if self.writer is not None else self.recorded
+            if held == 0:  # the first frame made waits in the muxer until the second
+                raise ValueError("nothing recorded yet: the first frames are on their way")
             out = self.workdir / f"streamer-{held}-frames.mp4"
             shutil.copyfile(src, out)
         return out
@@ -289,7 +291,8 @@ class App:
         live.first_seen = {s.id: 0 for s in live.strokes}  # what was drawn before the start plays from frame 0
         for s in live.strokes:
             s.start = 0
-        live.writer = Mp4Writer(live.workdir / "recording.mp4", fps=pipe.fps, width=width, height=height)
+        with live.lock:  # a download meanwhile copies the old file whole, not a truncated new one
+            live.writer = Mp4Writer(live.workdir / "recording.mp4", fps=pipe.fps, width=width, height=height)
 
     def _step(self, live: Live, session: Session) -> StreamChunk | None:
         """The page's next chunk, recorded as it is made (the recording holds every generated frame)."""
@@ -324,6 +327,7 @@ class App:
             yield gr.skip(), IDLE_STATS, gr.skip(), message(f"loading {model} ...")
             sched, device = self.place()
             sched.call(self._open, live, model, prompt, config_kw, device)
+            cut = overflow_note(live.pipe.text_encoder, prompt)  # the part of a long prompt the model ignores
             live.sched = sched
             live.job = Job(partial(self._step, live, live.session), ahead=1)
             live.job.paused = True  # until _play reads it
@@ -334,7 +338,6 @@ class App:
         live.session.record_attention = bool(show_cache)
         hint = "" if live.strokes or not live.pipe.model.config.track_channels else \
             " · no path painted: this model moves objects along painted paths, so expect mostly background"
-        cut = overflow_note(live.pipe.text_encoder, prompt)
         hint += f" · {cut}" if cut else ""
         yield from self._play(live, f"streaming with {live.pipe.description}{hint}")
 
