@@ -440,7 +440,10 @@ def test_a_missing_init_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, cap
     base = load_recipe(DEFAULT_RECIPE)
     cases = [({**base, "dit": {**base["dit"], "init": str(tmp_path / "none")}}, "all", "init: no "),
              ({**base, "finetune": {k: v for k, v in base["finetune"].items() if k != "init"}}, "finetune",
-              "needs init")]
+              "needs init"),
+             ({**base, "decoder": {**base["decoder"], "init": str(tmp_path / "none")}}, "decoder", "init: no "),
+             ({**base, "decoder": {k: v for k, v in base["decoder"].items() if k != "init"}}, "decoder",
+              "needs a [decoder] section with init")]
     for recipe, stage, words in cases:
         monkeypatch.setattr(train, "load_recipe", lambda path, recipe=recipe: recipe)
         code = main(["train", "--smoke", "1", "--stage", stage, "--device", "cpu", "--out", str(tmp_path / stage),
@@ -452,8 +455,8 @@ def test_a_missing_init_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, cap
 def test_default_recipe_runs_every_stage_in_a_smoke_run(tmp_path, monkeypatch):
     """recipes/default.toml (the shipped model's recipe) connects: autoencoder phases, the DiT
     warm-started from its `init` (here the shipped weights, which have the same architecture), the
-    fine-tune and the re-fit (the autoencoder round, then the DiT), 1 step each, end with weights the
-    pipeline loads and streams from."""
+    fine-tune, the re-fit (the autoencoder round, then the DiT) and the decoder alone, 1 step each,
+    end with weights the pipeline loads and streams from."""
     import streamer.world.train as train
     from streamer.cli import main
     from streamer.pipeline import WEIGHTS_DIR, Pipeline
@@ -466,8 +469,16 @@ def test_default_recipe_runs_every_stage_in_a_smoke_run(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(["train", "--smoke", "1", "--device", "cpu", "--out", str(out), "--quiet", "--threads", "1"]) == 0
     log = (out / "train.log").read_text()
-    assert "dit initialised from" in log and "refit: the DiT from" in log
-    pipe = Pipeline.load_default(out / "finetune" / "refit", device="cpu", dtype=torch.float32)
+    assert "dit initialised from" in log and "refit: the DiT from" in log and "decoder: " in log
+    from safetensors.torch import load_file
+
+    refit, decoder = out / "finetune" / "refit", out / "finetune" / "refit" / "decoder"
+    # the decoder stage keeps the re-fit's DiT and encoder (its latent space) and trains the decoder alone
+    assert (decoder / "dit.safetensors").read_bytes() == (refit / "dit.safetensors").read_bytes()
+    before, after = (load_file(str(d / "vae.safetensors")) for d in (refit, decoder))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("decoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    pipe = Pipeline.load_default(decoder, device="cpu", dtype=torch.float32)
     chunk = Session(pipe, "a red circle on a grass background", pipe.stream_config()).step()
     assert chunk.frames.shape[1:] == (128, 128, 3)
 

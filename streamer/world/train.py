@@ -1391,6 +1391,23 @@ def train_refit(recipe: dict, init: Path, out: Path, log: Log, device: torch.dev
               resume=resume, section="finetune", label="refit")
 
 
+# ---- stage 4: the decoder alone ------------------------------------------------------------------
+def train_decoder(recipe: dict, init: Path, out: Path, log: Log, device: torch.device, resume: bool = False) -> None:
+    """The [decoder] stage (v17 on): `init`'s decoder trains on alone ([decoder]'s keys over [vae]'s,
+    without [vae]'s phases; the encoder frozen, so the latent space and `init`'s DiT, copied beside
+    it, stay valid). v17's round asks the decoded change from frame to frame to be the truth's
+    (`temporal_weight`): the stream had shown a flicker along the frame's edges between a latent
+    frame's four video frames (docs/model_history.md, "After v16"). Writes vae.safetensors and dit.safetensors into `out`.
+    `init`: a folder with both (check_inits has checked the recipe)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "dit.safetensors").is_file():
+        shutil.copy(init / "dit.safetensors", out / "dit.safetensors")
+    vae_keys = {k: v for k, v in recipe.get("vae", {}).items() if k != "phases"}
+    log(f"decoder: {init}'s decoder alone, its encoder and DiT kept")
+    train_vae({**recipe, "vae": {**vae_keys, **recipe["decoder"], "init": str(init), "freeze_encoder": True}},
+              out, log, device, resume=resume)
+
+
 # ---- CLI ---------------------------------------------------------------------------------------
 def smoke_recipe(recipe: dict, steps: int) -> dict:
     """The recipe cut to `steps` steps per stage (autoencoder phases, DiT, fine-tune), batches of 2 and
@@ -1410,6 +1427,8 @@ def smoke_recipe(recipe: dict, steps: int) -> dict:
                 out[name]["phases"] = [cut(ph) for ph in recipe[name]["phases"]]
     if "vae" in recipe.get("refit", {}):
         out["refit"]["vae"] = {**cut(recipe["refit"]["vae"]), "stats_clips": 2}
+    if "decoder" in recipe:
+        out["decoder"] = {**cut(recipe["decoder"]), "stats_clips": 2}
     return out
 
 
@@ -1424,7 +1443,7 @@ TRAINING_KEYS = frozenset("""
     temporal_weight
     stop_step text_dropout text_encoder text_only text_only_offset time_schedule
     timestep_shift track_dim track_dropout track_offset track_outside video_start warmup weight_decay""".split())
-TOP_KEYS = frozenset("name seed threads world vae dit finetune refit sampler stream".split())
+TOP_KEYS = frozenset("name seed threads world vae dit finetune refit decoder sampler stream".split())
 
 
 def check_recipe_keys(recipe: dict) -> None:
@@ -1468,6 +1487,11 @@ def check_inits(recipe: dict, stage: str) -> None:
             raise ValueError("--stage refit: the recipe needs a [refit] section with init = <folder with dit + "
                              "vae safetensors> (--stage all re-fits its own fine-tune)")
         need = [("refit", "dit.safetensors"), ("refit", "vae.safetensors")]
+    if stage == "decoder":
+        if "init" not in recipe.get("decoder", {}):
+            raise ValueError("--stage decoder: the recipe needs a [decoder] section with init = <folder with dit + "
+                             "vae safetensors> (--stage all trains on its own re-fit's decoder)")
+        need = [("decoder", "dit.safetensors"), ("decoder", "vae.safetensors")]
     if stage in ("all", "refit") and "refit" in recipe and "vae" not in recipe["refit"]:
         raise ValueError("recipe [refit]: needs a [refit.vae] section (the autoencoder round before the re-fit)")
     for section, name in need:
@@ -1530,8 +1554,13 @@ def cmd_train(args) -> int:
         if "refit" in recipe:  # and the re-fit continues the fine-tune's weights, in a folder of its own
             train_refit(recipe, ft, ft / "refit", log, device, resume=args.resume)
             out = ft / "refit"
+        if "decoder" in recipe:  # then the decoder alone, on the last stage's weights
+            train_decoder(recipe, out, out / "decoder", log, device, resume=args.resume)
+            out = out / "decoder"
     elif args.stage == "refit":
         train_refit(recipe, resolve_path(recipe["refit"]["init"]), out, log, device, resume=args.resume)
+    elif args.stage == "decoder":
+        train_decoder(recipe, resolve_path(recipe["decoder"]["init"]), out, log, device, resume=args.resume)
     log(f"training wall time {(time.time() - t0) / 60:.1f} min")
     if args.ship:
         ship(out)  # the run's last stage
@@ -1542,13 +1571,15 @@ def cmd_train(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the default world model from a recipe",
                               description="Reproduce the shipped default model from a recipe: the autoencoder, the DiT "
-                                          "(teacher forcing), the fine-tune on its own rollouts, then the re-fit.")
+                                          "(teacher forcing), the fine-tune on its own rollouts, the re-fit, then the decoder alone.")
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe .toml (default: recipes/default.toml)")
     p.add_argument("--out", default="runs/default", help="output folder (checkpoints, train.log)")
-    p.add_argument("--stage", choices=["all", "vae", "dit", "finetune", "refit"], default="all",
+    p.add_argument("--stage", choices=["all", "vae", "dit", "finetune", "refit", "decoder"], default="all",
                    help="all: every section in order; vae / dit: that stage alone; finetune: the [finetune] "
                         "section from its init weights (autoencoder kept); refit: the [refit] section from its init "
-                        "(the init's autoencoder trained on, then the init's DiT re-fitted to its new latents)")
+                        "(the init's autoencoder trained on, then the init's DiT re-fitted to its new latents); "
+                        "decoder: the [decoder] section from its init (the init's decoder alone, its encoder and "
+                        "DiT kept)")
     p.add_argument("--resume", action="store_true",
                    help="continue: skip finished autoencoder phases, continue the DiT from <out>/dit_last.pt")
     p.add_argument("--ship", action="store_true", help="copy the final weights into streamer/weights/")
