@@ -474,7 +474,12 @@ def test_default_recipe_runs_every_stage_in_a_smoke_run(tmp_path, monkeypatch):
 
     refit, decoder = out / "finetune" / "refit", out / "finetune" / "refit" / "decoder"
     # the decoder stage keeps the re-fit's DiT and encoder (its latent space) and trains the decoder alone
-    assert (decoder / "dit.safetensors").read_bytes() == (refit / "dit.safetensors").read_bytes()
+    dits = [load_file(str(d / "dit.safetensors")) for d in (refit, decoder)]
+    assert dits[0].keys() == dits[1].keys() and all(torch.equal(dits[0][k], dits[1][k]) for k in dits[0])
+    from safetensors import safe_open
+
+    labels = [safe_open(str(d / "dit.safetensors"), "pt").metadata()["step"] for d in (refit, decoder)]
+    assert labels[1].startswith(labels[0].split(":")[0] + " with its decoder retrained ([decoder] stage)")
     before, after = (load_file(str(d / "vae.safetensors")) for d in (refit, decoder))
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("decoder."))
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
@@ -1051,6 +1056,8 @@ def test_every_shipped_recipe_uses_known_keys_and_a_typo_is_one_line(tmp_path, m
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="top level: unknown key 'sead'"):
         check_recipe_keys({**base, "sead": 1})
+    with pytest.raises(ValueError, match=r"\[decoder\]: unknown key 'temporal_wieght' \(did you mean 'temporal_weight'"):
+        check_recipe_keys({**base, "decoder": {**base["decoder"], "temporal_wieght": 5.0}})
 
 
 def _init_folder(folder, abs_pos):

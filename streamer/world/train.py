@@ -1397,11 +1397,21 @@ def train_decoder(recipe: dict, init: Path, out: Path, log: Log, device: torch.d
     without [vae]'s phases; the encoder frozen, so the latent space and `init`'s DiT, copied beside
     it, stay valid). v17's round asks the decoded change from frame to frame to be the truth's
     (`temporal_weight`): the stream had shown a flicker along the frame's edges between a latent
-    frame's four video frames (docs/model_history.md, "After v16"). Writes vae.safetensors and dit.safetensors into `out`.
+    frame's four video frames (docs/model_history.md, "After v16"). Writes vae.safetensors and
+    dit.safetensors into `out`: `init`'s DiT tensors bit for bit, its "step" label saying that the
+    decoder was retrained (`streamer --version` shows the label's head).
     `init`: a folder with both (check_inits has checked the recipe)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "dit.safetensors").is_file():
-        shutil.copy(init / "dit.safetensors", out / "dit.safetensors")
+    if not (resume and (out / "dit.safetensors").is_file()):  # never a DiT left in `out` by another run
+        with safe_open(str(init / "dit.safetensors"), "pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        head, _, rest = meta.get("step", "").partition(":")
+        meta["step"] = f"{head or init.name} with its decoder retrained ([decoder] stage)" + (f":{rest}" if rest else "")
+        save_file(tensors, str(out / "dit.safetensors"), metadata=meta)
     vae_keys = {k: v for k, v in recipe.get("vae", {}).items() if k != "phases"}
     log(f"decoder: {init}'s decoder alone, its encoder and DiT kept")
     train_vae({**recipe, "vae": {**vae_keys, **recipe["decoder"], "init": str(init), "freeze_encoder": True}},
@@ -1458,7 +1468,7 @@ def check_recipe_keys(recipe: dict) -> None:
                 raise ValueError(f"recipe {where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
 
     unknown(recipe, TOP_KEYS, "top level")
-    sections = {s: recipe.get(s, {}) for s in ("vae", "dit", "finetune")}
+    sections = {s: recipe.get(s, {}) for s in ("vae", "dit", "finetune", "decoder")}
     refit = recipe.get("refit", {})
     if refit:  # [refit.vae] is an autoencoder section; the rest of [refit] a fine-tune's
         sections["refit.vae"] = refit.get("vae", {})
