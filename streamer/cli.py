@@ -616,6 +616,23 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _hold_interrupts() -> dict:
+    """Ignore SIGINT, SIGTERM and SIGHUP from now on; returns the handlers to put back (none off the
+    main thread, where signal handlers cannot be set)."""
+    previous = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        try:
+            previous[name] = signal.signal(getattr(signal, name), signal.SIG_IGN)
+        except (AttributeError, ValueError):
+            pass
+    return previous
+
+
+def _release_interrupts(previous: dict) -> None:
+    for name, handler in previous.items():
+        signal.signal(getattr(signal, name), handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input of any kind prints `streamer <command>: error: <message>` and returns 2,
     an interrupt (Ctrl-C, SIGTERM, SIGHUP) one line and 130. STREAMER_DEBUG=1 shows tracebacks."""
@@ -632,12 +649,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        checks.remove_made_folders()
-        if os.environ.get("STREAMER_DEBUG"):
-            raise
-        # the newline ends a progress bar's line; --quiet has none
-        print(("" if getattr(args, "quiet", False) else "\n") + "streamer: interrupted", file=sys.stderr)
-        return 130
+        # a second Ctrl-C (or `timeout`'s signal to the whole group) while this handler runs would
+        # end it with a traceback: ignored until the one line is out
+        previous = _hold_interrupts()
+        try:
+            checks.remove_made_folders()
+            if os.environ.get("STREAMER_DEBUG"):
+                raise
+            # the newline ends a progress bar's line; --quiet has none
+            print(("" if getattr(args, "quiet", False) else "\n") + "streamer: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            _release_interrupts(previous)
     except (StreamerError, PolicyError, ValueError, OSError) as e:
         checks.remove_made_folders()
         if os.environ.get("STREAMER_DEBUG"):

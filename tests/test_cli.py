@@ -385,3 +385,25 @@ def test_a_value_that_starts_with_dashes_is_not_called_an_unknown_option(capsys)
     assert main(["generate", "--prompt", "--a dream"]) == 2
     assert capsys.readouterr().err.strip() == ("streamer generate: error: the following arguments are required: "
                                                "--out (see streamer generate --help)")
+
+
+def test_a_second_interrupt_while_the_first_is_handled_is_one_line_too(tmp_path):
+    """Ctrl-C twice while the model loads (or `timeout`, which signals the whole group): the second
+    signal arrives while the first one's handler cleans up, and must not end it in a traceback. Here
+    the cleanup itself sends the second SIGINT and a SIGTERM; the handlers are back afterwards."""
+    code = (
+        "import os, signal, sys\n"
+        "import streamer.cli as cli\n"
+        "from streamer import checks\n"
+        "def loading(args):\n"
+        "    raise KeyboardInterrupt\n"
+        "def cleanup():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "cli.cmd_generate, checks.remove_made_folders = loading, cleanup\n"
+        "code = cli.main(['generate', '--prompt', 'x', '--out', 'o.mp4', '--quiet'])\n"
+        "print(code, signal.getsignal(signal.SIGINT) is signal.default_int_handler,\n"
+        "      signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == ["130", "True", "True"], (run.stdout, run.stderr)
+    assert run.stderr.strip() == "streamer: interrupted" and "Traceback" not in run.stderr
