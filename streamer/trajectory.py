@@ -39,6 +39,7 @@ OUTSIDE_MARGIN = 1.0     # points may leave the frame (entering/leaving sprites)
 MAX_FILE_BYTES = 64 << 20  # 64 MiB: about 2 hours of 16 tracks at 16 fps in JSON; larger files are refused
 MAX_FRAME_SIZE = 1 << 16   # width / height of the frame the points are in
 MAX_FPS = 1000.0
+MAX_HOURS = 24.0           # how long tracks may last: resampling to the video's fps builds every frame
 
 
 @dataclass
@@ -83,6 +84,10 @@ class Trajectory:
         self.width = _size_field("width", self.width)
         self.height = _size_field("height", self.height)
         self.fps = _fps_field(self.fps)
+        hours = (t.shape[0] - 1) / self.fps / 3600
+        if hours > MAX_HOURS:  # a tiny fps: 20 frames at 1e-9 fps would resample to 3e11 video frames
+            raise TrackFileError(f"the tracks last {hours:.3g} h ({t.shape[0]} frames at {self.fps:g} fps); at most "
+                                 f"{MAX_HOURS:g} h are read (is fps in frames per second?)")
         mx, my = OUTSIDE_MARGIN * self.width, OUTSIDE_MARGIN * self.height
         far = (t[..., 0] < -mx) | (t[..., 0] > self.width + mx) | (t[..., 1] < -my) | (t[..., 1] > self.height + my)
         if far.any():

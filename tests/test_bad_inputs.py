@@ -251,7 +251,7 @@ KINDS = [
     "layers 1e7", "weights int8", "weights bool", "weights NaN", "lora without checkpoint",
     "config:num_attention_heads:0", 'config:num_attention_heads:"16"', "config:num_attention_heads:-16",
     "config:num_attention_heads:null", "config:patch_size:2",
-    "track:width:null", "track:fps:[1, 2]", "track:width:-5", "track:height:1.5", 'track:fps:"16"',
+    "track:width:null", "track:fps:[1, 2]", "track:fps:1e-9", "track:width:-5", "track:height:1.5", 'track:fps:"16"',
     'track:tracks:[[["1", "2"]]]', 'track:visible:[["yes"], [true]]',
     "track npz fps array", "track npz strings", "track depth bomb", "track NaN", "track fifo", "track /dev/zero",
     "track huge", "track ATI strings", "track npz junk", "track npy junk", "track npy header cut", "track own layout without visible",
