@@ -212,7 +212,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                             "--size and centre-cropped. With --tracks: tracks drawn on the picture drag what they start on")
     start.add_argument("--continue", dest="continue_from", metavar="VIDEO",
                        help="continue this video (any file FFmpeg reads): the output holds its frames, then "
-                            "--seconds/--frames new ones; --size defaults to the video's")
+                            "--seconds/--frames new ones; --size defaults to the video's (another size fits it by the size rule: "
+                            "resized to cover, centre-cropped)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_stream_args(gen)
     _add_model_args(gen)
@@ -349,10 +350,10 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
     try:
         with Mp4Writer(out, fps=pipe.fps, width=config.width, height=config.height) as writer:
             if original is not None:
-                from streamer.images import read_video
+                from streamer.images import fit_frames, read_video
 
-                for frame in read_video(original):
-                    writer.write(frame[None])
+                for frame in read_video(original):  # by the size rule where --size is not the video's
+                    writer.write(fit_frames(frame[None], config.width, config.height))
                 video_frames += writer.frames_written
                 written = writer.frames_written
                 bar.total = video_frames
@@ -449,7 +450,7 @@ def _check_paths(args) -> None:
 def _check_start_video(args):
     """--continue, before the model loads: the video is readable and has a video stream, its size is
     --size (which defaults to it). Returns its VideoInfo. Raises InputError for no video stream, an
-    unreadable file, a size other than --size, or --prompt-file."""
+    unreadable file, or --prompt-file. A --size other than the video's is noted (the size rule fits it)."""
     from streamer.images import open_video
 
     if args.prompt_file:
@@ -458,9 +459,9 @@ def _check_start_video(args):
         raise InputError("--loop-tracks cannot be used with --continue (the tracks start at the video's last frame)")
     info = open_video(args.continue_from, picture_hint="; start from it with --image")
     if args.size is not None and tuple(args.size) != (info.width, info.height):
-        raise InputError(f"--continue {args.continue_from} is {info.width}x{info.height}, but --size is "
-                         f"{args.size[0]}x{args.size[1]}; they must match (omit --size to use the video's)")
-    args.size = (info.width, info.height)
+        print(f"note: --continue {args.continue_from} is {info.width}x{info.height}: its frames are resized to "
+              f"cover {args.size[0]}x{args.size[1]} and centre-cropped (aspect kept)", file=sys.stderr)
+    args.size = args.size or (info.width, info.height)
     return info
 
 
@@ -468,16 +469,22 @@ def _encode_video_tail(args, pipe, config):
     """The last frames of the --continue video, as many as the frame rule and the cache's context
     allow (the largest 1 + 4k that fits the policy's window beside one chunk), encoded to clean
     latents [1, C, n, h, w]."""
-    from streamer.images import copy_video, encode_frames, start_frame_count
+    from streamer.images import copy_video, encode_frames, fit_frames, start_frame_count
     from streamer.policies import make_policy
+    from streamer.session import latent_size
 
+    try:  # before encoding: a size the stream cannot take is the user's to change (the size rule fits it)
+        latent_size(pipe, config.width, config.height)
+    except ValueError as e:
+        raise InputError(f"--continue {args.continue_from}: {e}; give --size (the video is resized to cover it "
+                         "and centre-cropped)") from None
     chunk = config.chunk_frames
     # frames the cache keeps as context beside the chunk being made; capped at Wan's 21 (81 frames)
     context = max(1, min(21, make_policy(config.policy, config.policy_args, chunk=chunk).num_slots(chunk) - chunk))
     keep = pipe.decoder.frames.video_frames(context)
     count, tail = copy_video(args.continue_from, keep, lambda frames: None)
     n = start_frame_count(count, context, pipe.decoder.frames)
-    return encode_frames(pipe, tail[-n:]), count
+    return encode_frames(pipe, fit_frames(tail[-n:], config.width, config.height)), count
 
 
 def _start_image(picture, pipe, config, trajectory):

@@ -59,6 +59,16 @@ def cover_crop(src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[float, f
     return scale, (src_w * scale - dst_w) / 2, (src_h * scale - dst_h) / 2
 
 
+def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 video frames [n, h, w, 3] -> [n, height, width, 3] by the size rule (each as
+    `fit_image`); the same array when the size is already right."""
+    from PIL import Image
+
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([np.asarray(fit_image(Image.fromarray(f), width, height)) for f in frames])
+
+
 def fit_image(img, width: int, height: int):
     """A Pillow RGB image -> a width x height Pillow image by the size rule (cover, centre-crop).
     Done in one Lanczos resample of the centred source box that has the video's aspect ratio, which

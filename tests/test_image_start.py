@@ -263,7 +263,27 @@ def test_generate_continue_writes_the_original_then_new_frames(tmp_path, capsys,
     assert "continuing 9 frames" in capsys.readouterr().err
 
 
-def test_continue_refuses_no_video_stream_and_another_size_in_one_line(tmp_path, capsys):
+@needs_weights
+def test_continue_fits_a_video_of_another_size_by_the_size_rule(tmp_path, capsys):
+    """A 120x120 video (not a size the model streams) continued at --size 128x128: its frames are
+    resized to cover and centre-cropped, in the output and in what is encoded, as --image does."""
+    from streamer.cli import main
+    from streamer.images import fit_frames
+
+    y, x = np.mgrid[0:120, 0:120]
+    picture = np.stack([x * 2, y * 2, np.full_like(x, 90)], -1).astype(np.uint8)  # smooth: H.264 keeps it
+    frames = np.repeat(picture[None], 5, 0)
+    clip = write_mp4(tmp_path / "clip.mp4", frames)
+    out = tmp_path / "longer.mp4"
+    assert main(["generate", "--prompt", PROMPT, "--continue", str(clip), "--size", "128x128", "--frames", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    assert "is 120x120: its frames are resized to cover 128x128 and centre-cropped" in capsys.readouterr().err
+    video = read_mp4(out)
+    assert video.shape == (9, 128, 128, 3)
+    assert psnr(video[:5], fit_frames(read_mp4(clip), 128, 128)) >= 30.0
+
+
+def test_continue_refuses_no_video_stream_and_a_size_it_cannot_stream_in_one_line(tmp_path, capsys):
     import wave
 
     from streamer.cli import main
@@ -275,7 +295,9 @@ def test_continue_refuses_no_video_stream_and_another_size_in_one_line(tmp_path,
     data = clip.read_bytes()  # a fragmented mp4 cut before its first fragment: a header, no frame
     (tmp_path / "head.mp4").write_bytes(data[: data.find(b"moof") - 4])
     cases = [(["--continue", str(tmp_path / "head.mp4")], "has no decodable video frame"),(["--continue", str(tmp_path / "sound.wav")], "has no video stream"),
-             (["--continue", str(clip), "--size", "128x128"], "is 96x64, but --size is 128x128"),
+             (["--continue", str(write_mp4(tmp_path / "odd.mp4", np.zeros((5, 100, 60, 3), np.uint8)))],
+              "video size 60x100 is not possible: width and height must be positive multiples of 16 (VAE stride "
+              "8 x patch 2), e.g. 48x96; give --size"),
              (["--continue", str(tmp_path / "bad.mp4")], "not a video FFmpeg can read"),
              (["--continue", str(clip), "--image", str(clip)], "not allowed with"),
              (["--continue", str(clip), "--tracks", str(clip), "--loop-tracks"], "--loop-tracks cannot"),
