@@ -157,7 +157,7 @@ class _Reparse(Exception):
 
 
 def shipped_model_version() -> str:
-    """The shipped default model's version ("v16"): the head of its DiT's "step" metadata, read from
+    """The shipped default model's version ("v17"): the head of its DiT's "step" metadata, read from
     the safetensors header alone (no torch import). "unknown" when the file or the field is missing."""
     path = Path(__file__).parent / "weights" / "dit.safetensors"
     try:
@@ -386,6 +386,11 @@ def generate_video(pipe, prompt: str, out: Path, config, video_frames: int, prog
 _EXEC_SLACK_S = 1.5
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 frame', '9 frames'."""
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def _prompt_note(pipe, prompt: str, what: str) -> None:
     """A note when `prompt` is longer than the text encoder reads (it is cut at `text_len` tokens)."""
     from streamer.models.text import overflow_note
@@ -448,8 +453,8 @@ def _check_paths(args) -> None:
 
 
 def _check_start_video(args):
-    """--continue, before the model loads: the video is readable and has a video stream, its size is
-    --size (which defaults to it). Returns its VideoInfo. Raises InputError for no video stream, an
+    """--continue, before the model loads: the video is readable and has a video stream; --size
+    defaults to its size. Returns its VideoInfo. Raises InputError for no video stream, an
     unreadable file, or --prompt-file. A --size other than the video's is noted (the size rule fits it)."""
     from streamer.images import open_video
 
@@ -569,9 +574,10 @@ def cmd_generate(args) -> int:
         original = Path(args.continue_from)
         if trajectory is not None:
             trajectory = _tracks_from_last_frame(trajectory, pipe.decoder.frames.video_frames(start_latents.shape[2]))
-        print(f"note: continuing {count} frames of {original.name} from its last "
-              f"{pipe.decoder.frames.video_frames(start_latents.shape[2])} (encoded to {start_latents.shape[2]} "
-              "latent frames)", file=sys.stderr)
+        latents = start_latents.shape[2]
+        tail = pipe.decoder.frames.video_frames(latents)
+        print(f"note: continuing {_count(count, 'frame')} of {original.name} from its last "
+              f"{tail if tail > 1 else 'one'} (encoded to {_count(latents, 'latent frame')})", file=sys.stderr)
     if start_latents is not None and args.hidden_chunks:
         print(f"note: --hidden-chunks {args.hidden_chunks} applies to streams from noise; an {'--image' if args.image else '--continue'} "
               "start is the video's first frames, so nothing is hidden", file=sys.stderr)
