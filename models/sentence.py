@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from streamer.models.text import clean_prompt
+from streamer.models.text import clean_prompt, token_overflow, uncut_copy
 
 
 def minilm_path() -> Path:
@@ -52,9 +52,7 @@ class MiniLMTextEncoder:
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=text_len)
         self.tokenizer.enable_padding(length=text_len, pad_id=cfg.get("pad_token_id", 0), pad_token="[PAD]")
-        self._counter = Tokenizer.from_str(self.tokenizer.to_str())  # the same, neither cut nor padded
-        self._counter.no_truncation()
-        self._counter.no_padding()
+        self._counter = uncut_copy(self.tokenizer)
         self.w = {k: v.float().to(device) for k, v in load_file(str(path / "model.safetensors")).items()
                   if not k.startswith("pooler.")}
         self.device = torch.device(device)
@@ -71,11 +69,7 @@ class MiniLMTextEncoder:
         """(the prompt's length in word pieces, [CLS] and [SEP] included; the character index in
         `clean_prompt(prompt)` where the first piece `encode` drops begins, None when it all fits:
         [CLS], `text_len - 2` pieces and [SEP] are read)."""
-        text = clean_prompt(prompt)
-        enc = self._counter.encode(text)
-        if len(enc.ids) <= self.text_len:
-            return len(enc.ids), None
-        return len(enc.ids), enc.offsets[self.text_len - 1][0]
+        return token_overflow(self._counter, clean_prompt(prompt), self.text_len)
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:

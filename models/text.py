@@ -60,6 +60,26 @@ def overflow_note(encoder: TextEncoder, prompt: str, what: str = "the prompt") -
             f"{rest!r}{partial}")
 
 
+def uncut_copy(tokenizer):
+    """A copy of a `tokenizers.Tokenizer` that neither truncates nor pads, for `token_overflow`:
+    changing those settings on a tokenizer `encode` uses would change what `encode` reads."""
+    from tokenizers import Tokenizer
+
+    counter = Tokenizer.from_str(tokenizer.to_str())
+    counter.no_truncation()
+    counter.no_padding()
+    return counter
+
+
+def token_overflow(counter, text: str, text_len: int) -> tuple[int, int | None]:
+    """`TextEncoder.overflow` for an encoder whose tokenizer keeps the first `text_len` tokens,
+    the end-of-text token last: `counter` (an `uncut_copy`) tokenizes the cleaned `text`."""
+    enc = counter.encode(text)
+    if len(enc.ids) <= text_len:
+        return len(enc.ids), None
+    return len(enc.ids), enc.offsets[text_len - 1][0]  # the first token that does not fit
+
+
 class UMT5TextEncoder:
     """umT5 encoder (transformers' `UMT5EncoderModel`) with Wan's tokenization and zero padding."""
 
@@ -69,13 +89,8 @@ class UMT5TextEncoder:
         self.tokenizer.padding_side = "right"
         # `overflow` counts on a copy: calling a fast tokenizer without truncation or padding switches
         # them off on its shared backend, under an `encode` that may be running on another thread.
-        self._counter = None
-        if getattr(tokenizer, "backend_tokenizer", None) is not None:
-            from tokenizers import Tokenizer
-
-            self._counter = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-            self._counter.no_truncation()
-            self._counter.no_padding()
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._counter = uncut_copy(backend) if backend is not None else None
         self.model = model.eval().requires_grad_(False)
         self.text_len = text_len
         self.dim = model.config.d_model
@@ -116,17 +131,14 @@ class UMT5TextEncoder:
 
     def overflow(self, prompt: str) -> tuple[int, int | None]:
         text = clean_prompt(prompt)
-        if self._counter is not None:  # a copy of the fast tokenizer's backend, neither cut nor padded
-            enc = self._counter.encode(text)
-            ids, offsets = enc.ids, enc.offsets
-        else:  # a slow tokenizer: calls leave its settings alone, but it gives no offsets
-            ids, offsets = self.tokenizer(text, add_special_tokens=True).input_ids, None
+        if self._counter is not None:
+            return token_overflow(self._counter, text, self.text_len)
+        # a slow tokenizer: calls leave its settings alone, but it gives no offsets
+        ids = self.tokenizer(text, add_special_tokens=True).input_ids
         if len(ids) <= self.text_len:
             return len(ids), None
-        if offsets is None:
-            dropped = self.tokenizer.decode(ids[self.text_len - 1:], skip_special_tokens=True).strip()
-            return len(ids), max(0, len(text) - len(dropped))
-        return len(ids), offsets[self.text_len - 1][0]
+        dropped = self.tokenizer.decode(ids[self.text_len - 1:], skip_special_tokens=True).strip()
+        return len(ids), max(0, len(text) - len(dropped))
 
 
 class HashTextEncoder:

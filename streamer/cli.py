@@ -625,7 +625,7 @@ def cmd_generate(args) -> int:
         return 130
     n = made.frames
     first = f"; first frame {made.first_frame_s:.1f} s after start" if made.first_frame_s is not None else ""
-    print(f"wrote {n} frame{'s' if n != 1 else ''} ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}{first}")
+    print(f"wrote {_count(n, 'frame')} ({n / pipe.fps:.2f} s, {config.width}x{config.height}) to {out}{first}")
     return 0
 
 

@@ -102,6 +102,12 @@ class ApiStream:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _prompt_notes(pipe, prompt: str) -> list[str]:
+    """`notes` for a prompt: one line if the text encoder reads only part of it."""
+    note = overflow_note(pipe.text_encoder, prompt)
+    return [note] if note else []
+
+
 def _fail(status: int, text: str):
     raise HTTPException(status, detail=text)
 
@@ -274,7 +280,7 @@ class Api:
             given = params.knobs(policy, body.get("policy_args"), check=False)
             knobs = params.knobs(policy, pipe.knobs_over_own(policy, given))
             tracks = self._tracks(body.get("tracks"), size, pipe.fps)
-            notes: list[str] = [n for n in [overflow_note(pipe.text_encoder, prompt)] if n]
+            notes = _prompt_notes(pipe, prompt)
             if image is not None:  # the size rule, and what was converted or resized, said in `notes`
                 notes += (image := fit_start_image(image, *size)).notes
                 tracks = _tracks_on_image(tracks, image, size, notes)
@@ -313,7 +319,7 @@ class Api:
             notes: list[str] = []
             if "prompt" in body:
                 prompt = params.prompt_text(body["prompt"])
-                notes += [n for n in [overflow_note(st.session.pipe.text_encoder, prompt)] if n]
+                notes += _prompt_notes(st.session.pipe, prompt)
                 applies = st.session.set_prompt(prompt)
             if "tracks" in body:
                 cfg = st.session.config
